@@ -1,0 +1,154 @@
+"""The trtkv op contract: names, versions, input order, shapes, dtypes, attributes, KV layout.
+
+This module is the single source of truth shared by the exporter (which emits the nodes), the
+ONNX Runtime function bodies (`trtkv.ops.onnx_functions`), the reference implementations
+(`trtkv.ops.reference`), the CUDA kernels / TensorRT plugins (`plugins/`, whose tables are
+tested against this file) and the runtime (which feeds the inputs).
+
+It must not import torch, onnx or tensorrt.
+
+Symbols used in shapes:
+    T  number of new tokens in the step (a packed batch of prefill chunks and decode tokens)
+    S  number of sequences in the step
+    H  number of query heads, Hkv number of KV heads (H % Hkv == 0; GQA/MQA)
+    D  head dimension (any positive size, e.g. 48, 64, 80, 128)
+    N  number of blocks in the KV pool, B block size (tokens per block)
+    M  width of the block table (max blocks per sequence in this step)
+
+KV pool layout (one tensor per layer, the same block id addresses that block in every layer):
+    kv_cache[N, 2, B, Hkv, D]; [:, 0] holds K and [:, 1] holds V. Token slot ``s`` lives at
+    block ``s // B``, offset ``s % B``. A block of one layer (K and V) is contiguous, so moving
+    a block between tiers is one contiguous copy per layer.
+
+Quantized pools (fp8 E4M3, int8) store ``q = quantize(x / scale)`` and read ``x = q * scale``.
+``k_scale``/``v_scale`` are float32 of shape [1] (per tensor) or [Hkv] (per KV head).
+Rounding is round-to-nearest-even; fp8 E4M3 saturates to +-448, int8 clamps to +-127
+(symmetric, -128 never produced). For fp32/fp16/bf16 pools the scales must be 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OP_DOMAIN = "trtkv"
+OP_SET_VERSION = 1
+PLUGIN_NAMESPACE = "trtkv"
+
+KV_LAYOUT = "NTBHD"  # [num_blocks, 2 (K,V), block_size, num_kv_heads, head_dim]
+
+#: KV pool dtypes, by the names used on the command line and in the manifest.
+KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+#: KV dtypes stored as quantized codes with scales.
+QUANTIZED_KV_DTYPES = ("fp8", "int8")
+FP8_E4M3_MAX = 448.0
+INT8_MAX = 127.0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an op."""
+
+    name: str
+    shape: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute of an op (ONNX attribute and TensorRT plugin field)."""
+
+    name: str
+    type: str  # "int" | "float" | "string"
+    default: int | float | str
+    doc: str
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """A trtkv op: the ONNX node `domain::name` and the TensorRT plugin `namespace::name`."""
+
+    name: str
+    version: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    attributes: tuple[AttrSpec, ...]
+    doc: str
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+
+_COMPUTE = ("float32", "float16", "bfloat16")
+_POOL = ("float32", "float16", "bfloat16", "float8e4m3fn", "int8")
+
+_SCALES = (
+    TensorSpec("k_scale", ("Ks",), ("float32",), "K dequant scale, [1] or [Hkv]; 1 if not quantized"),
+    TensorSpec("v_scale", ("Vs",), ("float32",), "V dequant scale, [1] or [Hkv]; 1 if not quantized"),
+)
+
+KV_APPEND = OpSchema(
+    name="KVAppend",
+    version=1,
+    inputs=(
+        TensorSpec("key", ("T", "Hkv", "D"), _COMPUTE, "new tokens' keys (after RoPE)"),
+        TensorSpec("value", ("T", "Hkv", "D"), _COMPUTE, "new tokens' values"),
+        TensorSpec("slot_mapping", ("T",), ("int64",), "pool slot of each new token; <0 = skip"),
+        TensorSpec("kv_cache", ("N", "2", "B", "Hkv", "D"), _POOL, "the layer's pool (written in place)"),
+        *_SCALES,
+    ),
+    outputs=(
+        TensorSpec("key_stored", ("T", "Hkv", "D"), _POOL, "keys as stored in the pool"),
+        TensorSpec("value_stored", ("T", "Hkv", "D"), _POOL, "values as stored in the pool"),
+    ),
+    attributes=(),
+    doc=(
+        "Writes the step's K/V into the pool at slot_mapping, quantizing on write, in O(T). "
+        "Outputs the stored codes. Backends that can write through the pool input (TensorRT "
+        "plugin) do so; backends whose graphs cannot alias an input (ONNX Runtime function "
+        "body) compute the outputs and the runtime scatters them into the pool (O(T) too)."
+    ),
+)
+
+PAGED_ATTENTION = OpSchema(
+    name="PagedAttention",
+    version=1,
+    inputs=(
+        TensorSpec("query", ("T", "H", "D"), _COMPUTE, "new tokens' queries (after RoPE)"),
+        TensorSpec("key", ("T", "Hkv", "D"), _POOL, "new tokens' keys as stored (KVAppend output)"),
+        TensorSpec("value", ("T", "Hkv", "D"), _POOL, "new tokens' values as stored"),
+        TensorSpec("kv_cache", ("N", "2", "B", "Hkv", "D"), _POOL, "the layer's pool (history)"),
+        TensorSpec("query_start_loc", ("S+1",), ("int32",), "cumulative new-token offsets"),
+        TensorSpec("context_lens", ("S",), ("int32",), "tokens already in the pool per sequence"),
+        TensorSpec("block_tables", ("S", "M"), ("int32",), "block ids per sequence, padded"),
+        *_SCALES,
+    ),
+    outputs=(TensorSpec("output", ("T", "H", "D"), _COMPUTE, "attention output per new token"),),
+    attributes=(
+        AttrSpec("scale", "float", 0.0, "softmax scale; 0 means 1/sqrt(D)"),
+        AttrSpec("sliding_window", "int", 0, "attend to the last W positions only; 0 = unlimited"),
+        AttrSpec("softcap", "float", 0.0, "logit soft-cap c: c*tanh(s/c); 0 = off"),
+    ),
+    doc=(
+        "Causal attention of each sequence's new tokens (positions context_len .. "
+        "context_len+n-1) over its history in the pool (positions 0 .. context_len-1, read "
+        "through block_tables) and its own new tokens. Sequences in one step may mix prefill "
+        "chunks and single decode tokens. GQA/MQA: query head h reads KV head h // (H/Hkv). "
+        "Accumulation is float32 whatever the compute dtype."
+    ),
+)
+
+OPS: dict[str, OpSchema] = {op.name: op for op in (KV_APPEND, PAGED_ATTENTION)}
+
+#: Attributes every trtkv node carries so the TensorRT ONNX parser maps it to the plugin
+#: rather than inlining the same-named local function used by ONNX Runtime.
+PLUGIN_NODE_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": "1"}

@@ -1,0 +1,65 @@
+"""The contract between the scheduler and the model backends: plain data, no tensors.
+
+The scheduler produces one `StepPlan` per engine step; a backend (`trtkv.runtime.backends`)
+turns it into op inputs (input_ids, positions, query_start_loc, context_lens, block_tables,
+slot_mapping) and returns logits for the sequences that sample.
+
+Must not import torch, onnx, onnxruntime or tensorrt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ScheduledSeq:
+    """One sequence's share of a step.
+
+    Attributes:
+        seq_id: unique id of the sequence (a request with n > 1 owns n sequences).
+        token_ids: the tokens whose hidden states and K/V this step computes: a prefill chunk,
+            or the single last sampled token when decoding.
+        start_pos: position of ``token_ids[0]``; equals the number of this sequence's tokens
+            whose K/V are already in the pool (its context length).
+        block_ids: the sequence's block table; covers ``start_pos + len(token_ids)`` tokens.
+        sample: whether the step yields logits for the last of ``token_ids`` (a decode step,
+            or the last chunk of a prefill).
+    """
+
+    seq_id: int
+    token_ids: tuple[int, ...]
+    start_pos: int
+    block_ids: tuple[int, ...]
+    sample: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Everything a backend must do for one step, in order.
+
+    Attributes:
+        seqs: sequences computed this step, decodes first then prefill chunks.
+        swap_out: (device_block, host_block) copies to host memory, done first.
+        swap_in: (host_block, device_block) copies from host memory, done after swap_out.
+        block_copies: (src, dst) device block copies (copy-on-write), done after swap_in and
+            before the forward pass.
+    """
+
+    seqs: tuple[ScheduledSeq, ...] = ()
+    swap_out: tuple[tuple[int, int], ...] = ()
+    swap_in: tuple[tuple[int, int], ...] = ()
+    block_copies: tuple[tuple[int, int], ...] = ()
+    preempted_seq_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.seqs)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs and not self.swap_out and not self.swap_in and not self.block_copies

@@ -1,0 +1,145 @@
+"""`SamplingParams`: the per-request knobs of token selection, validated on construction.
+
+Owns only the parameter record and its validation. Must not import torch, onnxruntime or
+tensorrt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from trtkv.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+"""Largest ``logprobs`` a request may ask for."""
+
+MAX_SEED = 2**64 - 1
+"""Largest accepted ``seed`` (seeds are fed to ``numpy.random.SeedSequence``)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next tokens of one request; invalid values raise on construction.
+
+    Lists given for ``stop`` and ``stop_token_ids`` are converted to tuples.
+
+    Raises:
+        InvalidRequestError: a field is out of range; the message names the field, the value
+            and the allowed range.
+    """
+
+    n: int = 1
+    """Number of independent completions of the prompt (>= 1)."""
+    max_new_tokens: int = 16
+    """Most tokens generated per completion (>= 1)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (argmax)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 turns the filter off."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest top set whose probability reaches top_p, in (0, 1]."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p times the top probability, in [0, 1]."""
+    repetition_penalty: float = 1.0
+    """CTRL/HF penalty over prompt+output tokens: positive logits divided, negative multiplied."""
+    presence_penalty: float = 0.0
+    """OpenAI penalty subtracted once from every token present in the output, in [-2, 2]."""
+    frequency_penalty: float = 0.0
+    """OpenAI penalty subtracted per occurrence of a token in the output, in [-2, 2]."""
+    seed: int | None = None
+    """Seed of the request's random generators; None draws fresh entropy."""
+    logprobs: int | None = None
+    """Return the sampled token's logprob and the top-N logprobs (0..20); None for none."""
+    stop: tuple[str, ...] = ()
+    """Strings that end generation; they are not included in the output text."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end generation (in addition to EOS)."""
+    ignore_eos: bool = False
+    """Keep generating after EOS."""
+    min_tokens: int = 0
+    """Tokens generated before EOS, stop token ids or stop strings may end the output."""
+    skip_special_tokens: bool = True
+    """Leave special tokens out of the detokenized text."""
+
+    def __post_init__(self) -> None:
+        for name in ("stop", "stop_token_ids"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether tokens are chosen by argmax (temperature 0)."""
+        return self.temperature == 0.0
+
+    def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            InvalidRequestError: a field has a wrong type or is out of range.
+        """
+        _check_int("n", self.n, low=1)
+        _check_int("max_new_tokens", self.max_new_tokens, low=1)
+        _check_float("temperature", self.temperature, "[0, inf); use 0 for greedy", 0.0)
+        _check_int("top_k", self.top_k, low=0, hint="; use 0 to turn top_k off")
+        _check_float("top_p", self.top_p, "(0, 1]; use 1 to turn top_p off", 0.0, 1.0,
+                     low_open=True)
+        _check_float("min_p", self.min_p, "[0, 1]; use 0 to turn min_p off", 0.0, 1.0)
+        _check_float("repetition_penalty", self.repetition_penalty,
+                     "(0, inf); use 1 for no penalty", 0.0, low_open=True)
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_float(name, getattr(self, name), "[-2, 2]", -2.0, 2.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=0, high=MAX_SEED, hint="; or None for no seed")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, low=0, high=MAX_LOGPROBS,
+                       hint="; or None for no logprobs")
+        _check_int("min_tokens", self.min_tokens, low=0, high=self.max_new_tokens,
+                   hint=" (min_tokens may not exceed max_new_tokens)")
+        if not isinstance(self.stop, tuple) or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            raise InvalidRequestError(
+                f"stop={self.stop!r} is invalid: give a tuple or list of non-empty strings"
+            )
+        if not isinstance(self.stop_token_ids, tuple):
+            raise InvalidRequestError(
+                f"stop_token_ids={self.stop_token_ids!r} is invalid: give a tuple or list of "
+                "token ids (ints >= 0)"
+            )
+        for token_id in self.stop_token_ids:
+            _check_int("stop_token_ids", token_id, low=0,
+                       hint=" for every entry (token ids are ints >= 0)")
+        for name in ("ignore_eos", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidRequestError(
+                    f"{name}={getattr(self, name)!r} is invalid: give True or False"
+                )
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields as a plain dict (for logging and the serving layer)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_int(name: str, value: object, *, low: int, high: int | None = None,
+               hint: str = "") -> None:
+    allowed = f"[{low}, {high}]" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(
+            f"{name}={value!r} is invalid: it must be an integer {allowed}{hint}"
+        )
+    if value < low or (high is not None and value > high):
+        raise InvalidRequestError(f"{name}={value!r} is out of range: allowed {allowed}{hint}")
+
+
+def _check_float(name: str, value: object, allowed: str, low: float,
+                 high: float | None = None, *, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"{name}={value!r} is invalid: it must be a number in {allowed}")
+    v = float(value)
+    too_low = v <= low if low_open else v < low
+    too_high = high is not None and v > high
+    if math.isnan(v) or math.isinf(v) or too_low or too_high:
+        raise InvalidRequestError(f"{name}={value!r} is out of range: allowed {allowed}")

@@ -1,0 +1,45 @@
+"""A one-layer ONNX graph holding just the trtkv ops, to run their function bodies in ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from trtkv.ops.builder import GraphBuilder
+from trtkv.ops.onnx_functions import (
+    KV_ONNX_TYPES,
+    emit_kv_append,
+    emit_paged_attention,
+    op_functions,
+    op_opset_imports,
+)
+
+
+def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, softcap: float = 0.0,
+                compute: int = TensorProto.FLOAT) -> ort.InferenceSession:
+    b = GraphBuilder()
+    ks, vs = emit_kv_append(b, "key", "value", "slot_mapping", "kv_cache", "k_scale", "v_scale", ".0")
+    emit_paged_attention(
+        b, "query", ks, vs, "kv_cache", "query_start_loc", "context_lens", "block_tables",
+        "k_scale", "v_scale", scale=scale, sliding_window=sliding_window, softcap=softcap, prefix=".0",
+    )
+    b.op("Identity", b.nodes[-1].output[0], outputs=["output"])
+    pool_t = KV_ONNX_TYPES[kv_dtype]
+    vi = helper.make_tensor_value_info
+    inputs = [
+        vi("query", compute, ["T", "H", "D"]), vi("key", compute, ["T", "Hkv", "D"]),
+        vi("value", compute, ["T", "Hkv", "D"]), vi("slot_mapping", TensorProto.INT64, ["T"]),
+        vi("kv_cache", pool_t, ["N", 2, "B", "Hkv", "D"]),
+        vi("query_start_loc", TensorProto.INT32, ["S1"]), vi("context_lens", TensorProto.INT32, ["S"]),
+        vi("block_tables", TensorProto.INT32, ["S", "M"]),
+        vi("k_scale", TensorProto.FLOAT, ["Ks"]), vi("v_scale", TensorProto.FLOAT, ["Ks"]),
+    ]
+    outputs = [vi("output", compute, ["T", "H", "D"]), vi("key_stored.0", pool_t, ["T", "Hkv", "D"]),
+               vi("value_stored.0", pool_t, ["T", "Hkv", "D"])]
+    graph = helper.make_graph(b.nodes, "ops", inputs, outputs, b.initializers)
+    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype))
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

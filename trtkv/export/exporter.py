@@ -1,0 +1,153 @@
+"""`trtkv export`: HF checkpoint directory -> model.onnx (+ external weights), manifest, tokenizer."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from trtkv.errors import CheckpointError, ConfigError
+from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_config, load_hf_config
+from trtkv.export.llama_graph import COMPUTE_TYPES, LlamaGraph
+from trtkv.manifest import ONNX_FILE, Manifest
+from trtkv.ops.onnx_functions import op_functions, op_opset_imports
+from trtkv.ops.schema import KV_DTYPES
+
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
+)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of `trtkv export`."""
+
+    dtype: str = field(default="fp32", metadata={"help": "weight/compute dtype: fp32, fp16 or bf16"})
+    kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
+    block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
+    external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
+
+    def __post_init__(self) -> None:
+        if self.dtype not in COMPUTE_TYPES:
+            raise ConfigError(f"--dtype {self.dtype!r} is not supported; use one of {', '.join(COMPUTE_TYPES)}")
+        if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"--block-size must be a power of two >= 1, got {self.block_size}")
+
+    @property
+    def resolved_kv_dtype(self) -> str:
+        return self.dtype if self.kv_dtype == "auto" else self.kv_dtype
+
+
+def _rope_inv_freq(hf_config: Any) -> tuple[np.ndarray, float]:
+    """inv_freq [D/2] and attention scaling from transformers' own rotary embedding class."""
+    mt = hf_config.model_type
+    module = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
+    cls_name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[mt]
+    rotary = getattr(module, f"{cls_name}RotaryEmbedding")(config=hf_config)
+    return rotary.inv_freq.float().numpy().astype(np.float32), float(rotary.attention_scaling)
+
+
+def _weight_fn(reader: WeightReader, dtype: str) -> Any:
+    import torch
+
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+    def get(name: str) -> np.ndarray:
+        t = reader.get(name).to(torch_dtype).contiguous()
+        if dtype == "bf16":
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    return get
+
+
+def _check_weights(reader: WeightReader, spec: ArchSpec) -> None:
+    required = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not spec.tie_word_embeddings:
+        required.append("lm_head.weight")
+    missing = [n for n in required if not reader.has(n)]
+    if missing:
+        raise CheckpointError(f"checkpoint in {reader.hf_dir} lacks weights {missing}; it is incomplete")
+
+
+def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> Manifest:
+    """Export a Llama-family checkpoint to ``out_dir``.
+
+    Args:
+        hf_dir: HF checkpoint directory (config.json, *.safetensors, tokenizer files).
+        out_dir: created if needed; receives model.onnx, manifest.json, tokenizer files.
+        config: export options.
+
+    Returns:
+        The manifest written to ``out_dir``.
+
+    Raises:
+        CheckpointError: missing/corrupt checkpoint or unsupported architecture.
+        ConfigError: invalid options.
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    hf_config = load_hf_config(hf_dir)
+    spec = arch_spec_from_config(hf_config, hf_dir)
+    kv_dtype = config.resolved_kv_dtype
+    inv_freq, attention_scaling = _rope_inv_freq(hf_config)
+    kv_scales = [(np.ones(1, np.float32), np.ones(1, np.float32)) for _ in range(spec.num_layers)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with WeightReader(hf_dir) as reader:
+        _check_weights(reader, spec)
+        graph_builder = LlamaGraph(spec, config.dtype, kv_dtype, _weight_fn(reader, config.dtype))
+        graph = graph_builder.build(inv_freq, attention_scaling, kv_scales, _progress(config, spec))
+    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype),
+                              producer_name="trtkv")
+    model.ir_version = 10
+    _save_onnx(model, out_dir, config.external_data_min_mib)
+    manifest = Manifest(
+        architecture=spec.model_type, num_layers=spec.num_layers, hidden_size=spec.hidden_size,
+        num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+        vocab_size=spec.vocab_size, max_position_embeddings=spec.max_position_embeddings,
+        dtype=config.dtype, kv_dtype=kv_dtype,
+        k_scales=tuple(tuple(float(x) for x in k) for k, _ in kv_scales),
+        v_scales=tuple(tuple(float(x) for x in v) for _, v in kv_scales),
+        block_size=config.block_size, sliding_windows=spec.sliding_windows,
+        eos_token_ids=spec.eos_token_ids, bos_token_id=spec.bos_token_id, rope=spec.rope,
+        tie_word_embeddings=spec.tie_word_embeddings, source=str(hf_dir.resolve()),
+    )
+    manifest.save(out_dir)
+    _copy_tokenizer(hf_dir, out_dir)
+    return manifest
+
+
+def _progress(config: ExportConfig, spec: ArchSpec) -> Any:
+    if not config.progress:
+        return iter
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, total=spec.num_layers, desc="export layers", unit="layer", file=sys.stderr)
+
+
+def _save_onnx(model: onnx.ModelProto, out_dir: Path, external_min_mib: float) -> None:
+    path = out_dir / ONNX_FILE
+    data_name = ONNX_FILE + ".data"
+    (out_dir / data_name).unlink(missing_ok=True)
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    if total > external_min_mib * 2**20:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _copy_tokenizer(hf_dir: Path, out_dir: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (hf_dir / name).is_file():
+            shutil.copy2(hf_dir / name, out_dir / name)

@@ -1,0 +1,125 @@
+"""The manifest: what an exported model directory is, shared by export, build and runtime.
+
+Written by `trtkv export` as `manifest.json` beside `model.onnx`; read by the backends and the
+engine. Values discovered at export time (architecture, heads, rope, eos ids, KV scales) live
+here, never back in a config object.
+
+Must not import torch, onnx or tensorrt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtkv.errors import ModelDirError
+from trtkv.ops.schema import KV_DTYPES, KV_LAYOUT, OP_DOMAIN, OP_SET_VERSION, OPS
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+FORMAT_VERSION = 1
+
+#: Graph input / output names shared by the exporter and every backend.
+INPUT_NAMES = (
+    "input_ids", "positions", "query_start_loc", "context_lens", "block_tables",
+    "slot_mapping", "logits_indices",
+)
+KV_CACHE_INPUT = "kv_cache.{layer}"
+LOGITS_OUTPUT = "logits"
+KEY_STORED_OUTPUT = "key_stored.{layer}"
+VALUE_STORED_OUTPUT = "value_stored.{layer}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about an exported model.
+
+    Attributes:
+        architecture: HF ``model_type`` (llama, mistral, qwen2, qwen3).
+        num_layers, hidden_size, num_heads, num_kv_heads, head_dim, vocab_size: model dims.
+        max_position_embeddings: the longest sequence the model supports.
+        dtype: weight/compute dtype of the graph (fp32, fp16, bf16).
+        kv_dtype: dtype of the KV pool (fp32, fp16, bf16, fp8, int8).
+        k_scales, v_scales: per layer, the KV dequant scales ([1] or [Hkv] floats).
+        block_size: default tokens per KV block for this export.
+        sliding_windows: per layer window (0 = full attention).
+        eos_token_ids, bos_token_id: from generation_config.json / config.json.
+        rope: rope settings as read (theta, scaling dict) — informational.
+    """
+
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    dtype: str
+    kv_dtype: str
+    k_scales: tuple[tuple[float, ...], ...]
+    v_scales: tuple[tuple[float, ...], ...]
+    block_size: int
+    sliding_windows: tuple[int, ...]
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    rope: dict[str, Any] = field(default_factory=dict)
+    tie_word_embeddings: bool = False
+    onnx_file: str = ONNX_FILE
+    kv_layout: str = KV_LAYOUT
+    op_domain: str = OP_DOMAIN
+    op_set_version: int = OP_SET_VERSION
+    op_versions: dict[str, int] = field(default_factory=lambda: {n: s.version for n, s in OPS.items()})
+    format_version: int = FORMAT_VERSION
+    source: str = ""
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV storage per token over all layers (scales excluded)."""
+        elem = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[self.kv_dtype]
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+    def save(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / MANIFEST_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Manifest:
+        """Read and validate ``model_dir/manifest.json``.
+
+        Raises:
+            ModelDirError: the directory or manifest is missing, unreadable or inconsistent.
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelDirError(
+                f"model directory {model_dir} does not exist; create one with "
+                "`trtkv export HF_DIR -o OUT_DIR`"
+            )
+        path = model_dir / MANIFEST_FILE
+        if not path.is_file():
+            raise ModelDirError(
+                f"{model_dir} has no {MANIFEST_FILE}: it is not an exported trtkv model; "
+                "run `trtkv export HF_DIR -o OUT_DIR` and pass OUT_DIR"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            raw["k_scales"] = tuple(tuple(s) for s in raw["k_scales"])
+            raw["v_scales"] = tuple(tuple(s) for s in raw["v_scales"])
+            for key in ("sliding_windows", "eos_token_ids"):
+                raw[key] = tuple(raw[key])
+            manifest = cls(**raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelDirError(f"{path} is corrupt ({exc}); re-export the model") from exc
+        if manifest.format_version != FORMAT_VERSION:
+            raise ModelDirError(
+                f"{path} has format_version {manifest.format_version}, this trtkv reads "
+                f"{FORMAT_VERSION}; re-export the model with this version"
+            )
+        if manifest.kv_dtype not in KV_DTYPES:
+            raise ModelDirError(f"{path}: unknown kv_dtype {manifest.kv_dtype!r}")
+        if not (model_dir / manifest.onnx_file).is_file():
+            raise ModelDirError(f"{model_dir} has no {manifest.onnx_file}; re-export the model")
+        return manifest

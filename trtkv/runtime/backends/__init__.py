@@ -1,0 +1,25 @@
+"""Model backends: turn a StepPlan into logits over a paged KV pool (ONNX Runtime, TensorRT)."""
+
+from __future__ import annotations
+
+from trtkv.runtime.backends.base import BackendConfig, BaseBackend
+from trtkv.runtime.backends.inputs import StepInputs, build_step_inputs
+
+__all__ = ["BackendConfig", "BaseBackend", "StepInputs", "build_step_inputs", "create_backend"]
+
+
+def create_backend(model_dir: str, config: BackendConfig) -> BaseBackend:
+    """The backend named by ``config.backend`` for an exported model directory."""
+    from trtkv.errors import ConfigError
+    from trtkv.manifest import Manifest
+
+    manifest = Manifest.load(model_dir)
+    if config.backend == "onnxruntime":
+        from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_dir, manifest, config)
+    if config.backend == "tensorrt":
+        from trtkv.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(model_dir, manifest, config)  # type: ignore[arg-type]
+    raise ConfigError(f"unknown backend {config.backend!r}; use onnxruntime or tensorrt")

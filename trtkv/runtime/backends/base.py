@@ -1,0 +1,93 @@
+"""The backend contract every model backend implements (ONNX Runtime on CPU, TensorRT on GPU)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtkv.errors import ConfigError
+from trtkv.manifest import Manifest
+from trtkv.runtime.plan import StepPlan
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Options of a model backend."""
+
+    backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (CPU) or tensorrt (NVIDIA GPU)"})
+    num_blocks: int = field(default=0, metadata={"help": "KV blocks in the device pool; 0 = size from --kv-cache-gib"})
+    block_size: int = field(default=0, metadata={"help": "tokens per KV block; 0 = the manifest's"})
+    kv_cache_gib: float = field(default=0.5, metadata={"help": "KV pool size in GiB when --num-blocks is 0"})
+    num_host_blocks: int = field(default=0, metadata={"help": "KV blocks in the host-memory tier (swap / offload)"})
+    num_threads: int = field(default=0, metadata={"help": "CPU threads for ONNX Runtime; 0 = all cores"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "fraction of GPU memory trtkv may use (tensorrt)"})
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 0:
+            raise ConfigError(f"--num-blocks must be >= 0, got {self.num_blocks}")
+        if self.block_size < 0 or (self.block_size & (self.block_size - 1)):
+            raise ConfigError(f"--block-size must be a power of two, got {self.block_size}")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"--kv-cache-gib must be > 0, got {self.kv_cache_gib}")
+        if self.num_host_blocks < 0:
+            raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    def resolve_block_size(self, manifest: Manifest) -> int:
+        return self.block_size or manifest.block_size
+
+    def resolve_num_blocks(self, manifest: Manifest) -> int:
+        """Pool size in blocks: explicit, or as many as fit in ``kv_cache_gib``."""
+        if self.num_blocks:
+            return self.num_blocks
+        per_block = manifest.kv_bytes_per_token() * self.resolve_block_size(manifest)
+        return max(1, int(self.kv_cache_gib * 2**30) // per_block)
+
+
+class BaseBackend(ABC):
+    """Runs the model over a paged KV pool that the backend owns.
+
+    Attributes:
+        manifest: the exported model's manifest.
+        num_blocks: device pool size in blocks; block ids are 0 .. num_blocks-1.
+        block_size: tokens per block.
+        num_host_blocks: host tier size in blocks (0 = no swapping).
+    """
+
+    manifest: Manifest
+    num_blocks: int
+    block_size: int
+    num_host_blocks: int
+
+    @abstractmethod
+    def execute(self, plan: StepPlan) -> np.ndarray:
+        """Run one step: block moves (swap_out, swap_in, block_copies) then the forward pass.
+
+        Returns:
+            float32 [R, vocab]: logits of the last token of each sequence with ``sample`` set,
+            in plan order.
+        """
+
+    @abstractmethod
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy device blocks src -> dst in every layer (copy-on-write)."""
+
+    @abstractmethod
+    def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy device blocks to host blocks: pairs of (device_block, host_block)."""
+
+    @abstractmethod
+    def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy host blocks to device blocks: pairs of (host_block, device_block)."""
+
+    def apply_block_moves(self, plan: StepPlan) -> None:
+        if plan.swap_out:
+            self.swap_out(plan.swap_out)
+        if plan.swap_in:
+            self.swap_in(plan.swap_in)
+        if plan.block_copies:
+            self.copy_blocks(plan.block_copies)

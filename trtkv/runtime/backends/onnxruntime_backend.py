@@ -1,0 +1,149 @@
+"""ONNX Runtime backend (CPU): runs the exported graph over a paged KV pool held in numpy.
+
+The pool arrays are bound to the session as zero-copy OrtValues, so ONNX Runtime reads the
+sequences' histories straight from them (the PagedAttention body only gathers rows), and the
+step's K/V come back as the KVAppend outputs and are scattered into the pool here: O(new
+tokens), independent of the pool size.
+
+bf16 models: ONNX Runtime's CPU kernels lack bf16 MatMul/Add/..., so the graph is rewritten
+at load to compute in float32 from the bf16-rounded weights; the KV pool stays bf16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, numpy_helper
+
+from trtkv.errors import ModelDirError
+from trtkv.manifest import KEY_STORED_OUTPUT, KV_CACHE_INPUT, LOGITS_OUTPUT, VALUE_STORED_OUTPUT, Manifest
+from trtkv.ops.reference import KV_NUMPY_DTYPES
+from trtkv.ops.onnx_functions import KV_ONNX_TYPES
+from trtkv.runtime.backends.base import BackendConfig, BaseBackend
+from trtkv.runtime.backends.inputs import build_step_inputs
+from trtkv.runtime.plan import StepPlan
+
+# numpy views ONNX Runtime can wrap for storage types numpy lacks.
+_ORT_VIEW = {"bf16": np.uint16, "fp8": np.uint8}
+
+
+class OnnxRuntimeBackend(BaseBackend):
+    """See module docstring. ``pools[i]`` is layer i's [N, 2, B, Hkv, D] pool."""
+
+    def __init__(self, model_dir: str | Path, manifest: Manifest, config: BackendConfig) -> None:
+        self.manifest = manifest
+        self.block_size = config.resolve_block_size(manifest)
+        self.num_blocks = config.resolve_num_blocks(manifest)
+        self.num_host_blocks = config.num_host_blocks
+        model = _load_model(Path(model_dir), manifest)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if config.num_threads:
+            opts.intra_op_num_threads = config.num_threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelDirError(f"ONNX Runtime cannot load {model_dir}: {exc}") from exc
+        m = manifest
+        kv_np = KV_NUMPY_DTYPES[m.kv_dtype]
+        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
+        host_shape = (self.num_host_blocks, *shape[1:])
+        self.pools = [np.zeros(shape, dtype=kv_np) for _ in range(m.num_layers)]
+        self.host_pools = [np.zeros(host_shape, dtype=kv_np) for _ in range(m.num_layers)]
+        self._pool_values = [self._ortvalue(p) for p in self.pools]
+        self._row_stride = 2 * self.block_size
+
+    def _ortvalue(self, array: np.ndarray) -> ort.OrtValue:
+        view = _ORT_VIEW.get(self.manifest.kv_dtype)
+        if view is None:
+            return ort.OrtValue.ortvalue_from_numpy(array)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            array.view(view), KV_ONNX_TYPES[self.manifest.kv_dtype]
+        )
+
+    def execute(self, plan: StepPlan) -> np.ndarray:
+        self.apply_block_moves(plan)
+        if not plan.seqs:
+            return np.zeros((0, self.manifest.vocab_size), dtype=np.float32)
+        inputs = build_step_inputs(plan, self.block_size)
+        binding = self.session.io_binding()
+        for name, value in inputs.as_dict().items():
+            binding.bind_cpu_input(name, value)
+        m = self.manifest
+        num_tokens = len(inputs.input_ids)
+        stored: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, value in enumerate(self._pool_values):
+            binding.bind_ortvalue_input(KV_CACHE_INPUT.format(layer=i), value)
+            ks = np.empty((num_tokens, m.num_kv_heads, m.head_dim), dtype=self.pools[i].dtype)
+            vs = np.empty_like(ks)
+            binding.bind_ortvalue_output(KEY_STORED_OUTPUT.format(layer=i), self._ortvalue(ks))
+            binding.bind_ortvalue_output(VALUE_STORED_OUTPUT.format(layer=i), self._ortvalue(vs))
+            stored.append((ks, vs))
+        logits = np.empty((len(inputs.logits_indices), m.vocab_size), dtype=np.float32)
+        binding.bind_ortvalue_output(LOGITS_OUTPUT, ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(binding)
+        slots = inputs.slot_mapping
+        k_rows = (slots // self.block_size) * self._row_stride + slots % self.block_size
+        for pool, (ks, vs) in zip(self.pools, stored, strict=True):
+            rows = pool.reshape(-1, m.num_kv_heads, m.head_dim)
+            rows[k_rows] = ks
+            rows[k_rows + self.block_size] = vs
+        return logits
+
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        src, dst = _split(pairs)
+        for pool in self.pools:
+            pool[dst] = pool[src]
+
+    def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
+        dev, host = _split(pairs)
+        for pool, host_pool in zip(self.pools, self.host_pools, strict=True):
+            host_pool[host] = pool[dev]
+
+    def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
+        host, dev = _split(pairs)
+        for pool, host_pool in zip(self.pools, self.host_pools, strict=True):
+            pool[dev] = host_pool[host]
+
+    def read_block(self, block_id: int) -> list[np.ndarray]:
+        """Copies of one device block in every layer (for tiers and tests)."""
+        return [pool[block_id].copy() for pool in self.pools]
+
+    def write_block(self, block_id: int, data: Sequence[np.ndarray]) -> None:
+        for pool, layer in zip(self.pools, data, strict=True):
+            pool[block_id] = layer
+
+
+def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _load_model(model_dir: Path, manifest: Manifest) -> onnx.ModelProto:
+    path = model_dir / manifest.onnx_file
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:
+        raise ModelDirError(f"cannot read {path} ({exc}); re-export the model") from exc
+    if manifest.dtype == "bf16":
+        _bf16_to_fp32_compute(model)
+    return model
+
+
+def _bf16_to_fp32_compute(model: onnx.ModelProto) -> None:
+    """Rewrite the main graph's bf16 compute to float32 (the pool and op bodies keep bf16)."""
+    graph = model.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.BFLOAT16:
+            bits = np.frombuffer(init.raw_data, dtype=np.uint16).astype(np.uint32) << 16
+            arr = bits.view(np.float32).reshape(tuple(init.dims))
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.BFLOAT16:
+                attr.i = TensorProto.FLOAT

@@ -1,0 +1,64 @@
+"""Engine configuration: one frozen dataclass whose field help is the CLI help."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from trtkv.errors import ConfigError
+from trtkv.manifest import Manifest
+from trtkv.runtime.backends.base import BackendConfig
+from trtkv.runtime.scheduler.config import SchedulerConfig
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Options of the runtime engine (backend, KV pool, batching)."""
+
+    backend: str = _opt("onnxruntime", "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)")
+    num_blocks: int = _opt(0, "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
+    block_size: int = _opt(0, "tokens per KV block; 0 = the manifest's (export --block-size)")
+    kv_cache_gib: float = _opt(0.5, "KV pool size in GiB when --num-blocks is 0")
+    num_host_blocks: int = _opt(0, "KV blocks in the host-memory tier (swap preemption)")
+    num_threads: int = _opt(0, "CPU threads for ONNX Runtime; 0 = all cores")
+    gpu_memory_utilization: float = _opt(0.9, "fraction of GPU memory for weights + KV (tensorrt)")
+    max_model_len: int = _opt(0, "longest prompt + output; 0 = the model's max positions")
+    max_num_seqs: int = _opt(64, "most sequences running in one step")
+    max_num_batched_tokens: int = _opt(2048, "most tokens computed in one step (token budget)")
+    max_num_queued_requests: int = _opt(1024, "most waiting requests; more are rejected (queue_full)")
+    enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
+    preemption_mode: str = _opt("recompute", "when KV runs out: recompute or swap (needs --num-host-blocks)")
+    enable_prefix_caching: bool = _opt(False, "reuse KV blocks of shared prompt prefixes")
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(
+            backend=self.backend, num_blocks=self.num_blocks, block_size=self.block_size,
+            kv_cache_gib=self.kv_cache_gib, num_host_blocks=self.num_host_blocks,
+            num_threads=self.num_threads, gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+
+    def scheduler_config(self, manifest: Manifest) -> SchedulerConfig:
+        max_len = self.max_model_len or manifest.max_position_embeddings
+        if max_len > manifest.max_position_embeddings:
+            raise ConfigError(
+                f"--max-model-len {max_len} exceeds the model's max positions "
+                f"({manifest.max_position_embeddings}); lower it"
+            )
+        if self.preemption_mode == "swap" and self.num_host_blocks == 0:
+            raise ConfigError("--preemption-mode swap needs host blocks: set --num-host-blocks")
+        return SchedulerConfig(
+            max_model_len=max_len, max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_num_queued_requests=self.max_num_queued_requests,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            preemption_mode=self.preemption_mode,  # type: ignore[arg-type]
+        )
+
+
+def config_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(cls))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from trtkv.runtime.sampling import IncrementalDetokenizer
+from trtkv.runtime.sampling import IncrementalDetokenizer, SamplingParams, StopChecker
 from trtkv.runtime.sampling.detokenizer import REPLACEMENT_CHAR
 
 SENTENCES = [
@@ -115,3 +115,22 @@ def test_random_ids_concatenate_to_full_decode(output_ids: list[int], prompt_ind
         streamed += detok.push(token)
         assert decode(tokenizer, output_ids[:k], skip).startswith(streamed)
     assert streamed + detok.flush() == decode(tokenizer, output_ids, skip)
+
+
+@pytest.mark.parametrize("stop", ["你好", "🙂", "wörld"])
+def test_stop_string_on_real_tokens(stop: str) -> None:
+    """Detokenizer + StopChecker: the stop string (split over byte tokens) is never streamed."""
+    tokenizer = make_tokenizer()
+    text = SENTENCES[0]  # "héllo wörld 你好 🙂"
+    params = SamplingParams(stop=(stop,), max_new_tokens=64)
+    detok = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=True)
+    checker = StopChecker(params, [tokenizer.eos_token_id or 0])
+    deltas = []
+    for token in tokenizer.encode(text):
+        update = checker.update(token, detok.push(token))
+        deltas.append(update.text_delta)
+        if update.is_finished:
+            break
+    assert update.stop_reason == stop
+    assert "".join(deltas) == checker.text == text[: text.index(stop)]
+    assert all(REPLACEMENT_CHAR not in d and stop not in d for d in deltas)

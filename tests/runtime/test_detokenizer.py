@@ -41,7 +41,9 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def decode(tokenizer: PreTrainedTokenizerFast, ids: list[int], skip: bool = True) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+    text = tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+    assert isinstance(text, str)
+    return text
 
 
 def test_tokenizer_splits_characters_over_tokens() -> None:

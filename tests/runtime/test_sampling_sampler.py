@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -44,23 +46,26 @@ def test_top_k_1_equals_greedy() -> None:
     assert [r.token_ids for r in greedy] == [r.token_ids for r in top1]
 
 
-def kept(filtered: np.ndarray) -> list[list[int]]:
+def kept(logits: np.ndarray, apply: Callable[[np.ndarray, np.ndarray], None],
+         values: list[float]) -> list[list[int]]:
+    filtered = logits.copy()
+    apply(filtered, np.array(values))
     return [np.flatnonzero(np.isfinite(r)).tolist() for r in filtered]
 
 
 def test_filters_mask_exactly_the_expected_tokens() -> None:
     probs = np.array([[0.4, 0.3, 0.15, 0.1, 0.05], [0.05, 0.1, 0.15, 0.3, 0.4]])
     logits = np.log(probs)
-    assert kept(proc.apply_top_k(logits, np.array([2, 3]))) == [[0, 1], [2, 3, 4]]
-    assert kept(proc.apply_top_k(logits, np.array([0, 5]))) == [list(range(5))] * 2
+    assert kept(logits, proc.apply_top_k, [2, 3]) == [[0, 1], [2, 3, 4]]
+    assert kept(logits, proc.apply_top_k, [0, 5]) == [list(range(5))] * 2
     # top_p: 0.4 < 0.5 -> the 0.3 token is needed too; 0.4 + 0.3 < 0.8 -> 3 tokens.
-    assert kept(proc.apply_top_p(logits, np.array([0.5, 0.8]))) == [[0, 1], [2, 3, 4]]
-    assert kept(proc.apply_top_p(logits, np.array([0.35, 1.0]))) == [[0], list(range(5))]
-    assert kept(proc.apply_top_p(logits, np.array([0.01, 0.01]))) == [[0], [4]]
+    assert kept(logits, proc.apply_top_p, [0.5, 0.8]) == [[0, 1], [2, 3, 4]]
+    assert kept(logits, proc.apply_top_p, [0.35, 1.0]) == [[0], list(range(5))]
+    assert kept(logits, proc.apply_top_p, [0.01, 0.01]) == [[0], [4]]
     # min_p: keep p >= min_p * p_max: 0.5 * 0.4 = 0.2, 0.2 * 0.4 = 0.08.
-    assert kept(proc.apply_min_p(logits, np.array([0.5, 0.2]))) == [[0, 1], [1, 2, 3, 4]]
+    assert kept(logits, proc.apply_min_p, [0.5, 0.2]) == [[0, 1], [1, 2, 3, 4]]
     ties = np.log(np.array([[0.25, 0.25, 0.25, 0.25]]))
-    assert kept(proc.apply_top_k(ties, np.array([2]))) == [[0, 1, 2, 3]]
+    assert kept(ties, proc.apply_top_k, [2]) == [[0, 1, 2, 3]]
 
 
 def empirical(logits: np.ndarray, params: SamplingParams, draws: int = 4000) -> np.ndarray:
@@ -215,3 +220,17 @@ def test_logprobs_none_and_zero() -> None:
 def test_shape_mismatch_is_rejected() -> None:
     with pytest.raises(ValueError, match="rows"):
         Sampler().sample(random_logits(2), [row(SamplingParams())])
+
+
+def test_top_p_is_measured_after_top_k() -> None:
+    logits = np.log(np.array([[0.4, 0.3, 0.15, 0.1, 0.05]]))
+    proc.apply_top_k(logits, np.array([3]))
+    # Renormalized over the 3 survivors, the first two hold 0.7 / 0.85 > 0.8.
+    proc.apply_top_p(logits, np.array([0.8]))
+    assert np.flatnonzero(np.isfinite(logits[0])).tolist() == [0, 1]
+
+
+def test_sampling_package_imports_no_torch() -> None:
+    code = ("import sys, trtkv.runtime.sampling; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'onnxruntime', 'tensorrt')))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

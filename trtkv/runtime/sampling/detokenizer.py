@@ -11,7 +11,7 @@ Must not import torch, onnxruntime or tensorrt.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -23,8 +23,7 @@ specially (e.g. dropping a leading space) see the same context as a full decode 
 class Tokenizer(Protocol):
     """The part of a Hugging Face ``PreTrainedTokenizerFast`` this module uses."""
 
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...,
-               clean_up_tokenization_spaces: bool | None = ...) -> str: ...
+    def decode(self, token_ids: Any, skip_special_tokens: bool = ..., **kwargs: Any) -> Any: ...
 
 
 class IncrementalDetokenizer:
@@ -105,8 +104,10 @@ class IncrementalDetokenizer:
         self._prefix_text = self._decode(0, self._read_offset)
 
     def _decode(self, start: int, stop: int) -> str:
-        return self.tokenizer.decode(
+        text = self.tokenizer.decode(
             self._ids[start:stop],
             skip_special_tokens=self.skip_special_tokens,
             clean_up_tokenization_spaces=False,
         )
+        assert isinstance(text, str)
+        return text

@@ -1,7 +1,7 @@
 """Logit processors: penalties, stop-token masking and the top-k / top-p / min-p filters.
 
-Pure numpy functions on float64 rows; the `Sampler` chains them. Filters mark removed tokens
-with ``-inf`` and keep every token tied with the last kept one, so their result never depends
+In-place numpy functions on float64 logits; the `Sampler` chains them. Filters mark removed
+tokens with ``-inf`` and keep every token tied with the last kept one, so their result never depends
 on the order of equal logits. Must not import torch, onnxruntime or tensorrt.
 """
 
@@ -57,34 +57,17 @@ def mask_tokens(row: FloatArray, token_ids: Sequence[int]) -> None:
     row[ids] = -np.inf
 
 
-def apply_top_k(logits: FloatArray, top_k: npt.NDArray[np.int64]) -> FloatArray:
-    """Keep each row's ``top_k`` largest logits (and ties with the k-th); others become -inf.
+def apply_top_k(logits: FloatArray, top_k: npt.NDArray[np.int64]) -> None:
+    """Keep each row's ``top_k`` largest logits (and ties with the k-th), in place.
 
     Args:
         logits: float64 [R, V].
         top_k: int64 [R]; 0 (or >= V) leaves the row unchanged.
-
-    Returns:
-        float64 [R, V], a filtered copy.
     """
-    out = logits.copy()
-    vocab_size = logits.shape[1]
-    active = np.flatnonzero((top_k > 0) & (top_k < vocab_size))
-    if active.size == 0:
-        return out
-    sub = logits[active]
-    sorted_desc = -np.sort(-sub, axis=1)
-    kth = sorted_desc[np.arange(active.size), top_k[active] - 1]
-    out[active] = np.where(sub < kth[:, None], -np.inf, sub)
-    return out
-
-
-def softmax(logits: FloatArray) -> FloatArray:
-    """Row-wise softmax of float64 [R, V] logits (rows with -inf entries allowed)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    result: FloatArray = exp / exp.sum(axis=1, keepdims=True)
-    return result
+    for r in np.flatnonzero((top_k > 0) & (top_k < logits.shape[1])).tolist():
+        k = int(top_k[r])
+        kth = -np.partition(-logits[r], k - 1)[k - 1]  # O(V), no full sort
+        logits[r, logits[r] < kth] = -np.inf
 
 
 def log_softmax(logits: FloatArray) -> FloatArray:
@@ -94,8 +77,8 @@ def log_softmax(logits: FloatArray) -> FloatArray:
     return result
 
 
-def apply_top_p(logits: FloatArray, top_p: FloatArray) -> FloatArray:
-    """Nucleus filter: keep the smallest most-likely set whose probability reaches ``top_p``.
+def apply_top_p(logits: FloatArray, top_p: FloatArray) -> None:
+    """Nucleus filter, in place: keep the smallest top set whose probability reaches ``top_p``.
 
     A token is kept when the probability of the strictly more likely tokens (in sorted order)
     is below ``top_p``; so the most likely token always survives, and tokens tied with the last
@@ -104,40 +87,29 @@ def apply_top_p(logits: FloatArray, top_p: FloatArray) -> FloatArray:
     Args:
         logits: float64 [R, V].
         top_p: float64 [R] in (0, 1]; 1 leaves the row unchanged.
-
-    Returns:
-        float64 [R, V], a filtered copy.
     """
-    out = logits.copy()
-    active = np.flatnonzero(top_p < 1.0)
-    if active.size == 0:
-        return out
-    sub = logits[active]
-    probs = softmax(sub)
-    sorted_desc = -np.sort(-probs, axis=1)
-    mass_before = np.cumsum(sorted_desc, axis=1) - sorted_desc
-    num_kept = np.maximum((mass_before < top_p[active, None]).sum(axis=1), 1)
-    threshold = sorted_desc[np.arange(active.size), num_kept - 1]
-    out[active] = np.where(probs < threshold[:, None], -np.inf, sub)
-    return out
+    for r in np.flatnonzero(top_p < 1.0).tolist():
+        # Only live tokens take part: after top-k that is a short list, so the sort is cheap.
+        live = np.flatnonzero(logits[r] > -np.inf)
+        probs = np.exp(logits[r, live] - logits[r, live].max())
+        probs /= probs.sum()
+        sorted_desc = -np.sort(-probs)
+        mass_before = np.cumsum(sorted_desc) - sorted_desc
+        num_kept = max(int((mass_before < top_p[r]).sum()), 1)
+        logits[r, live[probs < sorted_desc[num_kept - 1]]] = -np.inf
 
 
-def apply_min_p(logits: FloatArray, min_p: FloatArray) -> FloatArray:
-    """Drop tokens whose probability is below ``min_p`` times the row's top probability.
+def apply_min_p(logits: FloatArray, min_p: FloatArray) -> None:
+    """Drop tokens whose probability is below ``min_p`` times the row's top one, in place.
 
     Args:
         logits: float64 [R, V].
         min_p: float64 [R] in [0, 1]; 0 leaves the row unchanged.
-
-    Returns:
-        float64 [R, V], a filtered copy.
     """
-    out = logits.copy()
     active = np.flatnonzero(min_p > 0.0)
     if active.size == 0:
-        return out
+        return
     sub = logits[active]
     # p_i / p_max = exp(l_i - l_max), so the test needs no normalization.
     ratio = np.exp(sub - sub.max(axis=1, keepdims=True))
-    out[active] = np.where(ratio < min_p[active, None], -np.inf, sub)
-    return out
+    logits[active] = np.where(ratio < min_p[active, None], -np.inf, sub)

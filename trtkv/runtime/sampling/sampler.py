@@ -38,7 +38,8 @@ def make_generator(seed: int | None, child_index: int = 0) -> np.random.Generato
     """
     if seed is None:
         return np.random.default_rng()
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(child_index,))))
+    seed_sequence = np.random.SeedSequence(seed, spawn_key=(child_index,))
+    return np.random.Generator(np.random.PCG64(seed_sequence))
 
 
 @dataclass(frozen=True)
@@ -131,20 +132,20 @@ class Sampler:
         greedy_idx = [i for i, r in enumerate(rows) if r.params.is_greedy]
         sample_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
         token_ids: list[list[int]] = [[] for _ in rows]
-        # Logprob base: penalized logits, scaled by temperature for sampled rows.
-        scaled = work.copy()
+        # From here on `work` holds the logprob base: penalized logits, and for sampled rows
+        # also divided by the temperature.
         if greedy_idx:
             best = np.argmax(work[greedy_idx], axis=1)  # first maximum -> lowest id on ties
             for i, token in zip(greedy_idx, best.tolist(), strict=True):
                 token_ids[i] = [token] * rows[i].num_samples
         if sample_idx:
             temps = np.array([rows[i].params.temperature for i in sample_idx])
-            scaled[sample_idx] /= temps[:, None]
-            filtered = self._filter(scaled[sample_idx], [rows[i] for i in sample_idx])
+            work[sample_idx] /= temps[:, None]
+            filtered = self._filter(work[sample_idx], [rows[i] for i in sample_idx])
             for j, i in enumerate(sample_idx):
                 token_ids[i] = [_draw(filtered[j], g) for g in rows[i].generators]
         return [
-            SampleResult(ids, _logprobs(scaled[i], ids, row.params.logprobs))
+            SampleResult(ids, _logprobs(work[i], ids, row.params.logprobs))
             for i, (row, ids) in enumerate(zip(rows, token_ids, strict=True))
         ]
 
@@ -162,10 +163,11 @@ class Sampler:
 
     @staticmethod
     def _filter(scaled: proc.FloatArray, rows: Sequence[SampleRow]) -> proc.FloatArray:
-        top_k = np.array([r.params.top_k for r in rows], dtype=np.int64)
-        top_p = np.array([r.params.top_p for r in rows], dtype=np.float64)
-        min_p = np.array([r.params.min_p for r in rows], dtype=np.float64)
-        return proc.apply_min_p(proc.apply_top_p(proc.apply_top_k(scaled, top_k), top_p), min_p)
+        filtered = scaled.copy()
+        proc.apply_top_k(filtered, np.array([r.params.top_k for r in rows], dtype=np.int64))
+        proc.apply_top_p(filtered, np.array([r.params.top_p for r in rows], dtype=np.float64))
+        proc.apply_min_p(filtered, np.array([r.params.min_p for r in rows], dtype=np.float64))
+        return filtered
 
 
 def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:
@@ -178,10 +180,10 @@ def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:
     Returns:
         The sampled token id; never a token of probability 0.
     """
-    assert np.isfinite(logits).any(), "every token was filtered out"
     u = generator.random()
     weights = np.exp(logits - logits.max())
     cdf = np.cumsum(weights)
+    assert cdf[-1] > 0, "every token was filtered out"
     token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
     if token >= logits.shape[0]:  # u * total rounded up to total: take the last live token
         token = int(np.flatnonzero(weights > 0)[-1])

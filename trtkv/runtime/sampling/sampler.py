@@ -121,8 +121,8 @@ class Sampler:
             R results, in the order of ``rows``.
 
         Logprobs are the log-softmax of the logits after penalties and temperature (temperature
-        1 for greedy rows) but before the top-k / top-p / min-p filters, so that every reported
-        value is finite.
+        1 for greedy rows) but before the top-k / top-p / min-p filters, so reported values are
+        finite except for tokens masked by ``min_tokens``.
         """
         if logits.ndim != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows")
@@ -141,7 +141,8 @@ class Sampler:
         if sample_idx:
             temps = np.array([rows[i].params.temperature for i in sample_idx])
             work[sample_idx] /= temps[:, None]
-            filtered = self._filter(work[sample_idx], [rows[i] for i in sample_idx])
+            filtered = work[sample_idx]  # fancy indexing copies: `work` keeps unfiltered logits
+            self._apply_filters(filtered, [rows[i] for i in sample_idx])
             for j, i in enumerate(sample_idx):
                 token_ids[i] = [_draw(filtered[j], g) for g in rows[i].generators]
         return [
@@ -162,12 +163,10 @@ class Sampler:
         )
 
     @staticmethod
-    def _filter(scaled: proc.FloatArray, rows: Sequence[SampleRow]) -> proc.FloatArray:
-        filtered = scaled.copy()
+    def _apply_filters(filtered: proc.FloatArray, rows: Sequence[SampleRow]) -> None:
         proc.apply_top_k(filtered, np.array([r.params.top_k for r in rows], dtype=np.int64))
         proc.apply_top_p(filtered, np.array([r.params.top_p for r in rows], dtype=np.float64))
         proc.apply_min_p(filtered, np.array([r.params.min_p for r in rows], dtype=np.float64))
-        return filtered
 
 
 def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:

@@ -1,0 +1,48 @@
+// Launcher of the KVAppend kernel (argument checks and dtype dispatch) and status strings.
+#include <algorithm>
+
+#include "kv_append.cuh"
+
+namespace trtkv {
+
+char const* status_string(Status status) noexcept {
+    switch (status) {
+    case Status::kOK: return "ok";
+    case Status::kINVALID_ARGUMENT:
+        return "invalid argument (check dtypes, head_dim % 8 == 0 and <= 256, H % Hkv == 0, "
+               "scale sizes 1 or Hkv)";
+    case Status::kCUDA_ERROR: return "CUDA error (see cudaGetLastError)";
+    case Status::kWORKSPACE_TOO_SMALL: return "workspace too small (use *_workspace_size())";
+    }
+    return "unknown status";
+}
+
+Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept {
+    bool const ok = p.num_tokens >= 0 && p.num_kv_heads > 0 && p.head_dim > 0 && p.head_dim % 8 == 0
+        && p.block_size > 0 && p.num_blocks >= 0
+        && (p.k_scale_numel == 1 || p.k_scale_numel == p.num_kv_heads)
+        && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads);
+    if (!ok) {
+        return Status::kINVALID_ARGUMENT;
+    }
+    if (p.num_tokens == 0) {
+        return Status::kOK;
+    }
+    int64_t const vectors = p.num_tokens * p.num_kv_heads * (p.head_dim / 8);
+    int const threads = 256;
+    int64_t const blocks = std::min<int64_t>((vectors + threads - 1) / threads, 65535);
+    Status const status = kernels::dispatch_compute(p.compute_dtype, [&](auto in_tag) {
+        using TIn = typename decltype(in_tag)::type;
+        return kernels::dispatch_kv(p.kv_dtype, [&](auto kv_tag) {
+            using TKV = typename decltype(kv_tag)::type;
+            kernels::kv_append_kernel<TIn, TKV><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p);
+            return Status::kOK;
+        });
+    });
+    if (status != Status::kOK) {
+        return status;
+    }
+    return cudaGetLastError() == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
+}
+
+} // namespace trtkv

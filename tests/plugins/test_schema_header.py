@@ -1,0 +1,140 @@
+"""The plugins' view of the op contract is generated from trtkv/ops/schema.py and used.
+
+- regenerating plugins/generated/trtkv_ops.h gives the committed file byte for byte;
+- the header's tables equal the schema's (names, order, attributes, defaults, dtype masks);
+- the TensorRT wrappers take names, versions, namespace and attribute names from the header
+  (no hand-typed copies) and index tensors by the generated enums;
+- the wrapper sources compile against TensorRT's headers where those are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trtkv.ops import schema
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = REPO_ROOT / "plugins"
+HEADER = PLUGINS / "generated" / "trtkv_ops.h"
+WRAPPERS = sorted((PLUGINS / "tensorrt").glob("*.cpp")) + sorted((PLUGINS / "tensorrt").glob("*.h"))
+
+_spec = importlib.util.spec_from_file_location("trtkv_gen_schema_header", PLUGINS / "gen_schema_header.py")
+assert _spec is not None and _spec.loader is not None
+gen = importlib.util.module_from_spec(_spec)
+sys.modules["trtkv_gen_schema_header"] = gen
+_spec.loader.exec_module(gen)
+
+
+def test_committed_header_is_up_to_date() -> None:
+    assert HEADER.read_text() == gen.render(), "run `python plugins/gen_schema_header.py` and commit the header"
+
+
+def test_check_mode_reports_fresh_header() -> None:
+    assert gen.main(["--check"]) == 0
+
+
+def _block(op: schema.OpSchema) -> str:
+    text = HEADER.read_text()
+    ns = gen._snake(op.name)
+    start = text.index(f"namespace {ns} {{")
+    return text[start:text.index(f"}} // namespace {ns}", start)]
+
+
+@pytest.mark.parametrize("op", list(schema.OPS.values()), ids=lambda o: o.name)
+def test_header_tables_match_schema(op: schema.OpSchema) -> None:
+    block = _block(op)
+    assert f'kName[] = "{op.name}"' in block
+    assert f'kVersion[] = "{op.version}"' in block
+    for index, name in enumerate(op.input_names):
+        assert re.search(rf"k{gen._camel(name)} = {index}, //!< {name} ", block), name
+    for index, name in enumerate(op.output_names):
+        assert re.search(rf"k{gen._camel(name)} = {index}, //!< {name} ", block), name
+    assert f"kNumInputs = {len(op.inputs)}," in block
+    assert f"kNumOutputs = {len(op.outputs)}," in block
+    assert "kInputNames[] = {" + ", ".join(f'"{n}"' for n in op.input_names) + "}" in block
+    for attr in op.attributes:
+        assert f'kAttr{gen._camel(attr.name)}[] = "{attr.name}"' in block
+        assert f"kDefault{gen._camel(attr.name)} = {attr.default}" in block
+    masks = ", ".join(f"0x{gen._dtype_mask(t):02x}u" for t in op.inputs)
+    assert f"kInputDTypeMasks[] = {{{masks}}}" in block
+
+
+def test_header_namespace_and_domain() -> None:
+    text = HEADER.read_text()
+    assert f'kPluginNamespace[] = "{schema.PLUGIN_NAMESPACE}"' in text
+    assert f'kOpDomain[] = "{schema.OP_DOMAIN}"' in text
+    assert schema.PLUGIN_NODE_ATTRIBUTES["plugin_version"] == str(schema.PAGED_ATTENTION.version)
+
+
+def test_wrappers_use_generated_constants() -> None:
+    literals = {op.name for op in schema.OPS.values()} | {schema.PLUGIN_NAMESPACE}
+    literals |= {a.name for op in schema.OPS.values() for a in op.attributes}
+    literals |= {t.name for op in schema.OPS.values() for t in (*op.inputs, *op.outputs)}
+    for path in WRAPPERS:
+        strings = set(re.findall(r'"([^"\\]*)"', path.read_text()))
+        copied = strings & literals
+        assert not copied, f"{path.name} hard-codes {sorted(copied)}; use plugins/generated/trtkv_ops.h"
+    sources = {p.name: p.read_text() for p in WRAPPERS}
+    for name in ("kv_append_plugin.cpp", "paged_attention_plugin.cpp"):
+        text = sources[name]
+        assert '#include "plugin_common.h"' in text
+        for const in ("op::kName", "op::kVersion", "ops::kPluginNamespace", "op::kNumInputs", "op::kNumOutputs",
+                      "op::kInputDTypeMasks", "op::kOutputDTypeMasks"):
+            assert const in text, f"{name} does not use {const}"
+    attention = sources["paged_attention_plugin.cpp"]
+    for attr in schema.PAGED_ATTENTION.attributes:
+        camel = gen._camel(attr.name)
+        assert f"op::kAttr{camel}" in attention and f"op::kDefault{camel}" in attention, attr.name
+    assert '#include "../generated/trtkv_ops.h"' in sources["plugin_common.h"]
+    # Every input the kernels read is indexed through the generated enum.
+    for op, name in ((schema.KV_APPEND, "kv_append_plugin.cpp"), (schema.PAGED_ATTENTION, "paged_attention_plugin.cpp")):
+        for tensor in (*op.inputs, *op.outputs):
+            assert f"op::k{gen._camel(tensor.name)}" in sources[name], f"{name} never uses {tensor.name}"
+
+
+def test_capi_dtype_codes_match_kernel_enum() -> None:
+    header = (PLUGINS / "kernels" / "trtkv_kernels.h").read_text()
+    codes = {"fp32": "kFP32", "fp16": "kFP16", "bf16": "kBF16", "fp8": "kFP8E4M3", "int8": "kINT8"}
+    spec = importlib.util.spec_from_file_location("trtkv_kernel_checks_codes", PLUGINS / "kernel_checks.py")
+    assert spec is not None and spec.loader is not None
+    checks = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = checks  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(checks)
+    for name, enum in codes.items():
+        assert re.search(rf"{enum} = {checks.DTYPE_CODES[name]},", header), name
+    assert set(codes) == set(schema.KV_DTYPES)
+
+
+def _tensorrt_include_dir() -> Path | None:
+    candidates = []
+    if os.environ.get("TENSORRT_ROOT"):
+        candidates.append(Path(os.environ["TENSORRT_ROOT"]) / "include")
+    candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include")]
+    for path in candidates:
+        if (path / "NvInferRuntime.h").is_file():
+            return path
+    return None
+
+
+def test_wrappers_compile_against_tensorrt_headers() -> None:
+    include = _tensorrt_include_dir()
+    if include is None:
+        pytest.skip("NvInferRuntime.h not found (set TENSORRT_ROOT); TensorRT headers are not installable here")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc (for the CUDA runtime headers) is not on PATH")
+    cuda_include = Path(nvcc).resolve().parent.parent / "include"
+    for path in sorted((PLUGINS / "tensorrt").glob("*.cpp")):
+        proc = subprocess.run(
+            ["g++", "-std=c++17", "-fsyntax-only", "-Wall", f"-I{include}", f"-I{cuda_include}", str(path)],
+            capture_output=True, text=True,
+        )
+        assert proc.returncode == 0, f"{path.name}:\n{proc.stderr}"

@@ -1,0 +1,242 @@
+"""TensorRT backend (NVIDIA GPU): runs a `trtkv build` engine over a device KV pool.
+
+The pool is one torch CUDA tensor per layer, [N, 2, B, Hkv, D] in the manifest's KV dtype,
+bound as the engine's ``kv_cache.{i}`` inputs; the KVAppend plugin writes the step's K/V
+through it in place (O(new tokens)). ``key_stored.{i}``/``value_stored.{i}`` outputs go to
+reusable scratch buffers. N is sized from free GPU memory x ``gpu_memory_utilization`` unless
+``num_blocks`` is given. Block moves (copy-on-write, swap to/from pinned host memory) are
+indexed copies on the same stream.
+
+Imports tensorrt and torch lazily (in ``__init__``); importing this module needs neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtkv.build.engine_builder import ENGINE_FILE
+from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
+from trtkv.build.tensorrt_env import INSTALL_HINT, import_tensorrt, load_plugin_library, make_logger
+from trtkv.errors import BackendUnavailableError, ConfigError, ModelDirError
+from trtkv.manifest import (
+    KEY_STORED_OUTPUT,
+    KV_CACHE_INPUT,
+    LOGITS_OUTPUT,
+    VALUE_STORED_OUTPUT,
+    Manifest,
+)
+from trtkv.runtime.backends.base import BackendConfig, BaseBackend
+from trtkv.runtime.backends.inputs import build_step_inputs
+from trtkv.runtime.plan import StepPlan
+
+_KV_ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+#: Memory kept free beyond the engine's own needs (CUDA context, allocator slack), bytes.
+_HEADROOM_BYTES = 512 * 2**20
+
+
+def _import_torch_cuda() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(f"the tensorrt backend needs torch with CUDA; {INSTALL_HINT}") from exc
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            "the tensorrt backend needs a CUDA GPU and a CUDA build of torch "
+            "(torch.cuda.is_available() is False); use --backend onnxruntime on CPU"
+        )
+    return torch
+
+
+def _torch_kv_dtype(torch: Any, kv_dtype: str) -> Any:
+    return {
+        "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+        "fp8": torch.float8_e4m3fn, "int8": torch.int8,
+    }[kv_dtype]
+
+
+def plan_num_blocks(
+    *, free_bytes: int, total_bytes: int, utilization: float, engine_bytes: int, scratch_bytes: int,
+    bytes_per_block: int, min_blocks: int, max_blocks: int,
+) -> int:
+    """Blocks of KV pool that fit: (total x utilization) minus memory already in use, the engine's
+    activations and scratch, capped at the profile's largest pool.
+
+    Raises:
+        ConfigError: fewer blocks fit than one max-length sequence needs; says how to fit.
+    """
+    in_use = total_bytes - free_bytes
+    budget = int(total_bytes * utilization) - in_use - engine_bytes - scratch_bytes - _HEADROOM_BYTES
+    blocks = min(max(budget, 0) // bytes_per_block, max_blocks)
+    if blocks < min_blocks:
+        need_gib = (min_blocks * bytes_per_block) / 2**30
+        have_gib = max(budget, 0) / 2**30
+        raise ConfigError(
+            f"the KV pool needs {need_gib:.2f} GiB for one max-length sequence but only {have_gib:.2f} GiB "
+            f"fit ({free_bytes / 2**30:.1f} GiB free of {total_bytes / 2**30:.1f}); raise "
+            "--gpu-memory-utilization, rebuild with a smaller --max-model-len / --max-num-tokens, "
+            "export with --kv-dtype fp8 or int8, or free the GPU"
+        )
+    return blocks
+
+
+class TensorRTBackend(BaseBackend):
+    """See module docstring. ``model_dir`` is an engine directory from `trtkv build`."""
+
+    def __init__(self, model_dir: str | Path, manifest: Manifest, config: BackendConfig) -> None:
+        engine_dir = Path(model_dir)
+        engine_path = engine_dir / ENGINE_FILE
+        if not engine_path.is_file():
+            raise ModelDirError(
+                f"{engine_dir} has no {ENGINE_FILE}; build one with `trtkv build MODEL_DIR -o {engine_dir}`"
+            )
+        trt = import_tensorrt()
+        torch = _import_torch_cuda()
+        self._trt, self._torch = trt, torch
+        self.manifest = manifest
+        self.device = torch.device("cuda")
+        self.stream = torch.cuda.Stream()
+        self.num_host_blocks = config.num_host_blocks
+
+        local_plugin = engine_dir / PLUGIN_LIBRARY_NAME
+        self._logger = make_logger(trt)
+        load_plugin_library(trt, local_plugin if local_plugin.is_file() else find_plugin_library())
+        runtime = trt.Runtime(self._logger)
+        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise ModelDirError(
+                f"TensorRT cannot load {engine_path} ({'; '.join(self._logger.errors[-3:])}); rebuild it "
+                "with this TensorRT version and GPU"
+            )
+        self._runtime = runtime
+        self.block_size, self.max_num_tokens, self.max_blocks_per_seq, max_pool = self._profile_limits()
+        if config.block_size and config.block_size != self.block_size:
+            raise ConfigError(
+                f"--block-size {config.block_size} differs from the engine's {self.block_size}; "
+                "rebuild the engine with --block-size or drop the option"
+            )
+        m = manifest
+        kv_dtype = _torch_kv_dtype(torch, m.kv_dtype)
+        bytes_per_block = 2 * self.block_size * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
+        scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
+        if config.num_blocks:
+            self.num_blocks = config.num_blocks
+            if self.num_blocks > max_pool:
+                raise ConfigError(f"--num-blocks {self.num_blocks} exceeds the engine's maximum {max_pool}; rebuild with --max-num-blocks")
+        else:
+            free, total = torch.cuda.mem_get_info()
+            self.num_blocks = plan_num_blocks(
+                free_bytes=free, total_bytes=total, utilization=config.gpu_memory_utilization,
+                engine_bytes=int(self._engine_device_memory()), scratch_bytes=scratch_bytes,
+                bytes_per_block=bytes_per_block, min_blocks=self.max_blocks_per_seq, max_blocks=max_pool,
+            )
+        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
+        self.pools = [torch.zeros(shape, dtype=kv_dtype, device=self.device) for _ in range(m.num_layers)]
+        host_shape = (self.num_host_blocks, *shape[1:])
+        self.host_pools = [torch.zeros(host_shape, dtype=kv_dtype).pin_memory() for _ in range(m.num_layers)] if self.num_host_blocks else []
+        scratch = (self.max_num_tokens, m.num_kv_heads, m.head_dim)
+        self._stored = [
+            (torch.empty(scratch, dtype=kv_dtype, device=self.device), torch.empty(scratch, dtype=kv_dtype, device=self.device))
+            for _ in range(m.num_layers)
+        ]
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
+
+    def _profile_limits(self) -> tuple[int, int, int, int]:
+        """(block_size, max tokens, max blocks per sequence, max pool blocks) of profile 0."""
+        kv0 = KV_CACHE_INPUT.format(layer=0)
+        pool_max = self.engine.get_tensor_profile_shape(kv0, 0)[2]
+        tables_max = self.engine.get_tensor_profile_shape("block_tables", 0)[2]
+        ids_max = self.engine.get_tensor_profile_shape("input_ids", 0)[2]
+        return int(pool_max[2]), int(ids_max[0]), int(tables_max[1]), int(pool_max[0])
+
+    def _engine_device_memory(self) -> int:
+        for attr in ("device_memory_size_v2", "device_memory_size"):
+            if hasattr(self.engine, attr):
+                return int(getattr(self.engine, attr))
+        return 0
+
+    # -- step --------------------------------------------------------------------------------
+
+    def execute(self, plan: StepPlan) -> np.ndarray:
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            self.apply_block_moves(plan)
+            if not plan.seqs:
+                return np.zeros((0, self.manifest.vocab_size), dtype=np.float32)
+            inputs = build_step_inputs(plan, self.block_size)
+            num_tokens = len(inputs.input_ids)
+            if num_tokens > self.max_num_tokens:
+                raise ConfigError(
+                    f"step has {num_tokens} tokens, the engine at most {self.max_num_tokens}; "
+                    "lower max_num_batched_tokens or rebuild with a larger --max-num-tokens"
+                )
+            ctx = self.context
+            keep: list[Any] = []  # device copies must outlive the launch
+            for name, value in inputs.as_dict().items():
+                tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device, non_blocking=True)
+                keep.append(tensor)
+                ctx.set_input_shape(name, tuple(value.shape))
+                ctx.set_tensor_address(name, tensor.data_ptr())
+            for i, pool in enumerate(self.pools):
+                name = KV_CACHE_INPUT.format(layer=i)
+                ctx.set_input_shape(name, tuple(pool.shape))
+                ctx.set_tensor_address(name, pool.data_ptr())
+                ks, vs = self._stored[i]
+                ctx.set_tensor_address(KEY_STORED_OUTPUT.format(layer=i), ks.data_ptr())
+                ctx.set_tensor_address(VALUE_STORED_OUTPUT.format(layer=i), vs.data_ptr())
+            logits = torch.empty((len(inputs.logits_indices), self.manifest.vocab_size), dtype=torch.float32, device=self.device)
+            ctx.set_tensor_address(LOGITS_OUTPUT, logits.data_ptr())
+            if not ctx.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed: {'; '.join(self._logger.errors[-3:])}")
+            result = logits.to("cpu", non_blocking=False)
+            self.stream.synchronize()
+            del keep
+            return result.numpy()
+
+    # -- block moves ---------------------------------------------------------------------------
+
+    def _index(self, values: Sequence[int], device: Any) -> Any:
+        return self._torch.as_tensor(list(values), dtype=self._torch.long, device=device)
+
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        src = self._index([s for s, _ in pairs], self.device)
+        dst = self._index([d for _, d in pairs], self.device)
+        with self._torch.cuda.stream(self.stream):
+            for pool in self.pools:
+                pool.index_copy_(0, dst, pool.index_select(0, src))
+
+    def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
+        self._require_host_tier()
+        dev = self._index([d for d, _ in pairs], self.device)
+        host = self._index([h for _, h in pairs], "cpu")
+        with self._torch.cuda.stream(self.stream):
+            for pool, host_pool in zip(self.pools, self.host_pools, strict=True):
+                host_pool.index_copy_(0, host, pool.index_select(0, dev).to("cpu"))
+
+    def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
+        self._require_host_tier()
+        host = self._index([h for h, _ in pairs], "cpu")
+        dev = self._index([d for _, d in pairs], self.device)
+        with self._torch.cuda.stream(self.stream):
+            for pool, host_pool in zip(self.pools, self.host_pools, strict=True):
+                pool.index_copy_(0, dev, host_pool.index_select(0, host).to(self.device, non_blocking=True))
+
+    def _require_host_tier(self) -> None:
+        if not self.host_pools:
+            raise ConfigError("the plan swaps KV blocks but --num-host-blocks is 0; set it to enable swapping")
+
+    def read_block(self, block_id: int) -> list[np.ndarray]:
+        """Copies of one device block in every layer, as numpy (fp8/bf16 as raw bytes views)."""
+        torch = self._torch
+        out = []
+        for pool in self.pools:
+            block = pool[block_id].to("cpu")
+            if block.dtype in (torch.bfloat16, torch.float8_e4m3fn):
+                block = block.view(torch.uint16 if block.dtype == torch.bfloat16 else torch.uint8)
+            out.append(block.numpy().copy())
+        return out

@@ -45,7 +45,7 @@ def make_checkpoint(out_dir: Path, family: str, *, vocab_size: int = 320, num_la
     spec.update(overrides)
     config = AutoConfig.for_model(
         model_type, vocab_size=vocab_size, num_hidden_layers=num_layers,
-        max_position_embeddings=max_positions, initializer_range=0.25, rms_norm_eps=1e-6,
+        max_position_embeddings=max_positions, initializer_range=0.2, rms_norm_eps=1e-6,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, **spec,
     )
     torch.manual_seed(seed)

@@ -1,0 +1,3 @@
+from trtkv.cli import main
+import sys
+sys.exit(main())

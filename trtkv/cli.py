@@ -1,0 +1,152 @@
+"""`trtkv` command line: export, generate, build, serve, triton-repo, bench.
+
+Options come from the frozen config dataclasses (their field help is the option help). Every
+`TrtkvError` is printed as one line on stderr with a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from trtkv.errors import TrtkvError
+
+EXIT_USER_ERROR = 2
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--field-name`` option per dataclass field, defaulting to the field's default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = str(f.metadata.get("help", ""))
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            kind: Callable[[str], Any] = type(default) if default is not None else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=default,
+                                help=f"{help_text} (default: {default})")
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids wants comma-separated integers, got {text!r}") from None
+
+
+# -- export ------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from trtkv.export.exporter import ExportConfig, export
+
+    config = dataclass_from_args(ExportConfig, args)
+    manifest = export(args.hf_dir, args.output, config)
+    print(f"exported {manifest.architecture} ({manifest.num_layers} layers, {manifest.dtype}, "
+          f"KV {manifest.kv_dtype}) to {args.output}", file=sys.stderr)
+    return 0
+
+
+# -- generate ----------------------------------------------------------------------------
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.runtime.llm import LLM
+    from trtkv.runtime.sampling import SamplingParams
+
+    prompts: list[str | list[int]] = [*args.prompt, *args.prompt_ids]
+    if not prompts:
+        raise TrtkvError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos, n=args.n,
+        stop=tuple(args.stop),
+    )
+    llm = LLM(args.model_dir, dataclass_from_args(EngineConfig, args))
+    for out in llm.generate(prompts, params):
+        for comp in out.outputs:
+            if args.json:
+                print(json.dumps({
+                    "request_id": out.request_id, "index": comp.index,
+                    "prompt_ids": list(out.prompt_ids), "output_ids": list(comp.token_ids),
+                    "text": comp.text, "finish_reason": comp.finish_reason,
+                    "num_cached_tokens": out.num_cached_tokens,
+                }), flush=True)
+            else:
+                print(f"--- {out.request_id}[{comp.index}] ({comp.finish_reason}, "
+                      f"{len(comp.token_ids)} tokens)\n{comp.text}", flush=True)
+    if args.stats:
+        print(json.dumps(llm.engine.stats(), default=str, indent=1), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trtkv.export.exporter import ExportConfig
+    from trtkv.runtime.config import EngineConfig
+
+    parser = argparse.ArgumentParser(prog="trtkv", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="HF checkpoint dir -> ONNX with trtkv ops + manifest")
+    p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    add_dataclass_options(p, ExportConfig)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("generate", help="generate from an exported model (in-flight batching)")
+    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
+    p.add_argument("--prompt-ids", action="append", type=_parse_ids, default=[],
+                   help="a prompt as comma-separated token ids (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="per-request seed (reproducible sampling)")
+    p.add_argument("--n", type=int, default=1, help="completions per prompt (share prompt KV blocks)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past EOS")
+    p.add_argument("--json", action="store_true", help="one JSON object per output per line")
+    p.add_argument("--stats", action="store_true", help="print engine metrics to stderr at the end")
+    add_dataclass_options(p, EngineConfig)
+    p.set_defaults(func=_cmd_generate)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Subcommands that live with their feature (build, serve, triton-repo, bench)."""
+    import importlib
+    import importlib.util
+
+    mods = ("trtkv.build.cli", "trtkv.serving.cli")
+    return [importlib.import_module(m).register for m in mods if importlib.util.find_spec(m)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TrtkvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The op contract: reference vs dense attention, ONNX function bodies vs reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.ops.opgraph import ops_session
+from trtkv.ops import reference as R
+from trtkv.ops.schema import KV_APPEND, OPS, PAGED_ATTENTION
+
+
+def _mixed_batch(rng, ctx_lens, new_lens, *, num_heads=4, num_kv_heads=2, head_dim=48,
+                 block_size=4, num_blocks=64, dtype=np.float64):
+    """A packed step mixing prefill chunks (over cached history) and decode tokens."""
+    num_seqs = len(ctx_lens)
+    width = max(-(-(c + n) // block_size) for c, n in zip(ctx_lens, new_lens, strict=True))
+    tables = np.zeros((num_seqs, width), np.int32)
+    free = list(rng.permutation(num_blocks))
+    for s, (c, n) in enumerate(zip(ctx_lens, new_lens, strict=True)):
+        for j in range(-(-(c + n) // block_size)):
+            tables[s, j] = free.pop()
+    full_k = [rng.standard_normal((c + n, num_kv_heads, head_dim)) for c, n in zip(ctx_lens, new_lens, strict=True)]
+    full_v = [rng.standard_normal((c + n, num_kv_heads, head_dim)) for c, n in zip(ctx_lens, new_lens, strict=True)]
+    full_q = [rng.standard_normal((c + n, num_heads, head_dim)) for c, n in zip(ctx_lens, new_lens, strict=True)]
+    pool = np.zeros((num_blocks, 2, block_size, num_kv_heads, head_dim), dtype)
+    for s, c in enumerate(ctx_lens):
+        for p in range(c):
+            b, o = tables[s, p // block_size], p % block_size
+            pool[b, 0, o], pool[b, 1, o] = full_k[s][p], full_v[s][p]
+    q = np.concatenate([full_q[s][c:] for s, c in enumerate(ctx_lens)]).astype(dtype)
+    k = np.concatenate([full_k[s][c:] for s, c in enumerate(ctx_lens)]).astype(dtype)
+    v = np.concatenate([full_v[s][c:] for s, c in enumerate(ctx_lens)]).astype(dtype)
+    qsl = np.concatenate([[0], np.cumsum(new_lens)]).astype(np.int32)
+    slots = np.array([tables[s, (c + i) // block_size] * block_size + (c + i) % block_size
+                      for s, (c, n) in enumerate(zip(ctx_lens, new_lens, strict=True)) for i in range(n)], np.int64)
+    return dict(q=q, k=k, v=v, pool=pool, qsl=qsl, ctx=np.array(ctx_lens, np.int32), tables=tables,
+                slots=slots, full_q=full_q, full_k=full_k, full_v=full_v)
+
+
+def test_schema_tables_are_consistent():
+    assert set(OPS) == {"PagedAttention", "KVAppend"}
+    assert PAGED_ATTENTION.input_names[:4] == ("query", "key", "value", "kv_cache")
+    assert KV_APPEND.output_names == ("key_stored", "value_stored")
+    assert PAGED_ATTENTION.input_names[-2:] == KV_APPEND.input_names[-2:] == ("k_scale", "v_scale")
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])  # MHA, GQA, MQA
+def test_reference_equals_dense_causal_attention(num_kv_heads):
+    rng = np.random.default_rng(0)
+    b = _mixed_batch(rng, [0, 5, 9, 13], [7, 1, 4, 1], num_kv_heads=num_kv_heads)
+    one = np.ones(1, np.float32)
+    out = R.paged_attention(b["q"], b["k"], b["v"], b["pool"], b["qsl"], b["ctx"], b["tables"], one, one)
+    row = 0
+    for s, c in enumerate(b["ctx"]):
+        dense = R.dense_causal_attention(b["full_q"][s], b["full_k"][s], b["full_v"][s])
+        n = b["full_q"][s].shape[0] - c
+        np.testing.assert_allclose(out[row:row + n], dense[c:], rtol=1e-12, atol=1e-12)
+        row += n
+
+
+def test_kv_append_writes_only_the_new_slots():
+    rng = np.random.default_rng(1)
+    b = _mixed_batch(rng, [3, 0], [2, 5], dtype=np.float32)
+    pool = b["pool"].astype(np.float32)
+    before = pool.copy()
+    one = np.ones(1, np.float32)
+    R.kv_append(b["k"].astype(np.float32), b["v"].astype(np.float32), b["slots"], pool, one, one)
+    changed = np.argwhere((pool != before).any(axis=(1, 3, 4)))
+    written = {(int(s) // 4, int(s) % 4) for s in b["slots"]}
+    assert {(int(blk), int(off)) for blk, off in changed} == written
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}, {"softcap": 3.0, "scale": 0.2}])
+@pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8"])
+def test_onnx_function_bodies_match_reference(kv_dtype, kwargs):
+    rng = np.random.default_rng(2)
+    b = _mixed_batch(rng, [6, 0, 11, 2], [1, 9, 3, 1], dtype=np.float32)
+    scale = np.array([0.03, 0.05], np.float32) if kv_dtype == "int8" else np.ones(1, np.float32)
+    pool = R.quantize(b["pool"], scale, kv_dtype)
+    feeds = dict(query=b["q"], key=b["k"], value=b["v"], slot_mapping=b["slots"], kv_cache=pool,
+                 query_start_loc=b["qsl"], context_lens=b["ctx"], block_tables=b["tables"],
+                 k_scale=scale, v_scale=scale)
+    out, ks, vs = ops_session(kv_dtype, **kwargs).run(None, feeds)
+    ref_pool = pool.copy()
+    rks, rvs = R.kv_append(b["k"], b["v"], b["slots"], ref_pool, scale, scale)
+    np.testing.assert_array_equal(ks, rks)
+    np.testing.assert_array_equal(vs, rvs)
+    ref = R.paged_attention(b["q"], rks, rvs, pool, b["qsl"], b["ctx"], b["tables"], scale, scale, **kwargs)
+    np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)

@@ -86,7 +86,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> Manifest:
+    def load(cls, model_dir: str | Path, *, require_onnx: bool = True) -> Manifest:
         """Read and validate ``model_dir/manifest.json``.
 
         Raises:
@@ -120,6 +120,6 @@ class Manifest:
             )
         if manifest.kv_dtype not in KV_DTYPES:
             raise ModelDirError(f"{path}: unknown kv_dtype {manifest.kv_dtype!r}")
-        if not (model_dir / manifest.onnx_file).is_file():
+        if require_onnx and not (model_dir / manifest.onnx_file).is_file():
             raise ModelDirError(f"{model_dir} has no {manifest.onnx_file}; re-export the model")
         return manifest

@@ -57,7 +57,7 @@ def test_build_without_tensorrt_says_what_to_install(model_dir: Path, tmp_path: 
         build_engine(model_dir, tmp_path / "engines" / "tiny", BuildConfig())
     message = str(info.value)
     assert "\n" not in message
-    assert "pip install 'trtkv[gpu]'" in message and "pypi.nvidia.com" in message
+    assert "pip install 'trtkv[gpu]'" in message and "NVIDIA's Python package index" in message
     assert not (tmp_path / "engines" / "tiny").exists()
 
 

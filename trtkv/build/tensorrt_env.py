@@ -14,7 +14,7 @@ from trtkv.errors import BackendUnavailableError
 
 INSTALL_HINT = (
     "install TensorRT on a machine with an NVIDIA GPU and driver: "
-    "`pip install 'trtkv[gpu]' --extra-index-url https://pypi.nvidia.com` "
+    "`pip install 'trtkv[gpu]'` with NVIDIA's Python package index as an extra index (TensorRT install guide) "
     "(the tensorrt packages on PyPI alone are stubs that fetch from NVIDIA's index)"
 )
 

@@ -86,7 +86,7 @@ class Engine:
                  backend: BaseBackend | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.config = config
-        self.manifest = Manifest.load(self.model_dir)
+        self.manifest = Manifest.load(self.model_dir, require_onnx=config.backend != "tensorrt")
         self.backend = backend or create_backend(str(self.model_dir), config.backend_config())
         self.kv = KVCacheManager(
             self.backend.num_blocks, self.backend.block_size,

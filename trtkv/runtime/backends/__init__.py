@@ -13,7 +13,8 @@ def create_backend(model_dir: str, config: BackendConfig) -> BaseBackend:
     from trtkv.errors import ConfigError
     from trtkv.manifest import Manifest
 
-    manifest = Manifest.load(model_dir)
+    # An engine directory holds model.engine instead of model.onnx.
+    manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
     if config.backend == "onnxruntime":
         from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -21,5 +22,5 @@ def create_backend(model_dir: str, config: BackendConfig) -> BaseBackend:
     if config.backend == "tensorrt":
         from trtkv.runtime.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(model_dir, manifest, config)  # type: ignore[arg-type]
+        return TensorRTBackend(model_dir, manifest, config)
     raise ConfigError(f"unknown backend {config.backend!r}; use onnxruntime or tensorrt")

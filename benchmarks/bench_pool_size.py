@@ -68,7 +68,7 @@ def main() -> None:
             logits = backend.execute(StepPlan(seqs=tuple(ScheduledSeq(i, p, 0, tables[i], True) for i, p in enumerate(prompts))))
             runs[mult] = (backend, tables, [int(r.argmax()) for r in logits], [])
         for step in range(args.steps):
-            for mult, (backend, tables, last, times) in runs.items():
+            for backend, tables, last, times in runs.values():
                 plan = StepPlan(seqs=tuple(ScheduledSeq(i, (last[i],), args.context + step, tables[i], True)
                                            for i in range(args.seqs)))
                 t0 = time.perf_counter()

@@ -1,3 +1,5 @@
-from trtkv.cli import main
 import sys
+
+from trtkv.cli import main
+
 sys.exit(main())

@@ -92,7 +92,7 @@ def test_half_precision_exports_stay_close_to_hf(dtype, checkpoint_factory, expo
         with torch.no_grad():
             ref = hf(torch.tensor([prompt + out[:-1]])).logits[0, len(prompt) - 1:].float().numpy()
         worst = max(worst, float(np.abs(np.stack(lg) - ref).max()))
-        agree += sum(int(a == b) for a, b in zip(np.stack(lg).argmax(-1), ref.argmax(-1)))
+        agree += sum(int(a == b) for a, b in zip(np.stack(lg).argmax(-1), ref.argmax(-1), strict=True))
         total += len(out)
     record_property(f"{dtype}_max_abs_logit_diff", worst)
     record_property(f"{dtype}_argmax_agreement", agree / total)

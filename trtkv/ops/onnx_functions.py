@@ -12,6 +12,9 @@ runtime writes them into the pool at slot_mapping.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -40,7 +43,7 @@ _MASKED = -1.0e30
 
 
 def _function(
-    name: str, b: GraphBuilder, inputs: tuple[str, ...], outputs: list[str], attrs: dict[str, object]
+    name: str, b: GraphBuilder, inputs: tuple[str, ...], outputs: list[str], attrs: Mapping[str, object]
 ) -> onnx.FunctionProto:
     attribute_protos = [helper.make_attribute(k, v) for k, v in attrs.items()]
     for k, v in PLUGIN_NODE_ATTRIBUTES.items():
@@ -200,9 +203,10 @@ def emit_kv_append(
 ) -> tuple[str, str]:
     """Emit a `trtkv::KVAppend` node; returns (key_stored, value_stored) names."""
     outs = [f"key_stored{prefix}", f"value_stored{prefix}"]
+    attrs: dict[str, Any] = dict(PLUGIN_NODE_ATTRIBUTES)
     b.op(
         KV_APPEND.name, key, value, slot_mapping, kv_cache, k_scale, v_scale,
-        outputs=outs, domain=OP_DOMAIN, name=f"KVAppend{prefix}", **PLUGIN_NODE_ATTRIBUTES,
+        outputs=outs, domain=OP_DOMAIN, name=f"KVAppend{prefix}", **attrs,
     )
     return outs[0], outs[1]
 
@@ -213,12 +217,14 @@ def emit_paged_attention(
     *, scale: float, sliding_window: int, softcap: float, prefix: str,
 ) -> str:
     """Emit a `trtkv::PagedAttention` node; returns its output name."""
+    attrs: dict[str, Any] = dict(
+        PLUGIN_NODE_ATTRIBUTES, scale=float(scale), sliding_window=int(sliding_window),
+        softcap=float(softcap),
+    )
     out: str = b.op(
         PAGED_ATTENTION.name, query, key_stored, value_stored, kv_cache, query_start_loc,
         context_lens, block_tables, k_scale, v_scale,
-        domain=OP_DOMAIN, name=f"PagedAttention{prefix}",
-        scale=float(scale), sliding_window=int(sliding_window), softcap=float(softcap),
-        **PLUGIN_NODE_ATTRIBUTES,
+        domain=OP_DOMAIN, name=f"PagedAttention{prefix}", **attrs,
     )
     return out
 

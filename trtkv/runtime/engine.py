@@ -82,10 +82,10 @@ class Engine:
         backend: an already-built backend (tests, benchmarks); default: from ``config``.
     """
 
-    def __init__(self, model_dir: str | Path, config: EngineConfig = EngineConfig(),
+    def __init__(self, model_dir: str | Path, config: EngineConfig | None = None,
                  backend: BaseBackend | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.config = config
+        self.config = config = config or EngineConfig()
         self.manifest = Manifest.load(self.model_dir, require_onnx=config.backend != "tensorrt")
         self.backend = backend or create_backend(str(self.model_dir), config.backend_config())
         self.kv = KVCacheManager(

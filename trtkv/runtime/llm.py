@@ -73,5 +73,5 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         return [prompts]
     items = list(prompts)
     if items and all(isinstance(t, int) for t in items):
-        return [items]  # a single token-id prompt
+        return [[int(t) for t in items]]  # type: ignore[arg-type]  # one token-id prompt
     return items  # type: ignore[return-value]

@@ -20,9 +20,15 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from trtkv.errors import ModelDirError
-from trtkv.manifest import KEY_STORED_OUTPUT, KV_CACHE_INPUT, LOGITS_OUTPUT, VALUE_STORED_OUTPUT, Manifest
-from trtkv.ops.reference import KV_NUMPY_DTYPES
+from trtkv.manifest import (
+    KEY_STORED_OUTPUT,
+    KV_CACHE_INPUT,
+    LOGITS_OUTPUT,
+    VALUE_STORED_OUTPUT,
+    Manifest,
+)
 from trtkv.ops.onnx_functions import KV_ONNX_TYPES
+from trtkv.ops.reference import KV_NUMPY_DTYPES
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import build_step_inputs
 from trtkv.runtime.plan import StepPlan

@@ -1,0 +1,29 @@
+"""Continuous batching over the paged KV cache. Pure Python.
+
+Module map:
+    config.py: `SchedulerConfig` (frozen; field help feeds the CLI).
+    scheduler.py: `Scheduler`, admission, budgets, chunked prefill, preemption, forks.
+    sequence.py: `Sequence` (internal state), `SeqView` (read-only snapshot), `SeqStatus`.
+    queue.py: `SeqQueue`, the priority queue of waiting / swapped sequences.
+    stats.py: `SchedulerStats`, counters for metrics.
+
+Must not import torch, onnx, onnxruntime or tensorrt.
+"""
+
+from __future__ import annotations
+
+from trtkv.runtime.scheduler.config import PreemptionMode, SchedulerConfig, field_help
+from trtkv.runtime.scheduler.scheduler import Scheduler
+from trtkv.runtime.scheduler.sequence import SeqStatus, SeqView
+from trtkv.runtime.scheduler.stats import REJECT_REASONS, SchedulerStats
+
+__all__ = [
+    "REJECT_REASONS",
+    "PreemptionMode",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerStats",
+    "SeqStatus",
+    "SeqView",
+    "field_help",
+]

@@ -1,0 +1,415 @@
+"""Continuous batching: which sequences compute which tokens each step.
+
+Owns: the waiting, running and swapped sets, admission (rejects what can never be served,
+defers what does not fit now), the per-step token and sequence budgets, chunked prefill,
+preemption and forks. Block tables belong to the `KVCacheManager`; the scheduler only asks
+it for blocks. Must not import torch, onnx, onnxruntime or tensorrt.
+
+Each `schedule()` builds one `StepPlan` in three passes:
+  1. decodes of running sequences (one token each, so a decode never starves);
+  2. the next prefill chunk of running sequences still in prefill;
+  3. admissions, swapped and waiting sequences merged in priority order, skipped in a step
+     that preempted (admitting then would only cause more preemption). Admission stops at
+     the first sequence that does not fit, so a large request is not overtaken forever.
+Priority: a LOWER number is served first; ties go to the earlier arrival. A preemption
+victim is the running sequence not yet scheduled this step with the highest number, then
+the latest arrival. A decode that cannot grow preempts victims (itself last); a prefill
+chunk that cannot grow only preempts sequences that rank below it, else waits a step.
+A waiting request never preempts a running one.
+
+Recompute preemption frees a victim's blocks and requeues it with its generated tokens;
+on re-admission it prefills prompt + generated tokens and continues where it stopped. Swap
+preemption moves its blocks to the host tier (recompute when the host tier is full).
+Because a step that preempts admits nothing, a plan never has both swap_out and swap_in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Mapping, Sequence
+
+from trtkv.errors import InvalidRequestError, RequestRejectedError
+from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager
+from trtkv.runtime.plan import ScheduledSeq, StepPlan
+from trtkv.runtime.scheduler.config import SchedulerConfig
+from trtkv.runtime.scheduler.queue import SeqQueue
+from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
+from trtkv.runtime.scheduler.stats import SchedulerStats
+
+_RUNNING = SeqStatus.RUNNING
+
+
+class _Step:
+    """What one `schedule()` call has decided so far."""
+
+    def __init__(self, token_budget: int) -> None:
+        self.token_budget = token_budget
+        self.decodes: list[ScheduledSeq] = []
+        self.prefills: list[ScheduledSeq] = []
+        self.scheduled: set[int] = set()
+        self.copies: list[BlockCopy] = []
+        self.swap_out: list[BlockCopy] = []
+        self.swap_in: list[BlockCopy] = []
+        self.preempted: list[int] = []
+
+
+class Scheduler:
+    """Continuous-batching scheduler over a paged KV cache; see the module docstring.
+
+    Args:
+        config: batching limits and preemption mode.
+        kv: the KV cache manager this scheduler allocates from (it owns the block tables).
+    """
+
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self._seqs: dict[int, SeqState] = {}
+        self._requests: dict[str, list[int]] = {}
+        self._waiting = SeqQueue()
+        self._swapped = SeqQueue()
+        self._running: list[SeqState] = []  # sorted by SeqState.key, best first
+        self._next_seq_id = 0
+        self._next_arrival = 0
+        self._in_flight: StepPlan | None = None
+        self._counts = dict.fromkeys(
+            ("recompute", "swap", "too_long", "kv_capacity", "queue_full", "chunked", "steps",
+             "prefix_query", "prefix_hit"), 0,
+        )
+
+    # -- requests -------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        priority: int = 0,
+        arrival_time: float | None = None,
+        cache_salt: str | None = None,
+    ) -> int:
+        """Queue a request; it runs when it fits.
+
+        Args:
+            request_id: unique among unfinished requests.
+            prompt_ids: the prompt's token ids (non-empty).
+            max_new_tokens: the most tokens the engine will sample for it (>= 1).
+            priority: lower numbers are served first and preempted last.
+            arrival_time: orders equal priorities (default: now, ``time.monotonic()``).
+            cache_salt: separates prefix-cache namespaces (e.g. per tenant).
+
+        Returns:
+            The new sequence's id.
+
+        Raises:
+            InvalidRequestError: empty prompt, ``max_new_tokens < 1`` or a duplicate id.
+            RequestRejectedError: reason ``too_long``, ``kv_capacity`` or ``queue_full``;
+                nothing changed.
+        """
+        if not prompt_ids:
+            raise InvalidRequestError(f"request {request_id!r} has an empty prompt")
+        if max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        total = len(prompt_ids) + max_new_tokens
+        if total > self.config.max_model_len:
+            self._reject("too_long", f"prompt ({len(prompt_ids)}) + max_new_tokens "
+                         f"({max_new_tokens}) exceeds max_model_len ({self.config.max_model_len});"
+                         " shorten the prompt or lower max_new_tokens")
+        if self.kv.num_blocks_for(total) > self.kv.num_blocks:
+            self._reject("kv_capacity", f"{total} tokens need {self.kv.num_blocks_for(total)} "
+                         f"KV blocks but the pool has {self.kv.num_blocks}; lower max_new_tokens "
+                         "or give the KV cache more memory")
+        if len(self._waiting) >= self.config.max_num_queued_requests:
+            self._reject("queue_full", f"{len(self._waiting)} requests are already waiting; "
+                         "retry later")
+        if arrival_time is None:
+            arrival_time = time.monotonic()
+        seq = self._new_seq(request_id, list(prompt_ids), len(prompt_ids), max_new_tokens,
+                            priority, arrival_time, self._next_arrival, cache_salt)
+        self._next_arrival += 1
+        self._waiting.push(seq)
+        return seq.seq_id
+
+    def finish(self, seq_id: int) -> None:
+        """The engine decided the sequence stopped: free its blocks and forget it.
+
+        Raises:
+            KeyError: unknown (or already finished/aborted) sequence.
+        """
+        seq = self._seqs.get(seq_id)
+        if seq is None:
+            raise KeyError(f"unknown seq {seq_id} (already finished or aborted?)")
+        self._drop(seq, SeqStatus.FINISHED)
+
+    def abort_request(self, request_id: str) -> list[int]:
+        """Drop every sequence of a request in any state; unknown ids are a no-op.
+
+        Returns:
+            The ids of the sequences dropped.
+        """
+        seq_ids = list(self._requests.get(request_id, ()))
+        for seq_id in seq_ids:
+            self._drop(self._seqs[seq_id], SeqStatus.ABORTED)
+        return seq_ids
+
+    def get_seq(self, seq_id: int) -> SeqView:
+        """A snapshot of a live sequence. Raises KeyError once finished or aborted."""
+        return self._seqs[seq_id].view()
+
+    def has_unfinished(self) -> bool:
+        return bool(self._seqs)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self._swapped)
+
+    def stats(self) -> SchedulerStats:
+        c = self._counts
+        return SchedulerStats(
+            num_waiting=len(self._waiting), num_running=len(self._running),
+            num_swapped=len(self._swapped), num_preemptions_recompute=c["recompute"],
+            num_preemptions_swap=c["swap"], num_rejected_too_long=c["too_long"],
+            num_rejected_kv_capacity=c["kv_capacity"], num_rejected_queue_full=c["queue_full"],
+            num_chunked_prefills=c["chunked"], num_steps=c["steps"],
+            num_prefix_query_tokens=c["prefix_query"], num_prefix_hit_tokens=c["prefix_hit"],
+            kv=self.kv.usage(),
+        )
+
+    # -- one step -------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        """Plan the next step. Call `update` with the plan before scheduling again.
+
+        Raises:
+            RuntimeError: the previous non-empty plan was not passed to `update`.
+        """
+        if self._in_flight is not None:
+            raise RuntimeError("call update() with the previous plan before schedule()")
+        step = _Step(self.config.max_num_batched_tokens)
+        for decoding in (True, False):
+            for seq in list(self._running):
+                if seq.status is _RUNNING and seq.is_decoding is decoding:
+                    self._schedule_running(seq, step)
+        if not step.preempted:
+            self._admit(step)
+        plan = StepPlan(
+            seqs=tuple(step.decodes + step.prefills), swap_out=tuple(step.swap_out),
+            swap_in=tuple(step.swap_in), block_copies=tuple(step.copies),
+            preempted_seq_ids=tuple(step.preempted),
+        )
+        if not plan.is_empty:
+            self._in_flight = plan
+            self._counts["steps"] += 1
+        return plan
+
+    def update(self, plan: StepPlan, sampled: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+        """Record that the backend ran ``plan`` and sampled ``sampled``.
+
+        Args:
+            plan: the plan returned by the last `schedule()`.
+            sampled: for each live sequence of the plan with ``sample=True``, its new tokens:
+                the first extends it, each further one forks a child sequence that shares its
+                blocks (parallel sampling).
+
+        Returns:
+            {parent seq_id: [child seq_ids]} for the forks made.
+
+        Raises:
+            RuntimeError: ``plan`` is not the plan in flight.
+            ValueError: ``sampled`` lacks a sampling sequence or names one that did not
+                sample; nothing changed.
+        """
+        if plan is not self._in_flight and not (plan.is_empty and self._in_flight is None):
+            raise RuntimeError("update() got a plan other than the one last scheduled")
+        live = [s for s in plan.seqs if s.seq_id in self._seqs]
+        samplers = {s.seq_id for s in live if s.sample}
+        extra = set(sampled) - samplers
+        missing = [i for i in samplers if not sampled.get(i)]
+        if extra or missing:
+            raise ValueError(f"sampled must give tokens for exactly the sampling seqs of the "
+                             f"plan: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        self._in_flight = None
+        forks: dict[int, list[int]] = {}
+        for s in live:
+            seq = self._seqs[s.seq_id]
+            assert seq.num_computed == s.start_pos, f"seq {seq.seq_id} moved during the step"
+            seq.num_computed += s.num_tokens
+            if s.sample:
+                tokens = sampled[s.seq_id]
+                children = [self._fork(seq, token) for token in tokens[1:]]
+                seq.token_ids.append(tokens[0])
+                if children:
+                    forks[seq.seq_id] = children
+        return forks
+
+    def _schedule_running(self, seq: SeqState, step: _Step) -> None:
+        if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:
+            return
+        num_tokens = self._chunk_size(seq, step)
+        if num_tokens == 0:
+            return
+        target = seq.num_computed + num_tokens
+        while not self.kv.can_allocate(seq.seq_id, target):
+            victim = next(v for v in reversed(self._running) if v.seq_id not in step.scheduled)
+            if victim is seq and not seq.is_decoding:
+                return  # a prefill waits rather than preempt itself or a better sequence
+            self._preempt(victim, step)
+            if victim is seq:
+                return
+        step.copies.extend(self.kv.allocate(seq.seq_id, target))
+        self._add_to_step(seq, num_tokens, step)
+
+    def _admit(self, step: _Step) -> None:
+        while step.token_budget > 0 and len(self._running) < self.config.max_num_seqs:
+            seq, queue = self._next_candidate()
+            if seq is None or queue is None:
+                return
+            num_tokens = self._chunk_size(seq, step)
+            if num_tokens == 0:
+                return
+            seq_id = seq.seq_id
+            if seq.status is SeqStatus.SWAPPED:
+                if not self.kv.can_swap_in(seq_id, num_tokens):
+                    return
+                queue.pop()
+                step.swap_in.extend(self.kv.swap_in(seq_id))
+            else:
+                if not self.kv.can_allocate(seq_id, num_tokens):
+                    return
+                queue.pop()
+                seq.prefill_start = seq.num_computed
+            step.copies.extend(self.kv.allocate(seq_id, seq.num_computed + num_tokens))
+            seq.status = _RUNNING
+            bisect.insort(self._running, seq, key=_sort_key)
+            self._add_to_step(seq, num_tokens, step)
+
+    def _next_candidate(self) -> tuple[SeqState | None, SeqQueue | None]:
+        waiting, swapped = self._waiting.peek(), self._swapped.peek()
+        if swapped is not None and (waiting is None or swapped.key < waiting.key):
+            return swapped, self._swapped
+        return waiting, (self._waiting if waiting is not None else None)
+
+    def _chunk_size(self, seq: SeqState, step: _Step) -> int:
+        remaining = seq.num_tokens - seq.num_computed
+        if remaining <= step.token_budget:
+            return remaining
+        return step.token_budget if self.config.enable_chunked_prefill else 0
+
+    def _add_to_step(self, seq: SeqState, num_tokens: int, step: _Step) -> None:
+        start = seq.num_computed
+        end = start + num_tokens
+        scheduled = ScheduledSeq(
+            seq_id=seq.seq_id, token_ids=tuple(seq.token_ids[start:end]), start_pos=start,
+            block_ids=self.kv.block_ids(seq.seq_id), sample=end == seq.num_tokens,
+        )
+        step.token_budget -= num_tokens
+        step.scheduled.add(seq.seq_id)
+        if seq.is_decoding:
+            step.decodes.append(scheduled)
+        else:
+            step.prefills.append(scheduled)
+            if start != seq.prefill_start or end != seq.num_tokens:
+                self._counts["chunked"] += 1
+
+    def _preempt(self, seq: SeqState, step: _Step) -> None:
+        self._running.remove(seq)
+        seq.num_preemptions += 1
+        step.preempted.append(seq.seq_id)
+        if self.config.preemption_mode == "swap" and self.kv.can_swap_out(seq.seq_id):
+            step.swap_out.extend(self.kv.swap_out(seq.seq_id))
+            seq.status = SeqStatus.SWAPPED
+            self._swapped.push(seq)
+            self._counts["swap"] += 1
+        else:
+            self.kv.free(seq.seq_id)
+            seq.num_computed = 0
+            seq.num_cached_tokens = 0
+            seq.status = SeqStatus.WAITING
+            self._waiting.push(seq)
+            self._counts["recompute"] += 1
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _new_seq(self, request_id: str, token_ids: list[int], prompt_len: int,
+                 max_new_tokens: int, priority: int, arrival_time: float, arrival: int,
+                 cache_salt: str | None) -> SeqState:
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        seq = SeqState(seq_id=seq_id, request_id=request_id, token_ids=token_ids,
+                       prompt_len=prompt_len, max_new_tokens=max_new_tokens, priority=priority,
+                       key=(priority, arrival_time, arrival, seq_id), cache_salt=cache_salt)
+        self._seqs[seq_id] = seq
+        self._requests.setdefault(request_id, []).append(seq_id)
+        return seq
+
+    def _fork(self, parent: SeqState, token: int) -> int:
+        _, arrival_time, arrival, _ = parent.key
+        child = self._new_seq(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
+                              parent.max_new_tokens, parent.priority, arrival_time, arrival,
+                              parent.cache_salt)
+        child.num_computed = parent.num_computed
+        child.num_cached_tokens = parent.num_cached_tokens
+        child.status = _RUNNING
+        self.kv.fork(parent.seq_id, child.seq_id)
+        bisect.insort(self._running, child, key=_sort_key)
+        return child.seq_id
+
+    def _drop(self, seq: SeqState, status: SeqStatus) -> None:
+        if seq.status is _RUNNING:
+            self._running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            self._waiting.remove(seq.seq_id)
+        elif seq.status is SeqStatus.SWAPPED:
+            self._swapped.remove(seq.seq_id)
+        if self.kv.has_seq(seq.seq_id):
+            self.kv.free(seq.seq_id)
+        seq.status = status
+        del self._seqs[seq.seq_id]
+        ids = self._requests[seq.request_id]
+        ids.remove(seq.seq_id)
+        if not ids:
+            del self._requests[seq.request_id]
+
+    def _reject(self, reason: str, message: str) -> None:
+        self._counts[reason] += 1
+        raise RequestRejectedError(reason, message)
+
+    def check_integrity(self) -> None:
+        """Assert scheduler and KV invariants (between steps); for tests.
+
+        Raises:
+            AssertionError: naming the broken invariant.
+        """
+        self.kv.check_integrity()
+        assert self._running == sorted(self._running, key=_sort_key), "running set unsorted"
+        in_flight = {s.seq_id: s.num_tokens for s in self._in_flight.seqs} if self._in_flight else {}
+        groups = (self._running, list(self._waiting), list(self._swapped))
+        ids = [s.seq_id for group in groups for s in group]
+        assert sorted(ids) == sorted(self._seqs), "seqs missing from or repeated in the queues"
+        for seq in self._running:
+            assert seq.status is _RUNNING and not self.kv.is_swapped(seq.seq_id)
+            want = seq.num_computed + in_flight.get(seq.seq_id, 0)
+            assert self.kv.num_tokens(seq.seq_id) == want, f"seq {seq.seq_id}: KV slots != computed"
+            assert seq.num_computed < seq.num_tokens, f"seq {seq.seq_id} has nothing to compute"
+        for seq in self._swapped:
+            assert seq.status is SeqStatus.SWAPPED and self.kv.is_swapped(seq.seq_id)
+            assert self.kv.num_tokens(seq.seq_id) == seq.num_computed
+        for seq in self._waiting:
+            assert seq.status is SeqStatus.WAITING and not self.kv.has_seq(seq.seq_id)
+            assert seq.num_computed == 0, f"waiting seq {seq.seq_id} has computed tokens"
+
+
+def _sort_key(seq: SeqState) -> tuple[int, float, int, int]:
+    return seq.key

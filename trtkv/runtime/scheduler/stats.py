@@ -1,0 +1,54 @@
+"""Counters the scheduler exposes for metrics (Prometheus, logs). Plain data.
+
+Must not import torch or tensorrt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trtkv.runtime.kv.manager import KVUsage
+
+REJECT_REASONS = ("too_long", "kv_capacity", "queue_full")
+"""Every `RequestRejectedError.reason` the scheduler can give."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot of scheduler counters (cumulative since start) and queue lengths."""
+
+    num_waiting: int
+    num_running: int
+    num_swapped: int
+    num_preemptions_recompute: int
+    num_preemptions_swap: int
+    num_rejected_too_long: int
+    num_rejected_kv_capacity: int
+    num_rejected_queue_full: int
+    num_chunked_prefills: int
+    """Prefill chunks that covered only part of what the sequence had left to prefill."""
+    num_steps: int
+    """Non-empty plans produced."""
+    num_prefix_query_tokens: int
+    """Prompt tokens looked up in the prefix cache at admission."""
+    num_prefix_hit_tokens: int
+    """Of those, tokens found (their K/V reused, not computed)."""
+    kv: KVUsage
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.num_preemptions_recompute + self.num_preemptions_swap
+
+    @property
+    def num_rejected(self) -> dict[str, int]:
+        """Rejections by reason."""
+        return {
+            "too_long": self.num_rejected_too_long,
+            "kv_capacity": self.num_rejected_kv_capacity,
+            "queue_full": self.num_rejected_queue_full,
+        }
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        q = self.num_prefix_query_tokens
+        return self.num_prefix_hit_tokens / q if q else 0.0

@@ -1,0 +1,138 @@
+"""Serving fixtures: an exported model with a tokenizer + chat template, and a live server.
+
+The model is the shipped tiny-stdlib checkpoint when present; otherwise a random-weight
+tiny Llama with a small byte-level BPE tokenizer trained here (no downloads either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from trtkv.runtime.config import EngineConfig
+from trtkv.serving.app import OpenAIServer
+from trtkv.serving.config import ServerConfig
+from trtkv.serving.server import create_server, run_server
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+API_KEY = "sk-test-123"
+MODEL_NAME = "tiny"
+
+
+def _add_tokenizer(model_dir: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = [Path(__file__).read_text()] * 4 + ["def add(a, b):\n    return a + b\n"] * 20
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory, exported_factory) -> Path:
+    from trtkv.models import DEFAULT_MODEL_DIR
+
+    if (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():
+        from trtkv.export.exporter import ExportConfig, export
+
+        out = tmp_path_factory.mktemp("tiny_stdlib")
+        export(DEFAULT_MODEL_DIR, out, ExportConfig(progress=False))
+        return out
+    out = tmp_path_factory.mktemp("tiny_llama_tok")
+    shutil.copytree(exported_factory("llama"), out, dirs_exist_ok=True)
+    vocab = json.loads((out / "manifest.json").read_text()).get("vocab_size", 320)
+    _add_tokenizer(out, vocab)
+    return out
+
+
+@dataclass
+class LiveServer:
+    server: OpenAIServer
+    port: int
+    loop: asyncio.AbstractEventLoop
+    stop: asyncio.Event
+    thread: threading.Thread
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        return asyncio.run_coroutine_threadsafe(self.server.engine.stats(), self.loop).result(10)
+
+    def shutdown(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+
+
+def start_server(model_dir: Path, engine_config: EngineConfig, config: ServerConfig) -> LiveServer:
+    """Serve in a background thread with its own event loop; returns once listening."""
+    server = create_server(model_dir, engine_config, config)
+    ready = threading.Event()
+    box: dict = {}
+
+    def main() -> None:
+        async def run() -> None:
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+            await run_server(server, stop=box["stop"],
+                             on_ready=lambda port: (box.update(port=port), ready.set()))
+        asyncio.run(run())
+
+    thread = threading.Thread(target=main, name="trtkv-test-server", daemon=True)
+    thread.start()
+    if not ready.wait(60):
+        raise RuntimeError("the test server did not start within 60 s")
+    return LiveServer(server, box["port"], box["loop"], box["stop"], thread)
+
+
+@pytest.fixture(scope="module")
+def live_server(chat_model_dir: Path) -> Iterator[LiveServer]:
+    live = start_server(
+        chat_model_dir,
+        EngineConfig(num_blocks=256, num_threads=1, max_num_seqs=64, max_model_len=256,
+                     max_num_queued_requests=256),
+        ServerConfig(port=0, served_model_name=MODEL_NAME, api_key=API_KEY,
+                     max_request_bytes=64 * 1024, drain_timeout_s=1.0),
+    )
+    yield live
+    live.shutdown()
+
+
+def http(base_url: str, method: str, path: str, body: object = None, *, raw: bytes | None = None,
+         api_key: str | None = API_KEY) -> tuple[int, dict, dict | str]:
+    """One plain HTTP request; returns (status, headers, JSON body or text)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base_url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            status, hdrs, text = resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, hdrs, text = exc.code, dict(exc.headers), exc.read().decode()
+    try:
+        return status, hdrs, json.loads(text)
+    except ValueError:
+        return status, hdrs, text

@@ -1,0 +1,136 @@
+"""The server over loopback: the official `openai` client, then raw HTTP for every error."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.serving.conftest import API_KEY, MODEL_NAME, LiveServer, http
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer):
+    return openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def _greedy(**kw):
+    return dict(model=MODEL_NAME, temperature=0, max_tokens=8, extra_body={"ignore_eos": True}, **kw)
+
+
+def test_models_and_health(client, live_server: LiveServer) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+    assert http(live_server.base_url, "GET", "/health", api_key=None)[:1] == (200,)
+
+
+def test_completion_and_its_stream_agree(client) -> None:
+    full = client.completions.create(prompt="def main(", **_greedy())
+    choice = full.choices[0]
+    assert choice.finish_reason == "length"
+    assert full.usage.completion_tokens == 8 and full.usage.prompt_tokens > 0
+    chunks = list(client.completions.create(prompt="def main(", stream=True,
+                                            stream_options={"include_usage": True}, **_greedy()))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == choice.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_token_id_prompt_n_seed_stop_logprobs(client) -> None:
+    ids = [5, 6, 7, 8]
+    a = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, n=2, seed=7,
+                                  temperature=1.0, logprobs=2, extra_body={"ignore_eos": True})
+    b = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, n=2, seed=7,
+                                  temperature=1.0, logprobs=2, extra_body={"ignore_eos": True})
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # seeded: reproducible
+    assert sorted(c.index for c in a.choices) == [0, 1]
+    lp = a.choices[0].logprobs
+    assert len(lp.token_logprobs) == 6 and all(len(t) <= 2 for t in lp.top_logprobs)
+    assert a.usage.prompt_tokens == 4 and a.usage.completion_tokens == 12
+    greedy = client.completions.create(prompt=ids, **_greedy())
+    stop = greedy.choices[0].text[2:4]
+    if stop.strip():
+        cut = client.completions.create(prompt=ids, stop=[stop], **_greedy())
+        assert stop not in cut.choices[0].text and cut.choices[0].finish_reason == "stop"
+
+
+def test_chat_and_its_stream_agree(client) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "import os"}]
+    full = client.chat.completions.create(messages=messages, **_greedy())
+    assert full.choices[0].message.role == "assistant"
+    assert full.object == "chat.completion"
+    stream = client.chat.completions.create(messages=messages, stream=True, logprobs=True,
+                                            top_logprobs=1, **_greedy())
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    num_logprobs = sum(len(c.choices[0].logprobs.content) for c in chunks
+                       if c.choices and c.choices[0].logprobs)
+    assert num_logprobs == 8
+
+
+def test_client_raises_openai_errors(client) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2, temperature=-1)
+    bad = openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+BODY = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 2}
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), [
+    ("/v1/completions", {**BODY, "max_tokens": "3"}, 400, "max_tokens"),
+    ("/v1/completions", {**BODY, "temperature": "hot"}, 400, "temperature"),
+    ("/v1/completions", {**BODY, "stream": 1}, 400, "stream"),
+    ("/v1/completions", {**BODY, "prompt": 5}, 400, "prompt"),
+    ("/v1/completions", {**BODY, "prompt": [1, "a"]}, 400, "prompt"),
+    ("/v1/completions", {**BODY, "stop": [1]}, 400, "stop"),
+    ("/v1/completions", {**BODY, "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {**BODY, "n": 0}, 400, "n"),
+    ("/v1/completions", {**BODY, "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {**BODY, "logprobs": 99}, 400, "logprobs"),
+    ("/v1/completions", {**BODY, "presence_penalty": 3}, 400, "presence_penalty"),
+    ("/v1/completions", {**BODY, "seed": -1}, 400, "seed"),
+    ("/v1/completions", {**BODY, "prompt": [10**9]}, 400, None),
+    ("/v1/completions", {"prompt": "x"}, 400, "model"),
+    ("/v1/completions", [1, 2], 400, None),
+    ("/v1/completions", {**BODY, "model": "gpt-4"}, 404, "model"),
+    ("/v1/chat/completions", {"model": MODEL_NAME, "messages": "hi"}, 400, "messages"),
+    ("/v1/chat/completions", {"model": MODEL_NAME, "messages": [{"role": "user"}]}, 400, "messages"),
+    ("/v1/chat/completions", {"model": MODEL_NAME, "messages": []}, 400, "messages"),
+    ("/v1/completions", {**BODY, "max_tokens": 10_000}, 400, None),
+    ("/v1/completions", {**BODY, "prompt": list(range(3, 300))}, 400, None),
+])
+def test_bad_requests_get_openai_errors(live_server: LiveServer, path, body, status, param) -> None:
+    code, _, reply = http(live_server.base_url, "POST", path, body)
+    assert code == status, reply
+    assert set(reply["error"]) == {"message", "type", "param", "code"}
+    assert reply["error"]["message"]
+    if param is not None:
+        assert reply["error"]["param"] == param
+
+
+def test_malformed_oversize_auth_and_routes(live_server: LiveServer) -> None:
+    base = live_server.base_url
+    code, _, reply = http(base, "POST", "/v1/completions", raw=b'{"model": ')
+    assert code == 400 and reply["error"]["code"] == "invalid_json"
+    code, _, reply = http(base, "POST", "/v1/completions", {**BODY, "prompt": "a" * 100_000})
+    assert code == 413 and reply["error"]["code"] == "request_too_large"
+    code, _, reply = http(base, "POST", "/v1/completions", {**BODY, "prompt": list(range(3, 300))})
+    assert code == 400 and reply["error"]["code"] == "context_length_exceeded"
+    for key in (None, "sk-wrong", API_KEY + "x"):
+        code, _, reply = http(base, "POST", "/v1/completions", BODY, api_key=key)
+        assert code == 401 and reply["error"]["type"] == "authentication_error"
+    code, _, reply = http(base, "GET", "/v1/nothing-here")
+    assert code == 404 and "error" in reply
+    code, _, reply = http(base, "GET", "/v1/completions")
+    assert code == 405 and "error" in reply
+    # Still healthy, still serving, nothing left behind.
+    assert http(base, "GET", "/health")[0] == 200
+    assert http(base, "POST", "/v1/completions", BODY)[0] == 200
+    assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0

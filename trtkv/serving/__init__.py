@@ -1,0 +1,16 @@
+"""Serving: an OpenAI-compatible HTTP server over `trtkv.runtime.async_engine.AsyncEngine`.
+
+Module map (each owns one thing):
+
+- ``config``: `ServerConfig`, the `trtkv serve` options (frozen dataclass).
+- ``protocol``: OpenAI request bodies -> `GenerateRequest` (prompt + `SamplingParams`);
+  `ApiError` and the status of each engine error (queue_full -> 429; too_long and
+  kv_capacity -> 400, since retrying cannot help).
+- ``responses``: engine outputs -> OpenAI bodies, SSE chunks, logprobs, usage.
+- ``prometheus``: `/metrics` names and text rendering.
+- ``app``: `OpenAIServer`, the aiohttp routes, auth, body limit, streaming, disconnects.
+- ``server``: process lifecycle (create the engine, listen, graceful shutdown).
+- ``cli``: the ``trtkv serve`` subcommand.
+
+Only ``app`` and ``server`` import aiohttp.
+"""

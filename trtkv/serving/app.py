@@ -1,0 +1,239 @@
+"""The OpenAI-compatible HTTP application (aiohttp) over an `AsyncEngine`.
+
+Owns routes, authentication, body limits, SSE streaming and HTTP error rendering. Request
+validation lives in `protocol`, response shapes in `responses`, metric names in `prometheus`;
+the engine is reached only through `AsyncEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from trtkv.errors import InvalidRequestError, RequestRejectedError
+from trtkv.runtime.async_engine import AsyncEngine, EngineClosedError, RequestStream
+from trtkv.runtime.engine import Engine
+from trtkv.runtime.outputs import RequestOutput
+from trtkv.serving import prometheus
+from trtkv.serving.config import ServerConfig
+from trtkv.serving.protocol import ApiError, GenerateRequest, parse_chat, parse_completion
+from trtkv.serving.responses import ResponseBuilder
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATUS_CLIENT_GONE = 499  # nginx's convention for "client closed the request"
+
+
+class OpenAIServer:
+    """Routes and state of one server over one engine.
+
+    Args:
+        engine: the async engine (this server shuts it down on application shutdown).
+        config: server options.
+        model_name: the id clients must send as ``model``.
+    """
+
+    def __init__(self, engine: AsyncEngine, config: ServerConfig, model_name: str) -> None:
+        self.engine = engine
+        self.config = config
+        self.model_name = model_name
+        self.created = int(time.time())
+        self.http_requests: Counter[tuple[str, int]] = Counter()
+        self.client_disconnects = 0
+        self.num_active_streams = 0
+
+    def create_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_request_bytes,
+                              middlewares=[self._errors_middleware, self._auth_middleware])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        # Listening has stopped: let in-flight requests finish, then abort the rest.
+        await self.engine.shutdown(self.config.drain_timeout_s)
+
+    # -- middlewares ----------------------------------------------------------------------
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        endpoint = route.canonical if route is not None else "other"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            return _error_response(exc)
+        except web.HTTPException as exc:  # routing: 404 unknown path, 405 wrong method, 413
+            status = exc.status
+            code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
+            return _error_response(ApiError(status, exc.reason, code=code))
+        except asyncio.CancelledError:
+            status = STATUS_CLIENT_GONE
+            raise
+        except Exception as exc:  # a bug: keep serving, say so
+            return _error_response(ApiError(500, f"internal error: {exc!r}", type="internal_error"))
+        finally:
+            self.http_requests[(endpoint, status)] += 1
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        key = self.config.api_key
+        if key and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                               type="authentication_error", code="invalid_api_key")
+        return await handler(request)
+
+    # -- simple routes --------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.engine.is_running:
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def models(self, request: web.Request) -> web.Response:
+        max_len = self.engine.engine.scheduler.config.max_model_len
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model_name, "object": "model", "created": self.created,
+            "owned_by": "trtkv", "max_model_len": max_len,
+        }]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        snapshot = await self.engine.call(prometheus.collect)
+        server = {"http_requests": dict(self.http_requests),
+                  "client_disconnects": self.client_disconnects,
+                  "active_streams": self.num_active_streams}
+        return web.Response(body=prometheus.render(snapshot, server).encode(),
+                            headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    # -- generation -----------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_completion(await _read_json(request))
+        self._check_model(req.model)
+        return await self._generate(request, "completion", "cmpl", req)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        req, messages = parse_chat(await _read_json(request), self.config.default_chat_max_tokens)
+        self._check_model(req.model)
+        # The tokenizer is used by the engine's thread too: render there, between steps.
+        prompt_ids = await self.engine.call(lambda e: render_chat(e, messages))
+        params = req.params
+        if req.cap_to_context:
+            room = self.engine.engine.scheduler.config.max_model_len - len(prompt_ids)
+            params = replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
+        return await self._generate(request, "chat", "chatcmpl",
+                                    replace(req, prompt=prompt_ids, params=params))
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise ApiError(404, f"model {model!r} does not exist; this server serves "
+                           f"{self.model_name!r}", param="model", code="model_not_found")
+
+    async def _generate(self, request: web.Request, kind: str, prefix: str,
+                        req: GenerateRequest) -> web.StreamResponse:
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        try:
+            stream = await self.engine.add_request(req.prompt, req.params, request_id=request_id,
+                                                   priority=req.priority)
+        except (InvalidRequestError, RequestRejectedError) as exc:
+            raise ApiError.from_engine(exc) from None
+        except EngineClosedError as exc:
+            raise ApiError(503, str(exc), type="service_unavailable") from None
+        builder = ResponseBuilder(kind, request_id, self.model_name, self.engine.engine.tokenizer,
+                                  req.top_logprobs)
+        if not req.stream:
+            try:
+                final = None
+                async for out in stream:
+                    final = out
+            except EngineClosedError as exc:
+                raise ApiError(503, str(exc), type="service_unavailable") from None
+            finally:
+                await stream.aclose()
+            assert final is not None
+            return web.json_response(builder.response(final))
+        return await self._stream(request, stream, builder, req.include_usage)
+
+    async def _stream(self, request: web.Request, stream: RequestStream, builder: ResponseBuilder,
+                      include_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        self.num_active_streams += 1
+        last: RequestOutput | None = None
+        try:
+            await response.prepare(request)
+            try:
+                async for out in stream:
+                    last = out
+                    for chunk in builder.chunks(out):
+                        await response.write(_sse(chunk))
+                if include_usage and last is not None:
+                    await response.write(_sse(builder.usage_chunk(last)))
+            except EngineClosedError as exc:
+                await response.write(_sse(ApiError(503, str(exc), type="service_unavailable").body()))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError) as exc:
+            if last is None or not last.finished:
+                self.client_disconnects += 1
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self.num_active_streams -= 1
+            await stream.aclose()  # aborts the request unless it finished
+        return response
+
+
+def render_chat(engine: Engine, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of ``messages`` under the tokenizer's chat template (generation prompt added).
+
+    Raises:
+        ApiError: 400 when the model has no tokenizer or chat template, or the template fails.
+    """
+    tok = engine.tokenizer
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise ApiError(400, "this model has no chat template; use /v1/completions instead",
+                       code="no_chat_template")
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja errors: roles the template refuses, missing fields
+        raise ApiError(400, f"the chat template rejected the messages: {exc}",
+                       param="messages") from None
+    return list(tok.encode(text, add_special_tokens=False))
+
+
+async def _read_json(request: web.Request) -> Any:
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body exceeds {request.app._client_max_size} bytes; "
+                       "send a shorter prompt", code="request_too_large") from None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error_response(exc: ApiError) -> web.Response:
+    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    return web.json_response(exc.body(), status=exc.status, headers=headers)

@@ -1,0 +1,38 @@
+"""`trtkv serve`: registered into the main CLI by `trtkv.cli` (it calls `register`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    from trtkv.cli import add_dataclass_options
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.serving.config import ServerConfig
+
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, "
+                              "/v1/chat/completions, /metrics)")
+    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    add_dataclass_options(p, ServerConfig)
+    add_dataclass_options(p, EngineConfig)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from trtkv.cli import dataclass_from_args
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.serving.config import ServerConfig
+    from trtkv.serving.server import create_server, run_server
+
+    config: ServerConfig = dataclass_from_args(ServerConfig, args)
+    server = create_server(args.model_dir, dataclass_from_args(EngineConfig, args), config)
+
+    def ready(port: int) -> None:
+        print(f"trtkv serve: model {server.model_name!r} on http://{config.host}:{port}/v1",
+              file=sys.stderr, flush=True)
+
+    asyncio.run(run_server(server, on_ready=ready))
+    return 0

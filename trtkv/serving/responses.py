@@ -1,0 +1,118 @@
+"""Engine outputs -> OpenAI response bodies and stream chunks (plain dicts).
+
+Owns the JSON shapes of completions, chat completions, their chunks, logprobs and usage.
+Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from trtkv.runtime.outputs import CompletionOutput, RequestOutput
+
+LogprobEntry = tuple[int, float, tuple[tuple[int, float], ...]]
+
+
+class ResponseBuilder:
+    """Builds the bodies of one request (completion or chat, whole or chunked).
+
+    Args:
+        kind: "completion" or "chat".
+        response_id: the ``id`` every body and chunk carries.
+        model: the served model name.
+        tokenizer: HF tokenizer for logprob token strings, or None ("token_id:N" strings).
+        top_logprobs: how many alternatives each logprob entry lists.
+    """
+
+    def __init__(self, kind: str, response_id: str, model: str, tokenizer: Any,
+                 top_logprobs: int = 0) -> None:
+        self.kind, self.id, self.model = kind, response_id, model
+        self.tokenizer = tokenizer
+        self.top_logprobs = top_logprobs
+        self.created = int(time.time())
+        self._sent_role: set[int] = set()
+
+    # -- whole responses ------------------------------------------------------------------
+    def response(self, out: RequestOutput) -> dict[str, Any]:
+        choices = []
+        for c in out.outputs:
+            lps = self._logprobs(c.logprobs) if c.logprobs is not None else None
+            if self.kind == "chat":
+                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                                "logprobs": lps, "finish_reason": c.finish_reason})
+            else:
+                choices.append({"index": c.index, "text": c.text, "logprobs": lps,
+                                "finish_reason": c.finish_reason})
+        return {**self._head(chunk=False), "choices": choices, "usage": usage(out)}
+
+    # -- streaming ------------------------------------------------------------------------
+    def chunks(self, out: RequestOutput) -> list[dict[str, Any]]:
+        """One chunk per sequence that has something new (text, tokens or a finish)."""
+        result = []
+        for c in out.outputs:
+            if not (c.new_text or c.new_token_ids or c.finish_reason or
+                    (self.kind == "chat" and c.index not in self._sent_role)):
+                continue
+            result.append({**self._head(chunk=True), "choices": [self._choice_delta(c)]})
+        return result
+
+    def usage_chunk(self, out: RequestOutput) -> dict[str, Any]:
+        return {**self._head(chunk=True), "choices": [], "usage": usage(out)}
+
+    def _choice_delta(self, c: CompletionOutput) -> dict[str, Any]:
+        lps = None
+        if c.logprobs is not None and c.new_token_ids:
+            lps = self._logprobs(c.logprobs[-len(c.new_token_ids):])
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"content": c.new_text}
+            if c.index not in self._sent_role:
+                self._sent_role.add(c.index)
+                delta["role"] = "assistant"
+            return {"index": c.index, "delta": delta, "logprobs": lps,
+                    "finish_reason": c.finish_reason}
+        return {"index": c.index, "text": c.new_text, "logprobs": lps,
+                "finish_reason": c.finish_reason}
+
+    def _head(self, chunk: bool) -> dict[str, Any]:
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    # -- logprobs -------------------------------------------------------------------------
+    def _token(self, token_id: int) -> str:
+        if self.tokenizer is None:
+            return f"token_id:{token_id}"
+        return str(self.tokenizer.decode([token_id]))
+
+    def _logprobs(self, entries: Sequence[LogprobEntry]) -> dict[str, Any]:
+        if self.kind == "chat":
+            return {"content": [{
+                "token": self._token(tid), "logprob": lp,
+                "bytes": list(self._token(tid).encode()),
+                "top_logprobs": [{"token": self._token(t), "logprob": v,
+                                  "bytes": list(self._token(t).encode())}
+                                 for t, v in top[:self.top_logprobs]],
+            } for tid, lp, top in entries]}
+        tokens = [self._token(tid) for tid, _, _ in entries]
+        offsets, pos = [], 0
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [{self._token(t): v for t, v in top[:self.top_logprobs]}
+                             for _, _, top in entries],
+            "text_offset": offsets,
+        }
+
+
+def usage(out: RequestOutput) -> dict[str, int]:
+    completion = sum(len(c.token_ids) for c in out.outputs)
+    prompt = len(out.prompt_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}

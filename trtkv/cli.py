@@ -90,6 +90,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from trtkv.export.calibrate import calibrate
+
+    m = calibrate(args.model_dir, args.num_texts, args.kv_scales)
+    print(f"calibrated {m.kv_dtype} KV scales ({args.kv_scales}) on {args.num_texts} texts: "
+          f"layer 0 k={list(m.k_scales[0])} v={list(m.v_scales[0])}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trtkv.export.exporter import ExportConfig
     from trtkv.runtime.config import EngineConfig
@@ -102,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory")
     add_dataclass_options(p, ExportConfig)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("calibrate", help="calibrate the fp8/int8 KV scales of an exported model in place")
+    p.add_argument("model_dir", help="exported model directory with an fp8/int8 KV pool")
+    p.add_argument("--num-texts", type=int, default=16, help="calibration texts (stdlib sources)")
+    p.add_argument("--kv-scales", default="per-tensor", choices=("per-tensor", "per-head"),
+                   help="one scale per layer, or one per KV head")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("generate", help="generate from an exported model (in-flight batching)")
     p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")

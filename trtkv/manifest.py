@@ -10,12 +10,12 @@ Must not import torch, onnx or tensorrt.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trtkv.errors import ModelDirError
-from trtkv.ops.schema import KV_DTYPES, KV_LAYOUT, OP_DOMAIN, OP_SET_VERSION, OPS
+from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPES, KV_LAYOUT, OP_DOMAIN, OP_SET_VERSION, OPS
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -79,6 +79,15 @@ class Manifest:
         """Bytes of KV storage per token over all layers (scales excluded)."""
         elem = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[self.kv_dtype]
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+    def with_kv(self, kv_dtype: str, scales: tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]] | None = None) -> Manifest:
+        """This manifest with another KV dtype (default scales when switching dtype)."""
+        if kv_dtype == self.kv_dtype and scales is None:
+            return self
+        if scales is None:
+            s = (DEFAULT_KV_SCALES.get(kv_dtype, 1.0),)
+            scales = (tuple(s for _ in range(self.num_layers)), tuple(s for _ in range(self.num_layers)))
+        return replace(self, kv_dtype=kv_dtype, k_scales=scales[0], v_scales=scales[1])
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST_FILE

@@ -26,11 +26,12 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     )
     b.op("Identity", b.nodes[-1].output[0], outputs=["output"])
     pool_t = KV_ONNX_TYPES[kv_dtype]
+    pool_in_t = TensorProto.UINT8 if kv_dtype == "fp8" else pool_t
     vi = helper.make_tensor_value_info
     inputs = [
         vi("query", compute, ["T", "H", "D"]), vi("key", compute, ["T", "Hkv", "D"]),
         vi("value", compute, ["T", "Hkv", "D"]), vi("slot_mapping", TensorProto.INT64, ["T"]),
-        vi("kv_cache", pool_t, ["N", 2, "B", "Hkv", "D"]),
+        vi("kv_cache", pool_in_t, ["N", 2, "B", "Hkv", "D"]),
         vi("query_start_loc", TensorProto.INT32, ["S1"]), vi("context_lens", TensorProto.INT32, ["S"]),
         vi("block_tables", TensorProto.INT32, ["S", "M"]),
         vi("k_scale", TensorProto.FLOAT, ["Ks"]), vi("v_scale", TensorProto.FLOAT, ["Ks"]),
@@ -38,7 +39,7 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     outputs = [vi("output", compute, ["T", "H", "D"]), vi("key_stored.0", pool_t, ["T", "Hkv", "D"]),
                vi("value_stored.0", pool_t, ["T", "Hkv", "D"])]
     graph = helper.make_graph(b.nodes, "ops", inputs, outputs, b.initializers)
-    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype))
+    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype, fp8_pool_as_uint8=True))
     model.ir_version = 10
     onnx.checker.check_model(model)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -72,19 +73,41 @@ def test_kv_append_writes_only_the_new_slots():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}, {"softcap": 3.0, "scale": 0.2}])
-@pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8", "fp8"])
 def test_onnx_function_bodies_match_reference(kv_dtype, kwargs):
     rng = np.random.default_rng(2)
     b = _mixed_batch(rng, [6, 0, 11, 2], [1, 9, 3, 1], dtype=np.float32)
-    scale = np.array([0.03, 0.05], np.float32) if kv_dtype == "int8" else np.ones(1, np.float32)
+    # Per-KV-head scales for the quantized pools; fp8 codes travel as uint8 on ONNX Runtime.
+    scale = {"int8": np.array([0.03, 0.05], np.float32), "fp8": np.array([0.01, 0.02], np.float32)}.get(
+        kv_dtype, np.ones(1, np.float32))
     pool = R.quantize(b["pool"], scale, kv_dtype)
-    feeds = dict(query=b["q"], key=b["k"], value=b["v"], slot_mapping=b["slots"], kv_cache=pool,
+    feed_pool = pool.view(np.uint8) if kv_dtype == "fp8" else pool
+    feeds = dict(query=b["q"], key=b["k"], value=b["v"], slot_mapping=b["slots"], kv_cache=feed_pool,
                  query_start_loc=b["qsl"], context_lens=b["ctx"], block_tables=b["tables"],
                  k_scale=scale, v_scale=scale)
     out, ks, vs = ops_session(kv_dtype, **kwargs).run(None, feeds)
     ref_pool = pool.copy()
     rks, rvs = R.kv_append(b["k"], b["v"], b["slots"], ref_pool, scale, scale)
-    np.testing.assert_array_equal(ks, rks)
-    np.testing.assert_array_equal(vs, rvs)
+    np.testing.assert_array_equal(ks, rks.view(ks.dtype))
+    np.testing.assert_array_equal(vs, rvs.view(vs.dtype))
     ref = R.paged_attention(b["q"], rks, rvs, pool, b["qsl"], b["ctx"], b["tables"], scale, scale, **kwargs)
     np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+
+
+def test_quantize_edge_values_match_ml_dtypes():
+    one = np.ones(1, np.float32)
+    f8 = ml_dtypes.float8_e4m3fn
+    edges = np.array([0.0, -0.0, 2.0**-9, 2.0**-7, 448.0, -448.0, 449.0, 465.0, 1e6, -1e6, 0.3, 17.5],
+                     np.float32).reshape(-1, 1, 1)
+    q = R.quantize(edges, one, "fp8")
+    expected = np.clip(edges, -448, 448).astype(f8)  # saturate, then RNE to E4M3
+    np.testing.assert_array_equal(q.view(np.uint8), expected.view(np.uint8))
+    assert float(q[4, 0, 0]) == 448.0 and float(q[8, 0, 0]) == 448.0 and float(q[9, 0, 0]) == -448.0
+    assert float(q[2, 0, 0]) == 2.0**-9  # smallest E4M3 subnormal is exact
+    assert np.isnan(float(R.quantize(np.full((1, 1, 1), np.nan, np.float32), one, "fp8")[0, 0, 0]))
+    assert float(R.quantize(np.full((1, 1, 1), np.inf, np.float32), one, "fp8")[0, 0, 0]) == 448.0
+    i8 = R.quantize(np.array([0.5, 1.5, 2.5, -0.5, -2.5, 126.6, 127.5, 300, -300, np.nan, np.inf],
+                             np.float32).reshape(-1, 1, 1), one, "int8").ravel()
+    np.testing.assert_array_equal(i8, [0, 2, 2, 0, -2, 127, 127, 127, -127, 0, 127])  # RNE, +-127
+    codes = R.quantize(np.linspace(-5, 5, 11, dtype=np.float32).reshape(-1, 1, 1), np.array([0.5], np.float32), "int8")
+    np.testing.assert_array_equal(R.dequantize(codes, np.array([0.5], np.float32), "int8").ravel(), np.linspace(-5, 5, 11))

@@ -18,7 +18,7 @@ from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_confi
 from trtkv.export.llama_graph import COMPUTE_TYPES, LlamaGraph
 from trtkv.manifest import ONNX_FILE, Manifest
 from trtkv.ops.onnx_functions import op_functions, op_opset_imports
-from trtkv.ops.schema import KV_DTYPES
+from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPES, QUANTIZED_KV_DTYPES
 
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -33,6 +33,8 @@ class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": "weight/compute dtype: fp32, fp16 or bf16"})
     kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
     block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
+    calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
+    kv_scales: str = field(default="per-tensor", metadata={"help": "calibrated KV scale granularity: per-tensor or per-head"})
     external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
@@ -41,6 +43,12 @@ class ExportConfig:
             raise ConfigError(f"--dtype {self.dtype!r} is not supported; use one of {', '.join(COMPUTE_TYPES)}")
         if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
+        if self.calibrate < 0:
+            raise ConfigError(f"--calibrate must be >= 0, got {self.calibrate}")
+        if self.calibrate and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
+            raise ConfigError("--calibrate applies to fp8/int8 KV pools; add --kv-dtype fp8 or int8")
+        if self.kv_scales not in ("per-tensor", "per-head"):
+            raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"--block-size must be a power of two >= 1, got {self.block_size}")
 
@@ -101,7 +109,8 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
     spec = arch_spec_from_config(hf_config, hf_dir)
     kv_dtype = config.resolved_kv_dtype
     inv_freq, attention_scaling = _rope_inv_freq(hf_config)
-    kv_scales = [(np.ones(1, np.float32), np.ones(1, np.float32)) for _ in range(spec.num_layers)]
+    default_scale = np.full(1, DEFAULT_KV_SCALES.get(kv_dtype, 1.0), np.float32)
+    kv_scales = [(default_scale, default_scale) for _ in range(spec.num_layers)]
     out_dir.mkdir(parents=True, exist_ok=True)
     with WeightReader(hf_dir) as reader:
         _check_weights(reader, spec)
@@ -124,6 +133,10 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
     )
     manifest.save(out_dir)
     _copy_tokenizer(hf_dir, out_dir)
+    if config.calibrate:
+        from trtkv.export.calibrate import calibrate
+
+        manifest = calibrate(out_dir, config.calibrate, config.kv_scales)
     return manifest
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -80,6 +81,18 @@ def _dequantize(b: GraphBuilder, x: str, scale: str, kv_dtype: str) -> str:
     return y
 
 
+def _fp8_codes_to_float(b: GraphBuilder, codes: str) -> str:
+    """uint8 E4M3 bit patterns -> float32 through a 256-entry table (exact, NaN for 0x7f/0xff)."""
+    table = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return b.op("Gather", b.const(table), b.op("Cast", codes, to=TensorProto.INT64), axis=0)
+
+
+def _dequantize_pool_rows(b: GraphBuilder, rows: str, scale: str, kv_dtype: str, fp8_as_uint8: bool) -> str:
+    if kv_dtype == "fp8" and fp8_as_uint8:
+        return b.op("Mul", _fp8_codes_to_float(b, rows), _scale_rows(b, scale))
+    return _dequantize(b, rows, scale, kv_dtype)
+
+
 def kv_append_function(kv_dtype: str) -> onnx.FunctionProto:
     """Body of `trtkv::KVAppend` for a pool of ``kv_dtype``: the stored codes of key/value."""
     b = GraphBuilder("kva_", constants_as_nodes=True)
@@ -89,8 +102,11 @@ def kv_append_function(kv_dtype: str) -> onnx.FunctionProto:
     return _function(KV_APPEND.name, b, KV_APPEND.input_names, list(KV_APPEND.output_names), {})
 
 
-def paged_attention_function(kv_dtype: str) -> onnx.FunctionProto:
+def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> onnx.FunctionProto:
     """Body of `trtkv::PagedAttention` for a pool of ``kv_dtype`` (float32 accumulation).
+
+    ``fp8_pool_as_uint8``: the pool input holds fp8 codes typed as uint8 (ONNX Runtime's CPU
+    Gather has no float8 kernel); they are decoded through a lookup table.
 
     Sequences are padded to the step's longest new-token run (Q) and longest history (C):
     queries [S, Q], keys [S, C + Q]; the result is gathered back to the packed [T, H, D].
@@ -111,7 +127,7 @@ def paged_attention_function(kv_dtype: str) -> onnx.FunctionProto:
         return b.op("ReduceMax", x, keepdims=0)
 
     num_tokens, num_heads, head_dim = dim(query, 0), dim(query, 1), dim(query, 2)
-    num_kv_heads, block_size = dim(key, 1), dim(pool, 2)
+    num_kv_heads, block_size = dim(pool, 3), dim(pool, 2)
     num_seqs = dim(ctx_lens, 0)
     qsl64, ctx64 = b.op("Cast", qsl, to=i64), b.op("Cast", ctx_lens, to=i64)
     starts = b.op("Slice", qsl64, zero, b.ints(-1))
@@ -127,8 +143,9 @@ def paged_attention_function(kv_dtype: str) -> onnx.FunctionProto:
     q_valid = b.op("Less", unsq(q_idx, 0), unsq(new_lens, 1))  # [S, Q]
     q_rows = b.op("Where", q_valid, b.op("Add", unsq(starts, 1), unsq(q_idx, 0)), zero)
     q_pad = b.op("Gather", b.op("Cast", query, to=TensorProto.FLOAT), q_rows, axis=0)  # [S,Q,H,D]
-    k_new = _dequantize(b, b.op("Gather", key, q_rows, axis=0), k_scale, kv_dtype)
-    v_new = _dequantize(b, b.op("Gather", value, q_rows, axis=0), v_scale, kv_dtype)
+    # Decode the step's T stored K/V first, then pad (Gather has no float8 kernel on CPU).
+    k_new = b.op("Gather", _dequantize(b, key, k_scale, kv_dtype), q_rows, axis=0)
+    v_new = b.op("Gather", _dequantize(b, value, v_scale, kv_dtype), q_rows, axis=0)
 
     # History: pool rows of position j of sequence s, through the block table.
     num_ctx = b.op("Concat", num_seqs, b.op("Reshape", max_ctx, one), axis=0)  # [2] = (S, C)
@@ -141,8 +158,8 @@ def paged_attention_function(kv_dtype: str) -> onnx.FunctionProto:
     v_rows = b.op("Add", k_rows, block_size)
     rows_shape = b.op("Concat", b.ints(-1), num_kv_heads, head_dim, axis=0)
     pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B, Hkv, D], aliases the pool
-    k_ctx = _dequantize(b, b.op("Gather", pool_rows, k_rows, axis=0), k_scale, kv_dtype)
-    v_ctx = _dequantize(b, b.op("Gather", pool_rows, v_rows, axis=0), v_scale, kv_dtype)
+    k_ctx = _dequantize_pool_rows(b, b.op("Gather", pool_rows, k_rows, axis=0), k_scale, kv_dtype, fp8_pool_as_uint8)
+    v_ctx = _dequantize_pool_rows(b, b.op("Gather", pool_rows, v_rows, axis=0), v_scale, kv_dtype, fp8_pool_as_uint8)
     k_all = b.op("Concat", k_ctx, k_new, axis=1)  # [S, L=C+Q, Hkv, D]
     v_all = b.op("Concat", v_ctx, v_new, axis=1)
 
@@ -188,9 +205,10 @@ def paged_attention_function(kv_dtype: str) -> onnx.FunctionProto:
     return _function(PAGED_ATTENTION.name, b, PAGED_ATTENTION.input_names, ["output"], attrs)
 
 
-def op_functions(kv_dtype: str) -> list[onnx.FunctionProto]:
+def op_functions(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> list[onnx.FunctionProto]:
     """The local functions a model with a ``kv_dtype`` pool carries."""
-    return [kv_append_function(kv_dtype), paged_attention_function(kv_dtype)]
+    return [kv_append_function(kv_dtype),
+            paged_attention_function(kv_dtype, fp8_pool_as_uint8=fp8_pool_as_uint8)]
 
 
 def op_opset_imports() -> list[onnx.OperatorSetIdProto]:

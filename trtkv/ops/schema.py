@@ -42,6 +42,10 @@ KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 QUANTIZED_KV_DTYPES = ("fp8", "int8")
 FP8_E4M3_MAX = 448.0
 INT8_MAX = 127.0
+#: Scale used when a quantized pool has no calibrated scales: fp8 keeps E4M3's own range
+#: (+-448, relative precision 2^-3); int8 gets steps of 1/16 (range +-7.94), a guess that
+#: suits normalized keys/values only -- calibrate (`trtkv export --calibrate N`) for int8.
+DEFAULT_KV_SCALES = {"fp8": 1.0, "int8": 1.0 / 16.0}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class EngineConfig:
     """Options of the runtime engine (backend, KV pool, batching)."""
 
     backend: str = _opt("onnxruntime", "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)")
+    kv_dtype: str = _opt("auto", "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8")
     num_blocks: int = _opt(0, "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
     block_size: int = _opt(0, "tokens per KV block; 0 = the manifest's (export --block-size)")
     kv_cache_gib: float = _opt(0.5, "KV pool size in GiB when --num-blocks is 0")
@@ -37,7 +38,7 @@ class EngineConfig:
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(
-            backend=self.backend, num_blocks=self.num_blocks, block_size=self.block_size,
+            backend=self.backend, kv_dtype=self.kv_dtype, num_blocks=self.num_blocks, block_size=self.block_size,
             kv_cache_gib=self.kv_cache_gib, num_host_blocks=self.num_host_blocks,
             num_threads=self.num_threads, gpu_memory_utilization=self.gpu_memory_utilization,
         )

@@ -10,6 +10,7 @@ import numpy as np
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
+from trtkv.ops.schema import KV_DTYPES
 from trtkv.runtime.plan import StepPlan
 
 
@@ -18,6 +19,7 @@ class BackendConfig:
     """Options of a model backend."""
 
     backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (CPU) or tensorrt (NVIDIA GPU)"})
+    kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8"})
     num_blocks: int = field(default=0, metadata={"help": "KV blocks in the device pool; 0 = size from --kv-cache-gib"})
     block_size: int = field(default=0, metadata={"help": "tokens per KV block; 0 = the manifest's"})
     kv_cache_gib: float = field(default=0.5, metadata={"help": "KV pool size in GiB when --num-blocks is 0"})
@@ -26,6 +28,8 @@ class BackendConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "fraction of GPU memory trtkv may use (tensorrt)"})
 
     def __post_init__(self) -> None:
+        if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
         if self.num_blocks < 0:
             raise ConfigError(f"--num-blocks must be >= 0, got {self.num_blocks}")
         if self.block_size < 0 or (self.block_size & (self.block_size - 1)):
@@ -36,6 +40,10 @@ class BackendConfig:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    def resolve_manifest(self, manifest: Manifest) -> Manifest:
+        """The manifest with this config's KV dtype (scales: the export's, or defaults)."""
+        return manifest if self.kv_dtype == "auto" else manifest.with_kv(self.kv_dtype)
 
     def resolve_block_size(self, manifest: Manifest) -> int:
         return self.block_size or manifest.block_size

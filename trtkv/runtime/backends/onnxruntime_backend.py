@@ -27,7 +27,7 @@ from trtkv.manifest import (
     VALUE_STORED_OUTPUT,
     Manifest,
 )
-from trtkv.ops.onnx_functions import KV_ONNX_TYPES
+from trtkv.ops.onnx_functions import KV_ONNX_TYPES, op_functions
 from trtkv.ops.reference import KV_NUMPY_DTYPES
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import build_step_inputs
@@ -41,7 +41,7 @@ class OnnxRuntimeBackend(BaseBackend):
     """See module docstring. ``pools[i]`` is layer i's [N, 2, B, Hkv, D] pool."""
 
     def __init__(self, model_dir: str | Path, manifest: Manifest, config: BackendConfig) -> None:
-        self.manifest = manifest
+        self.manifest = manifest = config.resolve_manifest(manifest)
         self.block_size = config.resolve_block_size(manifest)
         self.num_blocks = config.resolve_num_blocks(manifest)
         self.num_host_blocks = config.num_host_blocks
@@ -59,15 +59,18 @@ class OnnxRuntimeBackend(BaseBackend):
         kv_np = KV_NUMPY_DTYPES[m.kv_dtype]
         shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
         host_shape = (self.num_host_blocks, *shape[1:])
-        self.pools = [np.zeros(shape, dtype=kv_np) for _ in range(m.num_layers)]
+        self.pools = [np.zeros(shape, dtype=kv_np) for _ in range(m.num_layers)]  # lazily paged
         self.host_pools = [np.zeros(host_shape, dtype=kv_np) for _ in range(m.num_layers)]
-        self._pool_values = [self._ortvalue(p) for p in self.pools]
+        self._pool_values = [self._ortvalue(p, as_codes=True) for p in self.pools]
         self._row_stride = 2 * self.block_size
 
-    def _ortvalue(self, array: np.ndarray) -> ort.OrtValue:
+    def _ortvalue(self, array: np.ndarray, *, as_codes: bool = False) -> ort.OrtValue:
+        """Zero-copy OrtValue over a KV array; ``as_codes`` binds fp8 as its uint8 codes."""
         view = _ORT_VIEW.get(self.manifest.kv_dtype)
         if view is None:
             return ort.OrtValue.ortvalue_from_numpy(array)
+        if as_codes and self.manifest.kv_dtype == "fp8":
+            return ort.OrtValue.ortvalue_from_numpy(array.view(view))
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
             array.view(view), KV_ONNX_TYPES[self.manifest.kv_dtype]
         )
@@ -138,7 +141,31 @@ def _load_model(model_dir: Path, manifest: Manifest) -> onnx.ModelProto:
         raise ModelDirError(f"cannot read {path} ({exc}); re-export the model") from exc
     if manifest.dtype == "bf16":
         _bf16_to_fp32_compute(model)
+    _set_kv_format(model, manifest)
     return model
+
+
+def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
+    """Give the graph this backend's KV pool: dtype, op bodies and the manifest's scales.
+
+    The KV dtype of the pool can differ from the export's here (the op bodies are local
+    functions specialised per dtype); fp8 pools are bound as uint8 codes.
+    """
+    kv = manifest.kv_dtype
+    pool_type = TensorProto.UINT8 if kv == "fp8" else KV_ONNX_TYPES[kv]
+    for value in model.graph.input:
+        if value.name.startswith("kv_cache."):
+            value.type.tensor_type.elem_type = pool_type
+    for value in model.graph.output:
+        if value.name.startswith(("key_stored.", "value_stored.")):
+            value.type.tensor_type.elem_type = KV_ONNX_TYPES[kv]
+    del model.functions[:]
+    model.functions.extend(op_functions(kv, fp8_pool_as_uint8=True))
+    scales = {f"k_scale.{i}": s for i, s in enumerate(manifest.k_scales)}
+    scales.update({f"v_scale.{i}": s for i, s in enumerate(manifest.v_scales)})
+    for init in model.graph.initializer:
+        if init.name in scales:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(scales[init.name], np.float32), init.name))
 
 
 def _bf16_to_fp32_compute(model: onnx.ModelProto) -> None:

@@ -1,0 +1,123 @@
+"""Static KV scales for fp8/int8 pools, calibrated on text.
+
+Runs the exported graph on ONNX Runtime with a float32 pool over calibration prompts, takes
+the absolute maximum of every layer's K and V (per tensor, or per KV head), and sets
+``scale = amax / qmax`` (qmax = 448 for fp8 E4M3, 127 for int8), so the largest value seen
+maps to the largest code. The scales are written to the manifest and to the graph's
+``k_scale.{i}`` / ``v_scale.{i}`` initializers (TensorRT reads them from there).
+
+Calibration text defaults to Python standard-library sources outside the built-in model's
+held-out set, so accuracy measured on held-out text is not calibrated on itself.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from trtkv.errors import ConfigError, ModelDirError
+from trtkv.manifest import Manifest
+from trtkv.ops.schema import FP8_E4M3_MAX, INT8_MAX, QUANTIZED_KV_DTYPES
+
+SCALE_GRANULARITIES = ("per-tensor", "per-head")
+
+
+def calibration_texts(num_texts: int, max_chars: int = 4000) -> list[str]:
+    """``num_texts`` stdlib source snippets, deterministic, disjoint from the held-out set."""
+    from trtkv.models import heldout_files
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    held = set(heldout_files())
+    files = sorted(p for p in stdlib.glob("*.py") if p.name not in held and p.relative_to(stdlib).as_posix() not in held)
+    texts = []
+    for path in files[: num_texts]:
+        texts.append(path.read_text(encoding="utf-8", errors="replace")[:max_chars])
+    return texts
+
+
+def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer amax of K and V over ``prompts``: arrays [L, Hkv] (per head) or [L, 1]."""
+    from trtkv.runtime.backends.base import BackendConfig
+    from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from trtkv.runtime.plan import ScheduledSeq, StepPlan
+
+    manifest = Manifest.load(model_dir)
+    block_size = manifest.block_size
+    longest = max(len(p) for p in prompts)
+    num_blocks = -(-longest // block_size)
+    backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(kv_dtype="fp32", num_blocks=num_blocks))
+    width = manifest.num_kv_heads if per_head else 1
+    k_amax = np.zeros((manifest.num_layers, width), np.float32)
+    v_amax = np.zeros_like(k_amax)
+    axes = (0, 1, 3) if per_head else (0, 1, 2, 3)  # pool[N, B, Hkv, D] per K or V
+    for prompt in prompts:
+        for pool in backend.pools:
+            pool.fill(0.0)
+        backend.execute(StepPlan(seqs=(ScheduledSeq(0, tuple(prompt), 0, tuple(range(num_blocks)), True),)))
+        for i, pool in enumerate(backend.pools):
+            k_amax[i] = np.maximum(k_amax[i], np.abs(pool[:, 0]).max(axis=axes).reshape(-1))
+            v_amax[i] = np.maximum(v_amax[i], np.abs(pool[:, 1]).max(axis=axes).reshape(-1))
+    return k_amax, v_amax
+
+
+def scales_from_amax(amax: np.ndarray, kv_dtype: str) -> np.ndarray:
+    qmax = FP8_E4M3_MAX if kv_dtype == "fp8" else INT8_MAX
+    return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+
+
+def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "per-tensor",
+              texts: list[str] | None = None, max_tokens: int = 512) -> Manifest:
+    """Calibrate an exported fp8/int8 model in place; returns the updated manifest.
+
+    Raises:
+        ConfigError: the model's KV dtype is not quantized, or bad arguments.
+        ModelDirError: no tokenizer to encode the calibration text.
+    """
+    model_dir = Path(model_dir)
+    manifest = Manifest.load(model_dir)
+    if manifest.kv_dtype not in QUANTIZED_KV_DTYPES:
+        raise ConfigError(f"{model_dir} has a {manifest.kv_dtype} KV pool; calibration is for fp8/int8 "
+                          "(export with --kv-dtype fp8 or int8)")
+    if granularity not in SCALE_GRANULARITIES:
+        raise ConfigError(f"--kv-scales must be one of {', '.join(SCALE_GRANULARITIES)}, got {granularity!r}")
+    if num_texts < 1:
+        raise ConfigError(f"--calibrate wants a number of texts >= 1, got {num_texts}")
+    from trtkv.runtime.engine import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise ModelDirError(f"{model_dir} has no tokenizer; calibration encodes text with it")
+    limit = min(max_tokens, manifest.max_position_embeddings)
+    prompts = [tokenizer.encode(t)[:limit] for t in (texts or calibration_texts(num_texts))]
+    prompts = [p for p in prompts if p]
+    k_amax, v_amax = collect_kv_amax(model_dir, prompts, granularity == "per-head")
+    k, v = scales_from_amax(k_amax, manifest.kv_dtype), scales_from_amax(v_amax, manifest.kv_dtype)
+    updated = replace(manifest, k_scales=_tuples(k), v_scales=_tuples(v))
+    write_scales(model_dir, updated)
+    return updated
+
+
+def _tuples(scales: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(x) for x in row) for row in scales)
+
+
+def write_scales(model_dir: Path, manifest: Manifest) -> None:
+    """Store the manifest's scales in manifest.json and in model.onnx's scale initializers."""
+    path = model_dir / manifest.onnx_file
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelDirError(f"cannot read {path} ({exc})") from exc
+    values: dict[str, Any] = {f"k_scale.{i}": s for i, s in enumerate(manifest.k_scales)}
+    values.update({f"v_scale.{i}": s for i, s in enumerate(manifest.v_scales)})
+    for init in model.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], np.float32), init.name))
+    onnx.save_model(model, str(path))  # external weights (if any) keep their file and offsets
+    manifest.save(model_dir)

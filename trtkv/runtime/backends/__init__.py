@@ -20,6 +20,11 @@ def create_backend(model_dir: str, config: BackendConfig) -> BaseBackend:
 
         return OnnxRuntimeBackend(model_dir, manifest, config)
     if config.backend == "tensorrt":
+        if config.kv_dtype not in ("auto", manifest.kv_dtype):
+            raise ConfigError(
+                f"a TensorRT engine's KV dtype is fixed at export ({manifest.kv_dtype}); "
+                f"re-export with --kv-dtype {config.kv_dtype} and rebuild, or drop --kv-dtype"
+            )
         from trtkv.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(model_dir, manifest, config)

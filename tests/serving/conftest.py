@@ -103,11 +103,18 @@ def start_server(model_dir: Path, engine_config: EngineConfig, config: ServerCon
     return LiveServer(server, box["port"], box["loop"], box["stop"], thread)
 
 
+def context_len(model_dir: Path, cap: int = 256) -> int:
+    """A max_model_len of at most ``cap`` that the model supports."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    return min(cap, int(manifest.get("max_position_embeddings", cap)))
+
+
 @pytest.fixture(scope="module")
 def live_server(chat_model_dir: Path) -> Iterator[LiveServer]:
     live = start_server(
         chat_model_dir,
-        EngineConfig(num_blocks=256, num_threads=1, max_num_seqs=64, max_model_len=256,
+        EngineConfig(num_blocks=256, num_threads=1, max_num_seqs=64,
+                     max_model_len=context_len(chat_model_dir),
                      max_num_queued_requests=256),
         ServerConfig(port=0, served_model_name=MODEL_NAME, api_key=API_KEY,
                      max_request_bytes=64 * 1024, drain_timeout_s=1.0),

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.serving.conftest import API_KEY, MODEL_NAME, LiveServer, start_server
+from tests.serving.conftest import API_KEY, MODEL_NAME, LiveServer, context_len, start_server
 from trtkv.runtime.config import EngineConfig
 from trtkv.serving.config import ServerConfig
 
@@ -55,7 +55,8 @@ def _metric(page: str, name: str, labels: str = "") -> float:
 def load_server(chat_model_dir: Path):
     live = start_server(
         chat_model_dir,
-        EngineConfig(num_blocks=160, num_threads=1, max_num_seqs=32, max_model_len=256),
+        EngineConfig(num_blocks=160, num_threads=1, max_num_seqs=32,
+                     max_model_len=context_len(chat_model_dir)),
         ServerConfig(port=0, served_model_name=MODEL_NAME, api_key=API_KEY, drain_timeout_s=1.0),
     )
     yield live

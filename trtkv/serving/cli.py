@@ -20,6 +20,14 @@ def register(subparsers: Any) -> None:
     add_dataclass_options(p, EngineConfig)
     p.set_defaults(func=_cmd_serve)
 
+    p = subparsers.add_parser("triton-repo", help="write a Triton Inference Server model "
+                              "repository (Python backend, decoupled streaming)")
+    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    p.add_argument("-o", "--output", required=True, help="repository directory to write")
+    p.add_argument("--model-name", default="trtkv", help="model name inside the repository")
+    add_dataclass_options(p, EngineConfig)
+    p.set_defaults(func=_cmd_triton_repo)
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from trtkv.cli import dataclass_from_args
@@ -35,4 +43,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     asyncio.run(run_server(server, on_ready=ready))
+    return 0
+
+
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from trtkv.cli import dataclass_from_args
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.serving.triton import write_triton_repo
+
+    folder = write_triton_repo(args.model_dir, args.output,
+                               dataclass_from_args(EngineConfig, args), args.model_name)
+    print(f"wrote {folder}; run: tritonserver --model-repository {args.output}", file=sys.stderr)
     return 0

@@ -1,0 +1,66 @@
+"""`trtkv triton-repo`: write a Triton Inference Server model repository for a trtkv model.
+
+Owns the repository layout (``REPO/NAME/config.pbtxt``, ``REPO/NAME/1/model.py``) and the
+config text; the model itself is `trtkv.serving.triton_model`. Must not import
+``triton_python_backend_utils`` (only Triton's stub has it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from trtkv.errors import ConfigError
+from trtkv.manifest import Manifest
+from trtkv.runtime.config import EngineConfig
+
+CONFIG_TEMPLATE = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+# Decoupled: one request, many responses (one per engine step), then a final flag.
+model_transaction_policy {{ decoupled: true }}
+input [
+  {{ name: "input_ids" data_type: TYPE_INT32 dims: [ -1 ] }},
+  {{ name: "max_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true }},
+  {{ name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true }},
+  {{ name: "seed" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
+  {{ name: "ignore_eos" data_type: TYPE_BOOL dims: [ 1 ] optional: true }}
+]
+output [
+  {{ name: "output_ids" data_type: TYPE_INT32 dims: [ -1 ] }}
+]
+# One instance: the trtkv engine batches requests itself (in-flight batching).
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+parameters [
+  {{ key: "model_dir" value: {{ string_value: {model_dir} }} }},
+  {{ key: "engine_config" value: {{ string_value: {engine_config} }} }}
+]
+"""
+
+
+def write_triton_repo(model_dir: str | Path, repo_dir: str | Path, engine_config: EngineConfig,
+                      name: str = "trtkv") -> Path:
+    """Write ``repo_dir/name/{config.pbtxt, 1/model.py}`` serving ``model_dir``.
+
+    Returns:
+        The model's folder inside the repository.
+
+    Raises:
+        ModelDirError: ``model_dir`` is not an exported model.
+        ConfigError: ``name`` is not a plain folder name.
+    """
+    model_dir = Path(model_dir).resolve()
+    Manifest.load(model_dir)  # fail here, not inside tritonserver
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--model-name {name!r} must be a plain folder name, e.g. trtkv")
+    folder = Path(repo_dir) / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(dataclasses.asdict(engine_config), sort_keys=True)
+    (folder / "config.pbtxt").write_text(CONFIG_TEMPLATE.format(
+        name=name, model_dir=json.dumps(str(model_dir)), engine_config=json.dumps(config_json),
+    ))
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), folder / "1" / "model.py")
+    return folder

@@ -10,7 +10,10 @@ Module map (each owns one thing):
 - ``prometheus``: `/metrics` names and text rendering.
 - ``app``: `OpenAIServer`, the aiohttp routes, auth, body limit, streaming, disconnects.
 - ``server``: process lifecycle (create the engine, listen, graceful shutdown).
-- ``cli``: the ``trtkv serve`` subcommand.
+- ``triton``: ``trtkv triton-repo``, a Triton Inference Server model repository.
+- ``triton_model``: the Triton Python-backend model (copied into the repository; importable
+  only inside Triton's stub).
+- ``cli``: the ``trtkv serve`` and ``trtkv triton-repo`` subcommands.
 
 Only ``app`` and ``server`` import aiohttp.
 """

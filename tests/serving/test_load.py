@@ -116,7 +116,7 @@ def test_full_queue_is_429_and_shutdown_drains(chat_model_dir: Path) -> None:
     url = live.base_url + "/v1/completions"
 
     async def one(session: aiohttp.ClientSession) -> tuple[int, dict]:
-        body = {"model": MODEL_NAME, "prompt": [5, 6, 7], "max_tokens": 24, "ignore_eos": True}
+        body = {"model": MODEL_NAME, "prompt": [5, 6, 7], "max_tokens": 64, "ignore_eos": True}
         async with session.post(url, json=body) as resp:
             return resp.status, await resp.json(), resp.headers.get("Retry-After")
 

@@ -52,6 +52,7 @@ def test_failed_allocation_is_atomic() -> None:
         kv.allocate(2, 7)  # needs a copy-on-write block plus two more
     with pytest.raises(NoFreeBlocksError):
         kv.allocate(9, 5)
+    assert kv.try_allocate(2, 7) is None and kv.try_allocate(9, 5) is None
     assert snapshot(kv) == before
     kv.check_integrity()
 

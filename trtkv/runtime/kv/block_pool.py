@@ -57,6 +57,13 @@ class BlockPool:
         self._check_id(block_id)
         return self._ref_counts[block_id]
 
+    def is_exclusive(self, block_id: int) -> bool:
+        """Whether one holder may write into the block in place: ref count 1 and no key.
+
+        Unchecked (hot path): callers pass ids taken from their own block tables.
+        """
+        return self._ref_counts[block_id] == 1 and block_id not in self._key_of_block
+
     def allocate(self, num: int) -> list[int]:
         """Take ``num`` blocks from the head of the free queue, each with ref count 1.
 

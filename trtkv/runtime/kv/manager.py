@@ -159,35 +159,51 @@ class KVCacheManager:
             NoFreeBlocksError: not enough free blocks; nothing changed.
             KVCacheError: the sequence is swapped out, or ``num_tokens`` is negative.
         """
+        copies = self.try_allocate(seq_id, num_tokens)
+        if copies is None:
+            raise NoFreeBlocksError(
+                f"seq {seq_id} cannot grow to {num_tokens} tokens: the pool has "
+                f"{self._pool.num_free} free KV blocks"
+            )
+        return copies
+
+    def try_allocate(self, seq_id: int, num_tokens: int) -> list[BlockCopy] | None:
+        """`allocate`, but returns None (changing nothing) when blocks are short.
+
+        The scheduler's per-step path: one call instead of `can_allocate` + `allocate`.
+        """
         if num_tokens < 0:
             raise KVCacheError(f"num_tokens must be >= 0, got {num_tokens}")
         table = self._tables.get(seq_id)
+        pool = self._pool
         if table is None:
             if seq_id in self._host_tables:
                 raise KVCacheError(f"seq {seq_id} is swapped out; swap it in first")
-            self._tables[seq_id] = self._pool.allocate(self.num_blocks_for(num_tokens))
+            num_new = self.num_blocks_for(num_tokens)
+            if num_new > pool.num_free:
+                return None
+            self._tables[seq_id] = pool.allocate(num_new)
             self._num_tokens[seq_id] = num_tokens
             return []
         num_old = self._num_tokens[seq_id]
         if num_tokens <= num_old:
             return []
-        need = self._num_new_blocks(seq_id, table, num_tokens)
-        if need > self._pool.num_free:
-            raise NoFreeBlocksError(
-                f"seq {seq_id} needs {need} more KV blocks, pool has {self._pool.num_free}"
-            )
+        block_size = self.block_size
+        must_copy = num_old % block_size != 0 and not pool.is_exclusive(table[-1])
+        num_more = -(-num_tokens // block_size) - len(table)
+        if must_copy or num_more > 0:
+            if num_more + must_copy > pool.num_free:
+                return None
+            self._table_tuples.pop(seq_id, None)
         copies: list[BlockCopy] = []
-        if self._must_copy_last(table, num_old):
+        if must_copy:
             src = table[-1]
-            (dst,) = self._pool.allocate(1)
-            self._pool.decref(src)
+            (dst,) = pool.allocate(1)
+            pool.decref(src)
             table[-1] = dst
             copies.append((src, dst))
-        num_more = self.num_blocks_for(num_tokens) - len(table)
-        if num_more:
-            table.extend(self._pool.allocate(num_more))
-        if copies or num_more:
-            self._table_tuples.pop(seq_id, None)
+        if num_more > 0:
+            table.extend(pool.allocate(num_more))
         self._num_tokens[seq_id] = num_tokens
         return copies
 
@@ -210,16 +226,13 @@ class KVCacheManager:
     def _must_copy_last(self, table: list[int], num_old: int) -> bool:
         # Writing into a partial last block that others hold (or that is published in the
         # prefix cache, after a truncate) would change their tokens: copy it first.
-        if num_old % self.block_size == 0:
-            return False
-        last = table[-1]
-        return self._pool.ref_count(last) > 1 or self._pool.key_of(last) is not None
+        return num_old % self.block_size != 0 and not self._pool.is_exclusive(table[-1])
 
     def _num_new_blocks(self, seq_id: int, table: list[int], num_tokens: int) -> int:
         num_old = self._num_tokens[seq_id]
         if num_tokens <= num_old:
             return 0
-        num = self.num_blocks_for(num_tokens) - len(table)
+        num = -(-num_tokens // self.block_size) - len(table)
         return num + 1 if self._must_copy_last(table, num_old) else num
 
     # -- free / fork / truncate -----------------------------------------------------------

@@ -25,7 +25,6 @@ Because a step that preempts admits nothing, a plan never has both swap_out and 
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Mapping, Sequence
 
@@ -33,7 +32,7 @@ from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
 from trtkv.runtime.scheduler.config import SchedulerConfig
-from trtkv.runtime.scheduler.queue import SeqQueue
+from trtkv.runtime.scheduler.registry import SeqRegistry
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
 from trtkv.runtime.scheduler.stats import SchedulerStats
 
@@ -65,13 +64,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
         self.kv = kv
-        self._seqs: dict[int, SeqState] = {}
-        self._requests: dict[str, list[int]] = {}
-        self._waiting = SeqQueue()
-        self._swapped = SeqQueue()
-        self._running: list[SeqState] = []  # sorted by SeqState.key, best first
-        self._next_seq_id = 0
-        self._next_arrival = 0
+        self._reg = SeqRegistry()
         self._in_flight: StepPlan | None = None
         self._counts = dict.fromkeys(
             ("recompute", "swap", "too_long", "kv_capacity", "queue_full", "chunked", "steps",
@@ -112,7 +105,7 @@ class Scheduler:
             raise InvalidRequestError(f"request {request_id!r} has an empty prompt")
         if max_new_tokens < 1:
             raise InvalidRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if request_id in self._requests:
+        if request_id in self._reg.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         total = len(prompt_ids) + max_new_tokens
         if total > self.config.max_model_len:
@@ -123,15 +116,13 @@ class Scheduler:
             self._reject("kv_capacity", f"{total} tokens need {self.kv.num_blocks_for(total)} "
                          f"KV blocks but the pool has {self.kv.num_blocks}; lower max_new_tokens "
                          "or give the KV cache more memory")
-        if len(self._waiting) >= self.config.max_num_queued_requests:
-            self._reject("queue_full", f"{len(self._waiting)} requests are already waiting; "
+        if len(self._reg.waiting) >= self.config.max_num_queued_requests:
+            self._reject("queue_full", f"{len(self._reg.waiting)} requests are already waiting; "
                          "retry later")
         if arrival_time is None:
             arrival_time = time.monotonic()
-        seq = self._new_seq(request_id, list(prompt_ids), len(prompt_ids), max_new_tokens,
-                            priority, arrival_time, self._next_arrival, cache_salt)
-        self._next_arrival += 1
-        self._waiting.push(seq)
+        seq = self._reg.new_seq(request_id, list(prompt_ids), max_new_tokens, priority,
+                                arrival_time, cache_salt)
         return seq.seq_id
 
     def finish(self, seq_id: int) -> None:
@@ -140,7 +131,7 @@ class Scheduler:
         Raises:
             KeyError: unknown (or already finished/aborted) sequence.
         """
-        seq = self._seqs.get(seq_id)
+        seq = self._reg.seqs.get(seq_id)
         if seq is None:
             raise KeyError(f"unknown seq {seq_id} (already finished or aborted?)")
         self._drop(seq, SeqStatus.FINISHED)
@@ -151,35 +142,35 @@ class Scheduler:
         Returns:
             The ids of the sequences dropped.
         """
-        seq_ids = list(self._requests.get(request_id, ()))
+        seq_ids = list(self._reg.requests.get(request_id, ()))
         for seq_id in seq_ids:
-            self._drop(self._seqs[seq_id], SeqStatus.ABORTED)
+            self._drop(self._reg.seqs[seq_id], SeqStatus.ABORTED)
         return seq_ids
 
     def get_seq(self, seq_id: int) -> SeqView:
         """A snapshot of a live sequence. Raises KeyError once finished or aborted."""
-        return self._seqs[seq_id].view()
+        return self._reg.seqs[seq_id].view()
 
     def has_unfinished(self) -> bool:
-        return bool(self._seqs)
+        return bool(self._reg.seqs)
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._reg.waiting)
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self._reg.running)
 
     @property
     def num_swapped(self) -> int:
-        return len(self._swapped)
+        return len(self._reg.swapped)
 
     def stats(self) -> SchedulerStats:
         c = self._counts
         return SchedulerStats(
-            num_waiting=len(self._waiting), num_running=len(self._running),
-            num_swapped=len(self._swapped), num_preemptions_recompute=c["recompute"],
+            num_waiting=len(self._reg.waiting), num_running=len(self._reg.running),
+            num_swapped=len(self._reg.swapped), num_preemptions_recompute=c["recompute"],
             num_preemptions_swap=c["swap"], num_rejected_too_long=c["too_long"],
             num_rejected_kv_capacity=c["kv_capacity"], num_rejected_queue_full=c["queue_full"],
             num_chunked_prefills=c["chunked"], num_steps=c["steps"],
@@ -198,10 +189,14 @@ class Scheduler:
         if self._in_flight is not None:
             raise RuntimeError("call update() with the previous plan before schedule()")
         step = _Step(self.config.max_num_batched_tokens)
-        for decoding in (True, False):
-            for seq in list(self._running):
-                if seq.status is _RUNNING and seq.is_decoding is decoding:
-                    self._schedule_running(seq, step)
+        decoding: list[SeqState] = []
+        prefilling: list[SeqState] = []
+        for seq in self._reg.running:
+            (decoding if seq.is_decoding else prefilling).append(seq)
+        self._schedule_decodes(decoding, step)
+        for seq in prefilling:
+            if seq.status is _RUNNING:  # not preempted earlier in this step
+                self._schedule_prefill(seq, step)
         if not step.preempted:
             self._admit(step)
         plan = StepPlan(
@@ -233,49 +228,83 @@ class Scheduler:
         """
         if plan is not self._in_flight and not (plan.is_empty and self._in_flight is None):
             raise RuntimeError("update() got a plan other than the one last scheduled")
-        live = [s for s in plan.seqs if s.seq_id in self._seqs]
+        live = [s for s in plan.seqs if s.seq_id in self._reg.seqs]
         samplers = {s.seq_id for s in live if s.sample}
-        extra = set(sampled) - samplers
-        missing = [i for i in samplers if not sampled.get(i)]
-        if extra or missing:
+        if sampled.keys() != samplers or not all(sampled.values()):
+            extra = sampled.keys() - samplers
+            missing = [i for i in samplers if not sampled.get(i)]
             raise ValueError(f"sampled must give tokens for exactly the sampling seqs of the "
                              f"plan: missing {sorted(missing)}, unexpected {sorted(extra)}")
         self._in_flight = None
         forks: dict[int, list[int]] = {}
+        seqs = self._reg.seqs
         for s in live:
-            seq = self._seqs[s.seq_id]
+            seq = seqs[s.seq_id]
             assert seq.num_computed == s.start_pos, f"seq {seq.seq_id} moved during the step"
-            seq.num_computed += s.num_tokens
+            seq.num_computed += len(s.token_ids)
             if s.sample:
                 tokens = sampled[s.seq_id]
-                children = [self._fork(seq, token) for token in tokens[1:]]
+                if len(tokens) > 1:
+                    forks[seq.seq_id] = [self._fork(seq, token) for token in tokens[1:]]
                 seq.token_ids.append(tokens[0])
-                if children:
-                    forks[seq.seq_id] = children
         return forks
 
-    def _schedule_running(self, seq: SeqState, step: _Step) -> None:
+    def _schedule_decodes(self, seqs: list[SeqState], step: _Step) -> None:
+        # The hot path (every running sequence, every step): kept flat on purpose.
+        try_allocate, block_ids = self.kv.try_allocate, self.kv.block_ids
+        max_num_seqs, scheduled, decodes = self.config.max_num_seqs, step.scheduled, step.decodes
+        for seq in seqs:
+            if seq.status is not _RUNNING:  # preempted earlier in this step
+                continue
+            if step.token_budget == 0 or len(scheduled) >= max_num_seqs:
+                return
+            seq_id, start = seq.seq_id, seq.num_computed
+            copies = try_allocate(seq_id, start + 1)
+            if copies is None:
+                copies = self._make_room(seq, start + 1, True, step)
+                if copies is None:
+                    continue
+            if copies:
+                step.copies.extend(copies)
+            decodes.append(ScheduledSeq(seq_id, (seq.token_ids[-1],), start, block_ids(seq_id), True))
+            scheduled.add(seq_id)
+            step.token_budget -= 1
+
+    def _schedule_prefill(self, seq: SeqState, step: _Step) -> None:
         if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:
             return
         num_tokens = self._chunk_size(seq, step)
         if num_tokens == 0:
             return
         target = seq.num_computed + num_tokens
-        while not self.kv.can_allocate(seq.seq_id, target):
-            victim = next(v for v in reversed(self._running) if v.seq_id not in step.scheduled)
-            if victim is seq and not seq.is_decoding:
-                return  # a prefill waits rather than preempt itself or a better sequence
+        copies = self.kv.try_allocate(seq.seq_id, target)
+        if copies is None:
+            copies = self._make_room(seq, target, False, step)
+            if copies is None:
+                return
+        step.copies.extend(copies)
+        self._add_to_step(seq, num_tokens, False, step)
+
+    def _make_room(self, seq: SeqState, target: int, decoding: bool,
+                   step: _Step) -> list[BlockCopy] | None:
+        """Preempt victims until ``seq`` can hold ``target`` tokens; None if it cannot run."""
+        while True:
+            victim = next(v for v in reversed(self._reg.running) if v.seq_id not in step.scheduled)
+            if victim is seq and not decoding:
+                return None  # a prefill waits rather than preempt itself or a better sequence
             self._preempt(victim, step)
             if victim is seq:
-                return
-        step.copies.extend(self.kv.allocate(seq.seq_id, target))
-        self._add_to_step(seq, num_tokens, step)
+                return None
+            copies = self.kv.try_allocate(seq.seq_id, target)
+            if copies is not None:
+                return copies
 
     def _admit(self, step: _Step) -> None:
-        while step.token_budget > 0 and len(self._running) < self.config.max_num_seqs:
-            seq, queue = self._next_candidate()
-            if seq is None or queue is None:
+        while step.token_budget > 0 and len(self._reg.running) < self.config.max_num_seqs:
+            candidate = self._reg.next_candidate()
+            if candidate is None:
                 return
+            seq, queue = candidate
             num_tokens = self._chunk_size(seq, step)
             if num_tokens == 0:
                 return
@@ -291,15 +320,8 @@ class Scheduler:
                 queue.pop()
                 seq.prefill_start = seq.num_computed
             step.copies.extend(self.kv.allocate(seq_id, seq.num_computed + num_tokens))
-            seq.status = _RUNNING
-            bisect.insort(self._running, seq, key=_sort_key)
-            self._add_to_step(seq, num_tokens, step)
-
-    def _next_candidate(self) -> tuple[SeqState | None, SeqQueue | None]:
-        waiting, swapped = self._waiting.peek(), self._swapped.peek()
-        if swapped is not None and (waiting is None or swapped.key < waiting.key):
-            return swapped, self._swapped
-        return waiting, (self._waiting if waiting is not None else None)
+            self._reg.add_running(seq)
+            self._add_to_step(seq, num_tokens, seq.is_decoding, step)
 
     def _chunk_size(self, seq: SeqState, step: _Step) -> int:
         remaining = seq.num_tokens - seq.num_computed
@@ -307,80 +329,48 @@ class Scheduler:
             return remaining
         return step.token_budget if self.config.enable_chunked_prefill else 0
 
-    def _add_to_step(self, seq: SeqState, num_tokens: int, step: _Step) -> None:
+    def _add_to_step(self, seq: SeqState, num_tokens: int, decoding: bool, step: _Step) -> None:
         start = seq.num_computed
         end = start + num_tokens
+        token_ids = seq.token_ids
         scheduled = ScheduledSeq(
-            seq_id=seq.seq_id, token_ids=tuple(seq.token_ids[start:end]), start_pos=start,
-            block_ids=self.kv.block_ids(seq.seq_id), sample=end == seq.num_tokens,
+            seq.seq_id, (token_ids[-1],) if decoding else tuple(token_ids[start:end]), start,
+            self.kv.block_ids(seq.seq_id), end == len(token_ids),
         )
         step.token_budget -= num_tokens
         step.scheduled.add(seq.seq_id)
-        if seq.is_decoding:
+        if decoding:
             step.decodes.append(scheduled)
         else:
             step.prefills.append(scheduled)
-            if start != seq.prefill_start or end != seq.num_tokens:
+            if start != seq.prefill_start or end != len(token_ids):
                 self._counts["chunked"] += 1
 
     def _preempt(self, seq: SeqState, step: _Step) -> None:
-        self._running.remove(seq)
         seq.num_preemptions += 1
         step.preempted.append(seq.seq_id)
         if self.config.preemption_mode == "swap" and self.kv.can_swap_out(seq.seq_id):
             step.swap_out.extend(self.kv.swap_out(seq.seq_id))
-            seq.status = SeqStatus.SWAPPED
-            self._swapped.push(seq)
+            self._reg.requeue(seq, SeqStatus.SWAPPED)
             self._counts["swap"] += 1
         else:
             self.kv.free(seq.seq_id)
             seq.num_computed = 0
             seq.num_cached_tokens = 0
-            seq.status = SeqStatus.WAITING
-            self._waiting.push(seq)
+            self._reg.requeue(seq, SeqStatus.WAITING)
             self._counts["recompute"] += 1
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _new_seq(self, request_id: str, token_ids: list[int], prompt_len: int,
-                 max_new_tokens: int, priority: int, arrival_time: float, arrival: int,
-                 cache_salt: str | None) -> SeqState:
-        seq_id = self._next_seq_id
-        self._next_seq_id += 1
-        seq = SeqState(seq_id=seq_id, request_id=request_id, token_ids=token_ids,
-                       prompt_len=prompt_len, max_new_tokens=max_new_tokens, priority=priority,
-                       key=(priority, arrival_time, arrival, seq_id), cache_salt=cache_salt)
-        self._seqs[seq_id] = seq
-        self._requests.setdefault(request_id, []).append(seq_id)
-        return seq
-
     def _fork(self, parent: SeqState, token: int) -> int:
-        _, arrival_time, arrival, _ = parent.key
-        child = self._new_seq(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
-                              parent.max_new_tokens, parent.priority, arrival_time, arrival,
-                              parent.cache_salt)
-        child.num_computed = parent.num_computed
-        child.num_cached_tokens = parent.num_cached_tokens
-        child.status = _RUNNING
+        child = self._reg.fork(parent, token)
         self.kv.fork(parent.seq_id, child.seq_id)
-        bisect.insort(self._running, child, key=_sort_key)
         return child.seq_id
 
     def _drop(self, seq: SeqState, status: SeqStatus) -> None:
-        if seq.status is _RUNNING:
-            self._running.remove(seq)
-        elif seq.status is SeqStatus.WAITING:
-            self._waiting.remove(seq.seq_id)
-        elif seq.status is SeqStatus.SWAPPED:
-            self._swapped.remove(seq.seq_id)
         if self.kv.has_seq(seq.seq_id):
             self.kv.free(seq.seq_id)
-        seq.status = status
-        del self._seqs[seq.seq_id]
-        ids = self._requests[seq.request_id]
-        ids.remove(seq.seq_id)
-        if not ids:
-            del self._requests[seq.request_id]
+        self._reg.drop(seq, status)
 
     def _reject(self, reason: str, message: str) -> None:
         self._counts[reason] += 1
@@ -393,23 +383,5 @@ class Scheduler:
             AssertionError: naming the broken invariant.
         """
         self.kv.check_integrity()
-        assert self._running == sorted(self._running, key=_sort_key), "running set unsorted"
-        in_flight = {s.seq_id: s.num_tokens for s in self._in_flight.seqs} if self._in_flight else {}
-        groups = (self._running, list(self._waiting), list(self._swapped))
-        ids = [s.seq_id for group in groups for s in group]
-        assert sorted(ids) == sorted(self._seqs), "seqs missing from or repeated in the queues"
-        for seq in self._running:
-            assert seq.status is _RUNNING and not self.kv.is_swapped(seq.seq_id)
-            want = seq.num_computed + in_flight.get(seq.seq_id, 0)
-            assert self.kv.num_tokens(seq.seq_id) == want, f"seq {seq.seq_id}: KV slots != computed"
-            assert seq.num_computed < seq.num_tokens, f"seq {seq.seq_id} has nothing to compute"
-        for seq in self._swapped:
-            assert seq.status is SeqStatus.SWAPPED and self.kv.is_swapped(seq.seq_id)
-            assert self.kv.num_tokens(seq.seq_id) == seq.num_computed
-        for seq in self._waiting:
-            assert seq.status is SeqStatus.WAITING and not self.kv.has_seq(seq.seq_id)
-            assert seq.num_computed == 0, f"waiting seq {seq.seq_id} has computed tokens"
-
-
-def _sort_key(seq: SeqState) -> tuple[int, float, int, int]:
-    return seq.key
+        plan = self._in_flight
+        self._reg.check_integrity(self.kv, {s.seq_id: s.num_tokens for s in plan.seqs} if plan else {})

@@ -147,7 +147,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
     import importlib
     import importlib.util
 
-    mods = ("trtkv.build.cli", "trtkv.serving.cli")
+    mods = ("trtkv.build.cli", "trtkv.serving.cli", "trtkv.bench.cli")
     return [importlib.import_module(m).register for m in mods if importlib.util.find_spec(m)]
 
 

@@ -13,7 +13,7 @@ from trtkv.runtime.kv import KVCacheError, KVCacheManager, NoFreeBlocksError
 def snapshot(kv: KVCacheManager) -> tuple[object, ...]:
     return (
         {s: (kv.block_ids(s), kv.num_tokens(s)) for s in kv._tables},
-        {s: (list(t), kv.num_tokens(s)) for s, t in kv._host_tables.items()},
+        {s: (list(t), kv.num_tokens(s)) for s, t in kv._host.tables.items()},
         kv.usage(),
         kv._pool.free_block_ids(),
         [kv.ref_count(b) for b in range(kv.num_blocks)],

@@ -3,7 +3,10 @@
 Module map:
     block_pool.py: `BlockPool`, ref counts, the LRU free queue and content keys.
     manager.py: `KVCacheManager`, the one owner of block tables (fork, copy-on-write,
-        rollback, swap to the host tier), and `KVUsage`.
+        rollback, swap, prefix caching), and `KVUsage`.
+    host_tier.py: `HostTier`, host blocks of swapped-out sequences.
+    prefix_cache.py: `PrefixCache` (key chains, longest-prefix lookup), `hash_block`,
+        `PrefixHit`.
     errors.py: `KVCacheError`, `NoFreeBlocksError` (caller misuse, not user errors).
 
 Must not import torch, onnx, onnxruntime or tensorrt.
@@ -14,6 +17,7 @@ from __future__ import annotations
 from trtkv.runtime.kv.block_pool import BlockPool
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager, KVUsage
+from trtkv.runtime.kv.prefix_cache import PrefixHit, hash_block
 
 __all__ = [
     "BlockCopy",
@@ -22,4 +26,6 @@ __all__ = [
     "KVCacheManager",
     "KVUsage",
     "NoFreeBlocksError",
+    "PrefixHit",
+    "hash_block",
 ]

@@ -113,6 +113,7 @@ class SimRequest:
     priority: int = 0
     arrive_step: int = 0
     abort_step: int | None = None
+    cache_salt: str | None = None
 
 
 def run_sim(
@@ -123,9 +124,11 @@ def run_sim(
     num_host_blocks: int = 0,
     check_every_step: bool = True,
     max_steps: int = 20_000,
+    prefix_caching: bool = False,
 ) -> tuple[SimResult, Scheduler]:
     """Drive a scheduler with a fake engine loop until every request is done."""
-    kv = KVCacheManager(num_blocks, block_size, num_host_blocks)
+    kv = KVCacheManager(num_blocks, block_size, num_host_blocks,
+                        enable_prefix_caching=prefix_caching)
     sched = Scheduler(config, kv)
     pool = FakePool(num_blocks, num_host_blocks, block_size)
     res = SimResult()
@@ -138,7 +141,7 @@ def run_sim(
             r = pending.pop(0)
             try:
                 sched.add_request(r.request_id, r.prompt, r.max_new_tokens, priority=r.priority,
-                                  arrival_time=float(step))
+                                  arrival_time=float(step), cache_salt=r.cache_salt)
                 n_of[r.request_id] = r.n
                 res.outputs[r.request_id] = []
             except Exception as e:  # noqa: BLE001 - the reason is recorded and checked
@@ -182,13 +185,21 @@ def run_sim(
 
 def random_requests(rng: random.Random, num: int, max_prompt: int, max_new: int,
                     max_n: int = 1, num_priorities: int = 1, spread: int = 10,
-                    abort_prob: float = 0.0) -> list[SimRequest]:
+                    abort_prob: float = 0.0, num_shared_prefixes: int = 0,
+                    num_salts: int = 0) -> list[SimRequest]:
+    """Random requests; with ``num_shared_prefixes`` most prompts start with a common prefix."""
+    prefixes = [[rng.randrange(1000) for _ in range(rng.randint(1, max_prompt))]
+                for _ in range(num_shared_prefixes)]
     reqs = []
     for i in range(num):
         arrive = rng.randrange(spread)
+        prompt = [rng.randrange(1000) for _ in range(rng.randint(1, max_prompt))]
+        if prefixes and rng.random() < 0.8:
+            prompt = (rng.choice(prefixes) + prompt)[:max_prompt]
         reqs.append(SimRequest(
             request_id=f"r{i}",
-            prompt=[rng.randrange(1000) for _ in range(rng.randint(1, max_prompt))],
+            prompt=prompt,
+            cache_salt=f"s{rng.randrange(num_salts)}" if num_salts else None,
             max_new_tokens=rng.randint(1, max_new), n=rng.randint(1, max_n),
             priority=rng.randrange(num_priorities), arrive_step=arrive,
             abort_step=arrive + rng.randrange(30) if rng.random() < abort_prob else None,

@@ -68,7 +68,7 @@ class Scheduler:
         self._in_flight: StepPlan | None = None
         self._counts = dict.fromkeys(
             ("recompute", "swap", "too_long", "kv_capacity", "queue_full", "chunked", "steps",
-             "prefix_query", "prefix_hit"), 0,
+             "prefix_queries", "prefix_query", "prefix_hit"), 0,
         )
 
     # -- requests -------------------------------------------------------------------------
@@ -174,7 +174,8 @@ class Scheduler:
             num_preemptions_swap=c["swap"], num_rejected_too_long=c["too_long"],
             num_rejected_kv_capacity=c["kv_capacity"], num_rejected_queue_full=c["queue_full"],
             num_chunked_prefills=c["chunked"], num_steps=c["steps"],
-            num_prefix_query_tokens=c["prefix_query"], num_prefix_hit_tokens=c["prefix_hit"],
+            num_prefix_queries=c["prefix_queries"], num_prefix_query_tokens=c["prefix_query"],
+            num_prefix_hit_tokens=c["prefix_hit"],
             kv=self.kv.usage(),
         )
 
@@ -237,11 +238,13 @@ class Scheduler:
                              f"plan: missing {sorted(missing)}, unexpected {sorted(extra)}")
         self._in_flight = None
         forks: dict[int, list[int]] = {}
-        seqs = self._reg.seqs
+        seqs, caching = self._reg.seqs, self.kv.enable_prefix_caching
         for s in live:
             seq = seqs[s.seq_id]
             assert seq.num_computed == s.start_pos, f"seq {seq.seq_id} moved during the step"
             seq.num_computed += len(s.token_ids)
+            if caching:  # before forking, so that children inherit the keys
+                self.kv.cache_blocks(seq.seq_id, seq.token_ids, seq.num_computed)
             if s.sample:
                 tokens = sampled[s.seq_id]
                 if len(tokens) > 1:
@@ -273,7 +276,7 @@ class Scheduler:
     def _schedule_prefill(self, seq: SeqState, step: _Step) -> None:
         if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:
             return
-        num_tokens = self._chunk_size(seq, step)
+        num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
         if num_tokens == 0:
             return
         target = seq.num_computed + num_tokens
@@ -305,26 +308,31 @@ class Scheduler:
             if candidate is None:
                 return
             seq, queue = candidate
-            num_tokens = self._chunk_size(seq, step)
-            if num_tokens == 0:
-                return
             seq_id = seq.seq_id
             if seq.status is SeqStatus.SWAPPED:
-                if not self.kv.can_swap_in(seq_id, num_tokens):
+                num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
+                if num_tokens == 0 or not self.kv.can_swap_in(seq_id, num_tokens):
                     return
                 queue.pop()
                 step.swap_in.extend(self.kv.swap_in(seq_id))
+                self.kv.allocate(seq_id, seq.num_computed + num_tokens)
             else:
-                if not self.kv.can_allocate(seq_id, num_tokens):
+                hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt)
+                start = hit.num_blocks * self.kv.block_size
+                num_tokens = self._chunk_size(seq.num_tokens - start, step)
+                if num_tokens == 0 or not self.kv.can_allocate(seq_id, start + num_tokens, hit):
                     return
                 queue.pop()
-                seq.prefill_start = seq.num_computed
-            step.copies.extend(self.kv.allocate(seq_id, seq.num_computed + num_tokens))
+                self.kv.allocate(seq_id, start + num_tokens, hit)
+                seq.num_computed = seq.num_cached_tokens = seq.prefill_start = start
+                if self.kv.enable_prefix_caching:
+                    self._counts["prefix_queries"] += 1
+                    self._counts["prefix_query"] += seq.num_tokens
+                    self._counts["prefix_hit"] += start
             self._reg.add_running(seq)
             self._add_to_step(seq, num_tokens, seq.is_decoding, step)
 
-    def _chunk_size(self, seq: SeqState, step: _Step) -> int:
-        remaining = seq.num_tokens - seq.num_computed
+    def _chunk_size(self, remaining: int, step: _Step) -> int:
         if remaining <= step.token_budget:
             return remaining
         return step.token_budget if self.config.enable_chunked_prefill else 0

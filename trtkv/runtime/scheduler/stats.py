@@ -29,10 +29,12 @@ class SchedulerStats:
     """Prefill chunks that covered only part of what the sequence had left to prefill."""
     num_steps: int
     """Non-empty plans produced."""
+    num_prefix_queries: int
+    """Admissions that looked up the prefix cache (0 with prefix caching off)."""
     num_prefix_query_tokens: int
-    """Prompt tokens looked up in the prefix cache at admission."""
+    """Tokens (prompt, plus generated ones on a recompute) looked up at those admissions."""
     num_prefix_hit_tokens: int
-    """Of those, tokens found (their K/V reused, not computed)."""
+    """Of those, tokens found in the cache (their K/V reused, not computed)."""
     kv: KVUsage
 
     @property
@@ -47,6 +49,11 @@ class SchedulerStats:
             "kv_capacity": self.num_rejected_kv_capacity,
             "queue_full": self.num_rejected_queue_full,
         }
+
+    @property
+    def num_prefix_evictions(self) -> int:
+        """Cached blocks whose key was dropped because allocation reused them."""
+        return self.kv.num_evictions
 
     @property
     def prefix_hit_rate(self) -> float:

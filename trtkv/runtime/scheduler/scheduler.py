@@ -21,6 +21,10 @@ Recompute preemption frees a victim's blocks and requeues it with its generated 
 on re-admission it prefills prompt + generated tokens and continues where it stopped. Swap
 preemption moves its blocks to the host tier (recompute when the host tier is full).
 Because a step that preempts admits nothing, a plan never has both swap_out and swap_in.
+
+Prefix caching (when the KV manager has it on): admitting a waiting sequence looks up its
+tokens in the prefix cache and starts computing after the cached blocks (never past the
+last token); after each step `update` publishes the sequence's newly full blocks.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ class ScheduledSeq:
         block_ids: the sequence's block table; covers ``start_pos + len(token_ids)`` tokens.
         sample: whether the step yields logits for the last of ``token_ids`` (a decode step,
             or the last chunk of a prefill).
+        all_logits: yield logits for every token of ``token_ids`` instead (scoring,
+            perplexity); the scheduler never sets it.
     """
 
     seq_id: int
@@ -32,6 +34,7 @@ class ScheduledSeq:
     start_pos: int
     block_ids: tuple[int, ...]
     sample: bool
+    all_logits: bool = False
 
     @property
     def num_tokens(self) -> int:

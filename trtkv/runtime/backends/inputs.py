@@ -20,7 +20,8 @@ class StepInputs:
         context_lens: int32 [S] tokens of each sequence already in the pool.
         block_tables: int32 [S, M] block ids, padded with 0 (never read past a sequence's length).
         slot_mapping: int64 [T] pool slot (block * B + offset) of each new token.
-        logits_indices: int64 [R] rows of the tokens whose logits are wanted (sampling seqs).
+        logits_indices: int64 [R] rows of the tokens whose logits are wanted: the last token of
+            each sampling sequence, every token of an ``all_logits`` one, in plan order.
     """
 
     input_ids: np.ndarray
@@ -53,7 +54,12 @@ def build_step_inputs(plan: StepPlan, block_size: int) -> StepInputs:
     input_ids = np.fromiter(
         (t for s in seqs for t in s.token_ids), dtype=np.int64, count=int(qsl[-1])
     )
-    sampling = [i for i, s in enumerate(seqs) if s.sample]
+    rows: list[np.ndarray] = []
+    for i, s in enumerate(seqs):
+        if s.all_logits:
+            rows.append(np.arange(qsl[i], qsl[i + 1]))
+        elif s.sample:
+            rows.append(qsl[i + 1 : i + 2] - 1)
     return StepInputs(
         input_ids=input_ids,
         positions=positions,
@@ -61,5 +67,5 @@ def build_step_inputs(plan: StepPlan, block_size: int) -> StepInputs:
         context_lens=starts.astype(np.int32),
         block_tables=tables,
         slot_mapping=blocks * block_size + positions % block_size,
-        logits_indices=qsl[1:][sampling] - 1,
+        logits_indices=np.concatenate(rows) if rows else np.zeros(0, np.int64),
     )

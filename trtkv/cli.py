@@ -144,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live with their feature (build, serve, triton-repo, bench)."""
-    import importlib
-    import importlib.util
+    from trtkv.bench import cli as bench_cli
+    from trtkv.build import cli as build_cli
+    from trtkv.serving import cli as serving_cli
 
-    mods = ("trtkv.build.cli", "trtkv.serving.cli", "trtkv.bench.cli")
-    return [importlib.import_module(m).register for m in mods if importlib.util.find_spec(m)]
+    return [build_cli.register, serving_cli.register, bench_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

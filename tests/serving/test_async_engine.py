@@ -134,7 +134,9 @@ def test_shutdown_drains_or_aborts(engine: Engine) -> None:
     async def main() -> list[str | None]:
         aengine = AsyncEngine(engine)
         short = await aengine.add_request(PROMPT, SamplingParams(max_new_tokens=2, ignore_eos=True))
-        long = await aengine.add_request(PROMPT, SamplingParams(max_new_tokens=400, ignore_eos=True))
+        # As long as the pool allows (32 blocks of 16): hundreds of steps, far past the drain.
+        room = min(engine.scheduler.config.max_model_len, 32 * 16) - len(PROMPT)
+        long = await aengine.add_request(PROMPT, SamplingParams(max_new_tokens=room, ignore_eos=True))
 
         async def last(stream) -> str | None:
             reason = None
@@ -143,7 +145,7 @@ def test_shutdown_drains_or_aborts(engine: Engine) -> None:
             return reason
 
         tasks = [asyncio.create_task(last(s)) for s in (short, long)]
-        await aengine.shutdown(drain_timeout=0.5)
+        await aengine.shutdown(drain_timeout=0.2)
         return list(await asyncio.gather(*tasks))
 
     assert asyncio.run(main()) == ["length", "abort"]

@@ -72,11 +72,19 @@ def test_kv_append_writes_only_the_new_slots():
     assert {(int(blk), int(off)) for blk, off in changed} == written
 
 
+BATCHES = {
+    "mixed": ([6, 0, 11, 2, 0], [1, 9, 3, 1, 1]),
+    "decode_only": ([5, 13, 1], [1, 1, 1]),
+    "prefill_only": ([0, 4, 9], [3, 2, 7]),
+}
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}, {"softcap": 3.0, "scale": 0.2}])
 @pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8", "fp8"])
-def test_onnx_function_bodies_match_reference(kv_dtype, kwargs):
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_onnx_function_bodies_match_reference(kv_dtype, kwargs, batch):
     rng = np.random.default_rng(2)
-    b = _mixed_batch(rng, [6, 0, 11, 2], [1, 9, 3, 1], dtype=np.float32)
+    b = _mixed_batch(rng, *BATCHES[batch], dtype=np.float32)
     # Per-KV-head scales for the quantized pools; fp8 codes travel as uint8 on ONNX Runtime.
     scale = {"int8": np.array([0.03, 0.05], np.float32), "fp8": np.array([0.01, 0.02], np.float32)}.get(
         kv_dtype, np.ones(1, np.float32))

@@ -108,101 +108,146 @@ def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) 
     ``fp8_pool_as_uint8``: the pool input holds fp8 codes typed as uint8 (ONNX Runtime's CPU
     Gather has no float8 kernel); they are decoded through a lookup table.
 
-    Sequences are padded to the step's longest new-token run (Q) and longest history (C):
-    queries [S, Q], keys [S, C + Q]; the result is gathered back to the packed [T, H, D].
-    Requires query_start_loc[S] == T (the runtime never pads tokens).
+    Standard ops need rectangular tensors, so sequences are padded: queries to the longest
+    new-token run Q, keys to the longest history C (+ Q). To keep one long prefill chunk from
+    padding every decode sequence to Q, decode sequences (one new token) and prefill
+    sequences are attended in two groups, and the results gathered back to the packed
+    [T, H, D]. Requires query_start_loc[S] == T (the runtime never pads tokens).
     """
-    b = GraphBuilder("pa_", constants_as_nodes=True)
-    (query, key, value, pool, qsl, ctx_lens, tables, k_scale, v_scale) = PAGED_ATTENTION.input_names
-    i64 = TensorProto.INT64
-    zero, one = b.ints(0), b.ints(1)
+    body = _PagedAttentionBody(kv_dtype, fp8_pool_as_uint8)
+    return body.build()
 
-    def dim(tensor: str, axis: int) -> str:
-        return b.op("Gather", b.op("Shape", tensor), b.ints(axis), axis=0)  # shape [1]
 
-    def unsq(x: str, axis: int) -> str:
-        return b.op("Unsqueeze", x, b.ints(axis))
+class _PagedAttentionBody:
+    """Emits the PagedAttention function body; one method per stage."""
 
-    def scalar_max(x: str) -> str:
-        return b.op("ReduceMax", x, keepdims=0)
+    def __init__(self, kv_dtype: str, fp8_pool_as_uint8: bool) -> None:
+        self.kv_dtype, self.fp8_as_uint8 = kv_dtype, fp8_pool_as_uint8
+        self.b = b = GraphBuilder("pa_", constants_as_nodes=True)
+        (query, key, value, pool, qsl, ctx_lens, tables, self.k_scale, self.v_scale) = PAGED_ATTENTION.input_names
+        i64 = TensorProto.INT64
+        self.zero, self.one = b.ints(0), b.ints(1)
+        self.num_tokens, self.num_heads, self.head_dim = self.dim(query, 0), self.dim(query, 1), self.dim(query, 2)
+        self.num_kv_heads, self.block_size = self.dim(pool, 3), self.dim(pool, 2)
+        qsl64 = b.op("Cast", qsl, to=i64)
+        self.ctx64 = b.op("Cast", ctx_lens, to=i64)
+        self.tables = b.op("Cast", tables, to=i64)
+        self.starts = b.op("Slice", qsl64, self.zero, b.ints(-1))
+        self.ends = b.op("Slice", qsl64, self.one, b.ints(2**62))
+        self.new_lens = b.op("Sub", self.ends, self.starts)
+        self.query = b.op("Cast", query, to=TensorProto.FLOAT)
+        # Decode the step's T stored K/V once (Gather has no float8 kernel on CPU).
+        self.key = _dequantize(b, key, self.k_scale, kv_dtype)
+        self.value = _dequantize(b, value, self.v_scale, kv_dtype)
+        rows_shape = b.op("Concat", b.ints(-1), self.num_kv_heads, self.head_dim, axis=0)
+        self.pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B, Hkv, D], aliases the pool
+        attr_scale = b.attr_const("scale", "float")
+        default = b.op("Div", b.scalar(1.0, np.float32), b.op("Sqrt", b.op("Cast", self.head_dim, to=TensorProto.FLOAT)))
+        self.sm_scale = b.op("Where", b.op("Greater", attr_scale, b.scalar(0.0, np.float32)), attr_scale, default)
+        self.cap = b.attr_const("softcap", "float")
+        self.window = b.op("Cast", b.attr_const("sliding_window", "int"), to=i64)
 
-    num_tokens, num_heads, head_dim = dim(query, 0), dim(query, 1), dim(query, 2)
-    num_kv_heads, block_size = dim(pool, 3), dim(pool, 2)
-    num_seqs = dim(ctx_lens, 0)
-    qsl64, ctx64 = b.op("Cast", qsl, to=i64), b.op("Cast", ctx_lens, to=i64)
-    starts = b.op("Slice", qsl64, zero, b.ints(-1))
-    ends = b.op("Slice", qsl64, one, b.ints(2**62))
-    new_lens = b.op("Sub", ends, starts)
-    max_new = scalar_max(new_lens)
-    # ReduceMax of a [S] history length vector; Max with 0 keeps C >= 0.
-    max_ctx = scalar_max(b.op("Concat", ctx64, zero, axis=0))
-    q_idx = b.op("Range", b.scalar(0, np.int64), max_new, b.scalar(1, np.int64))  # [Q]
-    c_idx = b.op("Range", b.scalar(0, np.int64), max_ctx, b.scalar(1, np.int64))  # [C]
+    def dim(self, tensor: str, axis: int) -> str:
+        return self.b.op("Gather", self.b.op("Shape", tensor), self.b.ints(axis), axis=0)  # [1]
 
-    # New tokens: row of packed token (s, i) and its validity.
-    q_valid = b.op("Less", unsq(q_idx, 0), unsq(new_lens, 1))  # [S, Q]
-    q_rows = b.op("Where", q_valid, b.op("Add", unsq(starts, 1), unsq(q_idx, 0)), zero)
-    q_pad = b.op("Gather", b.op("Cast", query, to=TensorProto.FLOAT), q_rows, axis=0)  # [S,Q,H,D]
-    # Decode the step's T stored K/V first, then pad (Gather has no float8 kernel on CPU).
-    k_new = b.op("Gather", _dequantize(b, key, k_scale, kv_dtype), q_rows, axis=0)
-    v_new = b.op("Gather", _dequantize(b, value, v_scale, kv_dtype), q_rows, axis=0)
+    def unsq(self, x: str, axis: int) -> str:
+        return self.b.op("Unsqueeze", x, self.b.ints(axis))
 
-    # History: pool rows of position j of sequence s, through the block table.
-    num_ctx = b.op("Concat", num_seqs, b.op("Reshape", max_ctx, one), axis=0)  # [2] = (S, C)
-    blk_col = b.op("Expand", unsq(b.op("Div", c_idx, block_size), 0), num_ctx)  # [S, C]
-    blocks = b.op("GatherElements", b.op("Cast", tables, to=i64), blk_col, axis=1)
-    c_valid = b.op("Less", unsq(c_idx, 0), unsq(ctx64, 1))  # [S, C]
-    two_b = b.op("Mul", block_size, b.ints(2))
-    k_rows = b.op("Add", b.op("Mul", blocks, two_b), unsq(b.op("Mod", c_idx, block_size), 0))
-    k_rows = b.op("Where", c_valid, k_rows, zero)
-    v_rows = b.op("Add", k_rows, block_size)
-    rows_shape = b.op("Concat", b.ints(-1), num_kv_heads, head_dim, axis=0)
-    pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B, Hkv, D], aliases the pool
-    k_ctx = _dequantize_pool_rows(b, b.op("Gather", pool_rows, k_rows, axis=0), k_scale, kv_dtype, fp8_pool_as_uint8)
-    v_ctx = _dequantize_pool_rows(b, b.op("Gather", pool_rows, v_rows, axis=0), v_scale, kv_dtype, fp8_pool_as_uint8)
-    k_all = b.op("Concat", k_ctx, k_new, axis=1)  # [S, L=C+Q, Hkv, D]
-    v_all = b.op("Concat", v_ctx, v_new, axis=1)
+    def max0(self, x: str) -> str:
+        """max(x) as a scalar, 0 for an empty x."""
+        return self.b.op("ReduceMax", self.b.op("Concat", x, self.zero, axis=0), keepdims=0)
 
-    # Scores [S, Hkv, G, Q, L] with G = H / Hkv query heads per KV head.
-    group = b.op("Div", num_heads, num_kv_heads)
-    q5 = b.op(
-        "Reshape", q_pad,
-        b.op("Concat", num_seqs, b.op("Reshape", max_new, one), num_kv_heads, group, head_dim, axis=0),
-    )
-    q5 = b.op("Transpose", q5, perm=[0, 2, 3, 1, 4])
-    k5 = unsq(b.op("Transpose", k_all, perm=[0, 2, 3, 1]), 2)  # [S, Hkv, 1, D, L]
-    v5 = unsq(b.op("Transpose", v_all, perm=[0, 2, 1, 3]), 2)  # [S, Hkv, 1, L, D]
-    attr_scale = b.attr_const("scale", "float")
-    default_scale = b.op("Div", b.scalar(1.0, np.float32), b.op("Sqrt", b.op("Cast", head_dim, to=TensorProto.FLOAT)))
-    sm_scale = b.op("Where", b.op("Greater", attr_scale, b.scalar(0.0, np.float32)), attr_scale, default_scale)
-    scores = b.op("Mul", b.op("MatMul", q5, k5), sm_scale)
-    cap = b.attr_const("softcap", "float")
-    capped = b.op("Mul", b.op("Tanh", b.op("Div", scores, cap)), cap)
-    scores = b.op("Where", b.op("Greater", cap, b.scalar(0.0, np.float32)), capped, scores)
+    def build(self) -> onnx.FunctionProto:
+        b, unsq = self.b, self.unsq
+        i64 = TensorProto.INT64
+        is_dec = b.op("Equal", self.new_lens, self.one)  # [S]
+        is_pre = b.op("Not", is_dec)
+        dec_out, dec_q = self.attend(b.op("Squeeze", b.op("NonZero", is_dec), self.zero))
+        pre_out, pre_q = self.attend(b.op("Squeeze", b.op("NonZero", is_pre), self.zero))
+        # Token t of sequence s = #(ends <= t): row of its output in Concat(dec_out, pre_out).
+        tok = b.op("Range", b.scalar(0, np.int64), b.op("Squeeze", self.num_tokens), b.scalar(1, np.int64))
+        seq_of = b.op("ReduceSum", b.op("Cast", b.op("GreaterOrEqual", unsq(tok, 1), unsq(self.ends, 0)), to=i64),
+                      self.one, keepdims=0)
+        offset = b.op("Sub", tok, b.op("Gather", self.starts, seq_of, axis=0))
 
-    # Mask [S, L] per query [S, Q, L]: keys' positions vs the query's position.
-    new_pos = b.op("Add", unsq(ctx64, 1), unsq(q_idx, 0))  # [S, Q] positions of new tokens
-    k_pos = b.op("Concat", b.op("Expand", unsq(c_idx, 0), num_ctx), new_pos, axis=1)  # [S, L]
-    k_valid = b.op("Concat", c_valid, q_valid, axis=1)  # [S, L]
-    causal = b.op("LessOrEqual", unsq(k_pos, 1), unsq(new_pos, 2))  # [S, Q, L]
-    mask = b.op("And", causal, unsq(k_valid, 1))
-    window = b.op("Cast", b.attr_const("sliding_window", "int"), to=i64)
-    in_window = b.op("Greater", unsq(k_pos, 1), b.op("Sub", unsq(new_pos, 2), window))
-    no_window = b.op("LessOrEqual", window, b.scalar(0, np.int64))
-    mask = b.op("And", mask, b.op("Or", in_window, no_window))
-    mask5 = unsq(unsq(mask, 1), 1)  # [S, 1, 1, Q, L]
-    scores = b.op("Where", mask5, scores, b.scalar(_MASKED, np.float32))
-    probs = b.op("Softmax", scores, axis=-1)
-    out5 = b.op("Transpose", b.op("MatMul", probs, v5), perm=[0, 3, 1, 2, 4])  # [S,Q,Hkv,G,D]
-    flat = b.op("Reshape", out5, b.op("Concat", b.ints(-1), num_heads, head_dim, axis=0))
+        def position(mask: str) -> str:  # index of each sequence within its group
+            return b.op("Sub", b.op("CumSum", b.op("Cast", mask, to=i64), self.zero), self.one)
 
-    # Packed token t of sequence s = #(ends <= t) sits at padded row s * Q + (t - starts[s]).
-    tok = b.op("Range", b.scalar(0, np.int64), b.op("Squeeze", num_tokens), b.scalar(1, np.int64))
-    seq_of = b.op("ReduceSum", b.op("Cast", b.op("GreaterOrEqual", unsq(tok, 1), unsq(ends, 0)), to=i64), one, keepdims=0)
-    row = b.op("Add", b.op("Mul", seq_of, max_new), b.op("Sub", tok, b.op("Gather", starts, seq_of, axis=0)))
-    b.op("CastLike", b.op("Gather", flat, row, axis=0), query, outputs=["output"])
-    attrs = {a.name: a.default for a in PAGED_ATTENTION.attributes}
-    return _function(PAGED_ATTENTION.name, b, PAGED_ATTENTION.input_names, ["output"], attrs)
+        dec_row = b.op("Add", b.op("Mul", b.op("Gather", position(is_dec), seq_of, axis=0), dec_q), offset)
+        pre_row = b.op("Add", b.op("Mul", b.op("Gather", position(is_pre), seq_of, axis=0), pre_q), offset)
+        pre_row = b.op("Add", pre_row, b.op("Squeeze", self.dim(dec_out, 0), self.zero))
+        row = b.op("Where", b.op("Gather", is_dec, seq_of, axis=0), dec_row, pre_row)
+        out = b.op("Gather", b.op("Concat", dec_out, pre_out, axis=0), row, axis=0)
+        b.op("CastLike", out, "query", outputs=["output"])
+        attrs = {a.name: a.default for a in PAGED_ATTENTION.attributes}
+        return _function(PAGED_ATTENTION.name, b, PAGED_ATTENTION.input_names, ["output"], attrs)
+
+    def attend(self, seq_ids: str) -> tuple[str, str]:
+        """Padded attention of the sequences ``seq_ids`` [S'].
+
+        Returns:
+            (out [S' * Q', H, D] float32, Q' scalar): row s * Q' + i holds new token i of the
+            group's sequence s.
+        """
+        b, unsq = self.b, self.unsq
+        starts = b.op("Gather", self.starts, seq_ids, axis=0)
+        new_lens = b.op("Gather", self.new_lens, seq_ids, axis=0)
+        ctx = b.op("Gather", self.ctx64, seq_ids, axis=0)
+        tables = b.op("Gather", self.tables, seq_ids, axis=0)
+        num_seqs = self.dim(seq_ids, 0)
+        max_new, max_ctx = self.max0(new_lens), self.max0(ctx)
+        q_idx = b.op("Range", b.scalar(0, np.int64), max_new, b.scalar(1, np.int64))  # [Q]
+        c_idx = b.op("Range", b.scalar(0, np.int64), max_ctx, b.scalar(1, np.int64))  # [C]
+
+        # New tokens: packed row of (s, i) and its validity.
+        q_valid = b.op("Less", unsq(q_idx, 0), unsq(new_lens, 1))  # [S', Q]
+        q_rows = b.op("Where", q_valid, b.op("Add", unsq(starts, 1), unsq(q_idx, 0)), self.zero)
+        q_pad = b.op("Gather", self.query, q_rows, axis=0)  # [S', Q, H, D]
+        k_new = b.op("Gather", self.key, q_rows, axis=0)
+        v_new = b.op("Gather", self.value, q_rows, axis=0)
+
+        # History: pool rows of position j of sequence s, through the block table.
+        shape_sc = b.op("Concat", num_seqs, b.op("Reshape", max_ctx, self.one), axis=0)  # (S', C)
+        blk_col = b.op("Expand", unsq(b.op("Div", c_idx, self.block_size), 0), shape_sc)
+        blocks = b.op("GatherElements", tables, blk_col, axis=1)  # [S', C]
+        c_valid = b.op("Less", unsq(c_idx, 0), unsq(ctx, 1))
+        two_b = b.op("Mul", self.block_size, b.ints(2))
+        k_rows = b.op("Add", b.op("Mul", blocks, two_b), unsq(b.op("Mod", c_idx, self.block_size), 0))
+        k_rows = b.op("Where", c_valid, k_rows, self.zero)
+        v_rows = b.op("Add", k_rows, self.block_size)
+        k_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, k_rows, axis=0), self.k_scale,
+                                      self.kv_dtype, self.fp8_as_uint8)
+        v_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, v_rows, axis=0), self.v_scale,
+                                      self.kv_dtype, self.fp8_as_uint8)
+        k_all = b.op("Concat", k_ctx, k_new, axis=1)  # [S', L=C+Q, Hkv, D]
+        v_all = b.op("Concat", v_ctx, v_new, axis=1)
+
+        # Scores [S', Hkv, G, Q, L] with G = H / Hkv query heads per KV head.
+        group = b.op("Div", self.num_heads, self.num_kv_heads)
+        max_new_1 = b.op("Reshape", max_new, self.one)
+        q5 = b.op("Reshape", q_pad, b.op("Concat", num_seqs, max_new_1, self.num_kv_heads, group, self.head_dim, axis=0),
+                  allowzero=1)
+        q5 = b.op("Transpose", q5, perm=[0, 2, 3, 1, 4])
+        k5 = unsq(b.op("Transpose", k_all, perm=[0, 2, 3, 1]), 2)  # [S', Hkv, 1, D, L]
+        v5 = unsq(b.op("Transpose", v_all, perm=[0, 2, 1, 3]), 2)  # [S', Hkv, 1, L, D]
+        scores = b.op("Mul", b.op("MatMul", q5, k5), self.sm_scale)
+        capped = b.op("Mul", b.op("Tanh", b.op("Div", scores, self.cap)), self.cap)
+        scores = b.op("Where", b.op("Greater", self.cap, b.scalar(0.0, np.float32)), capped, scores)
+
+        # Mask per query [S', Q, L]: keys' positions vs the query's position.
+        new_pos = b.op("Add", unsq(ctx, 1), unsq(q_idx, 0))  # [S', Q]
+        k_pos = b.op("Concat", b.op("Expand", unsq(c_idx, 0), shape_sc), new_pos, axis=1)  # [S', L]
+        k_valid = b.op("Concat", c_valid, q_valid, axis=1)
+        mask = b.op("And", b.op("LessOrEqual", unsq(k_pos, 1), unsq(new_pos, 2)), unsq(k_valid, 1))
+        in_window = b.op("Greater", unsq(k_pos, 1), b.op("Sub", unsq(new_pos, 2), self.window))
+        no_window = b.op("LessOrEqual", self.window, b.scalar(0, np.int64))
+        mask = b.op("And", mask, b.op("Or", in_window, no_window))
+        scores = b.op("Where", unsq(unsq(mask, 1), 1), scores, b.scalar(_MASKED, np.float32))
+        probs = b.op("Softmax", scores, axis=-1)
+        out5 = b.op("Transpose", b.op("MatMul", probs, v5), perm=[0, 3, 1, 2, 4])  # [S', Q, Hkv, G, D]
+        num_rows = b.op("Mul", num_seqs, max_new_1)
+        flat = b.op("Reshape", out5, b.op("Concat", num_rows, self.num_heads, self.head_dim, axis=0), allowzero=1)
+        return flat, max_new
 
 
 def op_functions(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> list[onnx.FunctionProto]:

@@ -35,11 +35,38 @@ class EngineConfig:
     enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
     preemption_mode: str = _opt("recompute", "when KV runs out: recompute or swap (needs --num-host-blocks)")
     enable_prefix_caching: bool = _opt(False, "reuse KV blocks of shared prompt prefixes")
+    kv_offload_gib: float = _opt(0.0, "host memory (GiB) keeping KV blocks evicted from the pool for reuse (needs --enable-prefix-caching)")
+    kv_offload_blocks: int = _opt(0, "host offload tier size in blocks; overrides --kv-offload-gib")
+    kv_store_url: str = _opt("", "shared KV store, e.g. redis://127.0.0.1:6379/0 (needs --enable-prefix-caching)")
+    kv_store_ttl_s: float = _opt(3600.0, "seconds a block published to the KV store lives")
+    kv_store_max_gib: float = _opt(1.0, "most GiB of KV blocks this model keeps in the store; the oldest are dropped")
+    kv_store_timeout_s: float = _opt(0.1, "timeout of each KV store call; a slow or down store is skipped for a while")
 
-    def backend_config(self) -> BackendConfig:
+    def __post_init__(self) -> None:
+        tiers = self.kv_offload_gib or self.kv_offload_blocks or self.kv_store_url
+        if tiers and not self.enable_prefix_caching:
+            raise ConfigError("--kv-offload-gib, --kv-offload-blocks and --kv-store-url keep "
+                              "prefix-cache blocks: add --enable-prefix-caching")
+        for name in ("kv_offload_gib", "kv_offload_blocks", "kv_store_max_gib"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.kv_store_ttl_s <= 0 or self.kv_store_timeout_s <= 0:
+            raise ConfigError("--kv-store-ttl-s and --kv-store-timeout-s must be > 0")
+
+    def resolve_offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
+        """Host offload blocks: explicit, from --kv-offload-gib, or (a store without a host
+        tier) enough to stage one full-length prompt fetched from the store."""
+        if self.kv_offload_blocks:
+            return self.kv_offload_blocks
+        if self.kv_offload_gib:
+            return max(1, int(self.kv_offload_gib * 2**30) // (manifest.kv_bytes_per_token() * block_size))
+        return -(-max_model_len // block_size) if self.kv_store_url else 0
+
+    def backend_config(self, num_offload_blocks: int = 0) -> BackendConfig:
+        """The backend's options; its host pool also holds ``num_offload_blocks``."""
         return BackendConfig(
             backend=self.backend, kv_dtype=self.kv_dtype, num_blocks=self.num_blocks, block_size=self.block_size,
-            kv_cache_gib=self.kv_cache_gib, num_host_blocks=self.num_host_blocks,
+            kv_cache_gib=self.kv_cache_gib, num_host_blocks=self.num_host_blocks + num_offload_blocks,
             num_threads=self.num_threads, gpu_memory_utilization=self.gpu_memory_utilization,
         )
 

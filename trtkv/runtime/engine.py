@@ -1,7 +1,8 @@
 """The engine: one `step()` = schedule, run the backend, sample, stop, report.
 
 Owns the requests (sampling state, detokenizers, stop checkers, timings) and wires the
-scheduler (which owns batching and, through the KV manager, the blocks) to a backend.
+scheduler (which owns batching and, through the KV manager, the blocks) to a backend, and
+the KV tiers (host offload, shared store) to both through `TierTransfer`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from trtkv.runtime.sampling import (
     make_generator,
 )
 from trtkv.runtime.scheduler.scheduler import Scheduler
+from trtkv.runtime.tiers.transfer import TierTransfer, create_store
 
 
 @dataclass
@@ -87,13 +89,23 @@ class Engine:
         self.model_dir = Path(model_dir)
         self.config = config = config or EngineConfig()
         self.manifest = Manifest.load(self.model_dir, require_onnx=config.backend != "tensorrt")
-        self.backend = backend or create_backend(str(self.model_dir), config.backend_config())
+        sched_config = config.scheduler_config(self.manifest)
+        plain = config.backend_config()
+        kv_manifest = plain.resolve_manifest(self.manifest)
+        num_offload = config.resolve_offload_blocks(
+            kv_manifest, plain.resolve_block_size(kv_manifest), sched_config.max_model_len)
+        self.backend = backend or create_backend(str(self.model_dir), config.backend_config(num_offload))
+        # A backend built by the caller has the host blocks it has: the swap tier's come first.
+        num_offload = max(0, self.backend.num_host_blocks - config.num_host_blocks)
+        store = create_store(self.model_dir, config, self.backend) if num_offload else None
         self.kv = KVCacheManager(
             self.backend.num_blocks, self.backend.block_size,
-            num_host_blocks=self.backend.num_host_blocks,
+            num_host_blocks=self.backend.num_host_blocks - num_offload,
             enable_prefix_caching=config.enable_prefix_caching,
+            num_offload_blocks=num_offload if config.enable_prefix_caching else 0, remote=store,
         )
-        self.scheduler = Scheduler(config.scheduler_config(self.manifest), self.kv)
+        self.tiers = TierTransfer(self.kv, self.backend, store)
+        self.scheduler = Scheduler(sched_config, self.kv)
         self.eos_token_ids = self.manifest.eos_token_ids
         self.sampler = Sampler(self.eos_token_ids)
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -183,10 +195,12 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the requests that produced tokens or finished."""
         plan = self.scheduler.schedule()
+        self.tiers.stage()
         start = time.monotonic()
         logits = self.backend.execute(plan)
         sampled, rows_of = self._sample(plan, logits)
         forks = self.scheduler.update(plan, sampled)
+        self.tiers.publish()
         now = time.monotonic()
         self._record_step(plan, now - start, now)
         return self._process(sampled, rows_of, forks, now)
@@ -296,8 +310,16 @@ class Engine:
                 self.metrics.observe("queue_time_seconds", req.first_scheduled_time - req.arrival)
 
     def stats(self) -> dict[str, Any]:
-        """Every metric as plain data (engine counters, histograms, scheduler and KV stats)."""
-        return self.metrics.snapshot(self.scheduler.stats())
+        """Every metric as plain data (engine counters, histograms, scheduler, KV and store
+        stats)."""
+        snap = self.metrics.snapshot(self.scheduler.stats())
+        if self.tiers.store is not None:
+            snap["kv_store"] = self.tiers.stats()
+        return snap
+
+    def close(self) -> None:
+        """Publish what the store tier has queued (briefly) and stop its thread."""
+        self.tiers.close()
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -70,6 +70,8 @@ class BaseBackend(ABC):
     num_blocks: int
     block_size: int
     num_host_blocks: int
+    supports_block_io: bool = False
+    """Whether `read_blocks` / `write_host_blocks` work (needed by the shared store tier)."""
 
     @abstractmethod
     def execute(self, plan: StepPlan) -> np.ndarray:
@@ -91,6 +93,15 @@ class BaseBackend(ABC):
     @abstractmethod
     def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy host blocks to device blocks: pairs of (host_block, device_block)."""
+
+    def read_blocks(self, block_ids: Sequence[int]) -> np.ndarray:
+        """Copies of device blocks in every layer: [n, L, 2, block_size, Hkv, D], the pool's
+        storage dtype. Only valid between steps (after `execute` returned)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read KV blocks for a store")
+
+    def write_host_blocks(self, host_block_ids: Sequence[int], data: np.ndarray) -> None:
+        """Write host blocks from ``data`` [n, L, 2, block_size, Hkv, D] (pool dtype)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write host KV blocks")
 
     def apply_block_moves(self, plan: StepPlan) -> None:
         if plan.swap_out:

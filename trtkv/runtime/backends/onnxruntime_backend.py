@@ -40,6 +40,8 @@ _ORT_VIEW = {"bf16": np.uint16, "fp8": np.uint8}
 class OnnxRuntimeBackend(BaseBackend):
     """See module docstring. ``pools[i]`` is layer i's [N, 2, B, Hkv, D] pool."""
 
+    supports_block_io = True
+
     def __init__(self, model_dir: str | Path, manifest: Manifest, config: BackendConfig) -> None:
         self.manifest = manifest = config.resolve_manifest(manifest)
         self.block_size = config.resolve_block_size(manifest)
@@ -126,6 +128,15 @@ class OnnxRuntimeBackend(BaseBackend):
     def write_block(self, block_id: int, data: Sequence[np.ndarray]) -> None:
         for pool, layer in zip(self.pools, data, strict=True):
             pool[block_id] = layer
+
+    def read_blocks(self, block_ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(block_ids, dtype=np.int64)
+        return np.stack([pool[ids] for pool in self.pools], axis=1)
+
+    def write_host_blocks(self, host_block_ids: Sequence[int], data: np.ndarray) -> None:
+        ids = np.asarray(host_block_ids, dtype=np.int64)
+        for i, host_pool in enumerate(self.host_pools):
+            host_pool[ids] = data[:, i]
 
 
 def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,9 @@ Module map:
     manager.py: `KVCacheManager`, the one owner of block tables (fork, copy-on-write,
         rollback, swap, prefix caching), and `KVUsage`.
     host_tier.py: `HostTier`, host blocks of swapped-out sequences.
+    host_cache.py: `HostCache`, the host offload tier's LRU map content key -> host block.
+    offload.py: `OffloadTier` (block moves of the offload tiers, store staging, counters)
+        and `RemoteBlockSource`, the protocol of a shared store.
     prefix_cache.py: `PrefixCache` (key chains, longest-prefix lookup), `hash_block`,
         `PrefixHit`.
     errors.py: `KVCacheError`, `NoFreeBlocksError` (caller misuse, not user errors).
@@ -17,6 +20,7 @@ from __future__ import annotations
 from trtkv.runtime.kv.block_pool import BlockPool
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager, KVUsage
+from trtkv.runtime.kv.offload import RemoteBlockSource
 from trtkv.runtime.kv.prefix_cache import PrefixHit, hash_block
 
 __all__ = [
@@ -27,5 +31,6 @@ __all__ = [
     "KVUsage",
     "NoFreeBlocksError",
     "PrefixHit",
+    "RemoteBlockSource",
     "hash_block",
 ]

@@ -12,6 +12,7 @@ import torch, onnx, onnxruntime or tensorrt. Every operation is O(1) per block.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 
@@ -38,6 +39,8 @@ class BlockPool:
         self._block_of_key: dict[bytes, int] = {}
         self.num_evictions = 0
         """Keyed blocks whose key was dropped because allocation reused them."""
+        self.on_evict: Callable[[int, bytes], None] | None = None
+        """Called with (block, key) as allocation evicts a cached block, before reuse (offload)."""
 
     @property
     def num_free(self) -> int:
@@ -81,6 +84,8 @@ class BlockPool:
             if key is not None:
                 del self._block_of_key[key]
                 self.num_evictions += 1
+                if self.on_evict is not None:
+                    self.on_evict(block_id, key)
             self._ref_counts[block_id] = 1
             block_ids.append(block_id)
         return block_ids

@@ -1,8 +1,10 @@
 """The KV cache manager: the one owner of every sequence's block table.
 
 Owns: device block tables (seq id -> block ids), the number of token slots each table
-holds, copy-on-write of shared blocks, rollback, swap to the host tier (`HostTier`) and the
-prefix cache (`PrefixCache`). It is a facade: the scheduler never touches a pool.
+holds, copy-on-write of shared blocks, rollback, swap to the host tier (`HostTier`), the
+prefix cache (`PrefixCache`) and the offload tiers below it (`OffloadTier`: cached blocks
+the device pool evicts are copied to host memory and loaded back on a later hit; a shared
+store can fill host blocks). It is a facade: the scheduler never touches a pool.
 
 Token-slot model: a sequence's table holds ``num_tokens(seq_id)`` slots, the tokens whose
 K/V are (or are about to be, this step) in the pool; it always has exactly
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from trtkv.runtime.kv.block_pool import BlockPool
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 from trtkv.runtime.kv.host_tier import HostTier
-from trtkv.runtime.kv.prefix_cache import PrefixCache, PrefixHit
+from trtkv.runtime.kv.offload import OffloadTier, RemoteBlockSource
+from trtkv.runtime.kv.prefix_cache import PrefixCache, PrefixHit, iter_block_keys
 
 BlockCopy = tuple[int, int]
 """A (source block, destination block) copy the backend performs before the forward pass."""
@@ -44,6 +47,15 @@ class KVUsage:
     """Device blocks that carry a prefix-cache key (in use or free)."""
     num_evictions: int
     """Cached device blocks whose key was dropped when allocation reused them."""
+    num_offload_total: int = 0
+    """Host blocks of the offload tier (0: off)."""
+    num_offload_used: int = 0
+    num_offloaded: int = 0
+    """Evicted device blocks whose content was copied to the host offload tier."""
+    num_host_hit_blocks: int = 0
+    """Prefix-hit blocks loaded from the host tier instead of recomputed."""
+    num_store_hit_blocks: int = 0
+    """Blocks fetched from the shared store (staged in host blocks)."""
 
     @property
     def usage_fraction(self) -> float:
@@ -60,20 +72,30 @@ class KVCacheManager:
         num_host_blocks: host-memory blocks for swap preemption (0: no host tier).
         enable_prefix_caching: reuse full blocks across sequences by content key; when off,
             `lookup_prefix` finds nothing and no block is ever keyed.
+        num_offload_blocks: host blocks that keep evicted cached blocks (needs prefix
+            caching); ids ``num_host_blocks ..`` in the backend's host pool.
+        remote: a shared store to fetch blocks from (`fetch_remote`); staged in the offload
+            tier's host blocks, so it needs ``num_offload_blocks > 0``.
 
     Raises:
         KVCacheError: on a non-positive ``block_size`` or negative block counts.
     """
 
     def __init__(self, num_blocks: int, block_size: int, num_host_blocks: int = 0,
-                 enable_prefix_caching: bool = False) -> None:
+                 enable_prefix_caching: bool = False, num_offload_blocks: int = 0,
+                 remote: RemoteBlockSource | None = None) -> None:
         if block_size <= 0:
             raise KVCacheError(f"block_size must be > 0, got {block_size}")
+        if num_offload_blocks and not enable_prefix_caching:
+            raise KVCacheError("the offload tier keeps cached blocks: enable prefix caching")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self._pool = BlockPool(num_blocks)
         self._host = HostTier(num_host_blocks)
         self._prefix = PrefixCache(self._pool, block_size)
+        self._offload = OffloadTier(num_offload_blocks, num_host_blocks, remote)
+        if num_offload_blocks:
+            self._pool.on_evict = self._offload.on_evict
         self._tables: dict[int, list[int]] = {}
         self._num_tokens: dict[int, int] = {}
         # Block tables change every block_size tokens, but the scheduler reads them every step.
@@ -137,20 +159,68 @@ class KVCacheManager:
             num_total=pool.num_blocks, num_used=pool.num_used, num_free=pool.num_free,
             num_host_total=host.num_blocks, num_host_used=host.num_used,
             num_host_free=host.num_free, num_cached=pool.num_cached,
-            num_evictions=pool.num_evictions,
+            num_evictions=pool.num_evictions, num_offload_total=self._offload.cache.num_blocks,
+            num_offload_used=self._offload.cache.num_used,
+            num_offloaded=self._offload.num_offloaded,
+            num_host_hit_blocks=self._offload.num_host_hits,
+            num_store_hit_blocks=self._offload.num_store_hits,
         )
 
     # -- prefix cache ---------------------------------------------------------------------
 
     def lookup_prefix(self, token_ids: Sequence[int], cache_salt: str | None = None) -> PrefixHit:
-        """Cached full blocks that start ``token_ids`` (never its last token); no side effect.
+        """Cached full blocks that start ``token_ids`` (never its last token), on device
+        then in host memory; no side effect.
 
         Pass the result to `can_allocate` / `allocate` of a new sequence, in the same
         scheduler step, to reuse the blocks.
         """
         if not self.enable_prefix_caching:
             return _NO_HIT
-        return self._prefix.lookup(token_ids, cache_salt)
+        host = self._offload.cache if self._offload.is_enabled else None
+        return self._prefix.lookup(token_ids, cache_salt, host)
+
+    @property
+    def has_remote(self) -> bool:
+        """Whether a shared store backs the prefix cache (`fetch_remote` may find blocks)."""
+        return self._offload.remote is not None and self._offload.is_enabled
+
+    def fetch_remote(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        """Ask the shared store for the full blocks past the local hit and stage them in host
+        blocks, so that the next `lookup_prefix` finds them. Returns the blocks fetched.
+
+        The engine must write `take_host_writes` into the host pool before the step runs.
+        """
+        if not self.has_remote:
+            return 0
+        hit = self.lookup_prefix(token_ids, cache_salt)
+        parent = hit.keys[-1] if hit.keys else None
+        keys = list(iter_block_keys(token_ids, self.block_size, cache_salt, parent, hit.num_blocks))
+        return self._offload.fetch(keys)
+
+    def take_moves(self) -> tuple[list[BlockCopy], list[BlockCopy]]:
+        """(swap_out, swap_in) copies the offload tier added since the last call.
+
+        The scheduler calls it once per step, at the end of planning; the copies go into
+        the plan's ``swap_out`` / ``swap_in``.
+        """
+        return self._offload.take_moves()
+
+    def take_host_writes(self) -> list[tuple[int, object]]:
+        """(host block, block data) fetched from the store, to write before the step runs."""
+        return self._offload.take_host_writes()
+
+    def track_new_blocks(self) -> None:
+        """Record every block newly keyed from now on (`take_new_blocks`), for publishing."""
+        self._prefix.new_blocks = []
+
+    def take_new_blocks(self) -> list[tuple[int, bytes]]:
+        """(device block, key) of the blocks keyed since the last call (their K/V are in)."""
+        new = self._prefix.new_blocks
+        if not new:
+            return []
+        self._prefix.new_blocks = []
+        return new
 
     def cache_blocks(self, seq_id: int, token_ids: Sequence[int], num_computed: int) -> None:
         """Publish the sequence's full blocks among its first ``num_computed`` tokens.
@@ -176,7 +246,7 @@ class KVCacheManager:
                 return False
             # Reviving a cached block that is free takes it out of the free queue too.
             revived = sum(1 for b in prefix.block_ids if self._pool.ref_count(b) == 0)
-            num_new = max(0, self.num_blocks_for(num_tokens) - prefix.num_blocks)
+            num_new = max(0, self.num_blocks_for(num_tokens) - prefix.num_device_blocks)
             return num_new + revived <= self._pool.num_free
         return self._num_new_blocks(seq_id, table, num_tokens) <= self._pool.num_free
 
@@ -242,14 +312,25 @@ class KVCacheManager:
             raise KVCacheError(f"a {prefix.num_blocks}-block prefix exceeds {num_tokens} tokens")
         if not self.can_allocate(seq_id, num_tokens, prefix):
             return None
-        for block_id, key in zip(prefix.block_ids, prefix.keys, strict=True):
+        num_dev = prefix.num_device_blocks
+        host = self._offload.cache
+        for block_id, key in zip(prefix.block_ids, prefix.keys, strict=False):
             if self._pool.key_of(block_id) != key:
                 raise KVCacheError(f"stale prefix hit: block {block_id} was evicted since the "
                                    "lookup; look up and allocate in the same step")
+        for host_block, key in zip(prefix.host_block_ids, prefix.keys[num_dev:], strict=True):
+            if host.get(key) != host_block:
+                raise KVCacheError(f"stale prefix hit: host block {host_block} was reused since "
+                                   "the lookup; look up and allocate in the same step")
+            host.pin(host_block)  # so that offloading what allocation evicts cannot reuse it
         for block_id in prefix.block_ids:  # first, so that allocating cannot evict them
             self._pool.touch(block_id)
-        num_new = self.num_blocks_for(num_tokens) - prefix.num_blocks
-        self._tables[seq_id] = [*prefix.block_ids, *self._pool.allocate(num_new)]
+        new = self._pool.allocate(self.num_blocks_for(num_tokens) - num_dev)
+        for host_block, block_id, key in zip(prefix.host_block_ids, new, prefix.keys[num_dev:],
+                                             strict=False):
+            self._offload.load(host_block, block_id)
+            self._pool.set_key(block_id, key)
+        self._tables[seq_id] = [*prefix.block_ids, *new]
         self._num_tokens[seq_id] = num_tokens
         if self.enable_prefix_caching:
             self._prefix.start(seq_id, prefix)
@@ -411,6 +492,7 @@ class KVCacheManager:
                 refs[block_id] = refs.get(block_id, 0) + 1
         self._pool.check_integrity(refs, "device pool")
         self._host.check_integrity(self.block_size)
+        self._offload.cache.check_integrity()
         stale = self._table_tuples.keys() - self._tables.keys()
         assert not stale, f"table tuples kept for seqs {sorted(stale)} that have no table"
         all_tokens = {**self._num_tokens, **self._host.num_tokens}

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from trtkv.runtime.kv.block_pool import BlockPool
+from trtkv.runtime.kv.host_cache import HostCache
 
 KEY_BYTES = 16
 
@@ -42,15 +43,38 @@ def hash_block(parent_key: bytes | None, token_ids: Sequence[int], cache_salt: s
 
 @dataclass(frozen=True)
 class PrefixHit:
-    """The cached blocks found for a token sequence: pass it to `KVCacheManager.allocate`."""
+    """The cached blocks found for a token sequence: pass it to `KVCacheManager.allocate`.
+
+    The first ``len(block_ids)`` of ``keys`` are in the device pool (``block_ids``); the
+    rest are in the host offload tier (``host_block_ids``) and are loaded into fresh device
+    blocks when the sequence is allocated.
+    """
 
     block_ids: tuple[int, ...] = ()
     keys: tuple[bytes, ...] = ()
     cache_salt: str | None = None
+    host_block_ids: tuple[int, ...] = ()
 
     @property
     def num_blocks(self) -> int:
+        """Blocks hit in any tier (their tokens need no compute)."""
+        return len(self.keys)
+
+    @property
+    def num_device_blocks(self) -> int:
         return len(self.block_ids)
+
+
+def iter_block_keys(token_ids: Sequence[int], block_size: int, cache_salt: str | None,
+                    parent: bytes | None = None, first: int = 0) -> Iterator[bytes]:
+    """Keys of the full blocks ``first ..`` of ``token_ids``, never covering its last token.
+
+    Args:
+        parent: the key of block ``first - 1`` (None when ``first`` is 0).
+    """
+    for i in range(first, (len(token_ids) - 1) // block_size):
+        parent = hash_block(parent, token_ids[i * block_size : (i + 1) * block_size], cache_salt)
+        yield parent
 
 
 class PrefixCache:
@@ -61,26 +85,31 @@ class PrefixCache:
         self._block_size = block_size
         self._chains: dict[int, list[bytes]] = {}
         self._salts: dict[int, str | None] = {}
+        self.new_blocks: list[tuple[int, bytes]] | None = None
+        """When a list: every (block, key) keyed by `cache`, for publishing to a store."""
 
-    def lookup(self, token_ids: Sequence[int], cache_salt: str | None) -> PrefixHit:
-        """Longest run of cached full blocks at the start of ``token_ids``.
+    def lookup(self, token_ids: Sequence[int], cache_salt: str | None,
+               host: HostCache | None = None) -> PrefixHit:
+        """Longest run of cached full blocks at the start of ``token_ids``: device blocks
+        first, then (after the first device miss) blocks in the ``host`` tier.
 
         Stops one token short of the end: the last token is always computed, so that the
         step that finishes the prefill has logits to sample from.
         """
-        bs = self._block_size
         block_ids: list[int] = []
+        host_ids: list[int] = []
         keys: list[bytes] = []
-        parent: bytes | None = None
-        for i in range((len(token_ids) - 1) // bs):
-            key = hash_block(parent, token_ids[i * bs : (i + 1) * bs], cache_salt)
-            block_id = self._pool.block_of(key)
-            if block_id is None:
-                break
-            block_ids.append(block_id)
+        for key in iter_block_keys(token_ids, self._block_size, cache_salt):
+            block_id = None if host_ids else self._pool.block_of(key)
+            if block_id is not None:
+                block_ids.append(block_id)
+            else:
+                host_block = host.get(key) if host is not None else None
+                if host_block is None:
+                    break
+                host_ids.append(host_block)
             keys.append(key)
-            parent = key
-        return PrefixHit(tuple(block_ids), tuple(keys), cache_salt)
+        return PrefixHit(tuple(block_ids), tuple(keys), cache_salt, tuple(host_ids))
 
     def start(self, seq_id: int, hit: PrefixHit) -> None:
         """A new sequence begins with the blocks of ``hit`` (already referenced)."""
@@ -102,7 +131,8 @@ class PrefixCache:
         for i in range(len(chain), num_computed // bs):
             parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], self._salts[seq_id])
             chain.append(parent)
-            self._pool.set_key(table[i], parent)
+            if self._pool.set_key(table[i], parent) and self.new_blocks is not None:
+                self.new_blocks.append((table[i], parent))
 
     def fork(self, parent_seq_id: int, child_seq_id: int) -> None:
         if parent_seq_id in self._chains:

@@ -20,11 +20,14 @@ A waiting request never preempts a running one.
 Recompute preemption frees a victim's blocks and requeues it with its generated tokens;
 on re-admission it prefills prompt + generated tokens and continues where it stopped. Swap
 preemption moves its blocks to the host tier (recompute when the host tier is full).
-Because a step that preempts admits nothing, a plan never has both swap_out and swap_in.
+Because a step that preempts admits nothing, swap preemption and swap-in never share a plan.
 
 Prefix caching (when the KV manager has it on): admitting a waiting sequence looks up its
 tokens in the prefix cache and starts computing after the cached blocks (never past the
-last token); after each step `update` publishes the sequence's newly full blocks.
+last token); after each step `update` publishes the sequence's newly full blocks. With the
+offload tiers on, the first admission attempt of a sequence asks the shared store for the
+blocks past its local hit, a hit may be in host memory, and the KV manager's block moves
+(evicted blocks to host, host hits to device) join the plan's ``swap_out`` / ``swap_in``.
 """
 
 from __future__ import annotations
@@ -204,6 +207,9 @@ class Scheduler:
                 self._schedule_prefill(seq, step)
         if not step.preempted:
             self._admit(step)
+        offload_out, offload_in = self.kv.take_moves()
+        step.swap_out += offload_out
+        step.swap_in += offload_in
         plan = StepPlan(
             seqs=tuple(step.decodes + step.prefills), swap_out=tuple(step.swap_out),
             swap_in=tuple(step.swap_in), block_copies=tuple(step.copies),
@@ -321,6 +327,9 @@ class Scheduler:
                 step.swap_in.extend(self.kv.swap_in(seq_id))
                 self.kv.allocate(seq_id, seq.num_computed + num_tokens)
             else:
+                if not seq.is_store_checked and self.kv.has_remote:
+                    seq.is_store_checked = True
+                    self.kv.fetch_remote(seq.token_ids, seq.cache_salt)
                 hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt)
                 start = hit.num_blocks * self.kv.block_size
                 num_tokens = self._chunk_size(seq.num_tokens - start, step)

@@ -46,6 +46,8 @@ class SeqState:
     num_preemptions: int = 0
     prefill_start: int = 0
     """``num_computed`` when the current prefill began, to count partial chunks."""
+    is_store_checked: bool = False
+    """The shared KV store was asked for this sequence's prefix (once per sequence)."""
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,168 @@
+"""The shared KV store tier on a real redis-server (started here on a free loopback port).
+
+Two engine processes share prefixes through Redis with identical tokens; a store that stops
+or hangs mid-run never fails a request; blocks of another model, KV dtype or scales are
+never used. Skips only when the redis-server binary is absent (scripts/setup.sh installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.runtime.test_prefix_engine import run_one_by_one, shared_prefix_prompts
+from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.engine import Engine
+from trtkv.runtime.tiers import BlockFormat, RedisKVStore
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed "
+                                "(scripts/setup.sh installs it from Debian packages)")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    url = f"redis://127.0.0.1:{port}/0"
+    url_proc = (url, proc)
+    yield url_proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+
+
+def _fmt(**kw) -> BlockFormat:
+    base = dict(fingerprint="f" * 24, kv_dtype="fp32", storage_dtype="float32",
+                shape=(2, 2, 4, 1, 8), k_scales=((1.0,), (1.0,)), v_scales=((1.0,), (1.0,)))
+    return BlockFormat(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_codec_refuses_other_formats():
+    fmt = _fmt()
+    block = np.arange(np.prod(fmt.shape), dtype=np.float32).reshape(fmt.shape)
+    payload = fmt.encode(b"k" * 16, block)
+    np.testing.assert_array_equal(fmt.decode(b"k" * 16, payload), block)
+    assert fmt.decode(b"x" * 16, payload) is None
+    assert fmt.decode(b"k" * 16, payload[:-1]) is None
+    for other in (_fmt(fingerprint="e" * 24), _fmt(k_scales=((0.5,), (1.0,))),
+                  _fmt(v_scales=((1.0,), (2.0,))), _fmt(kv_dtype="fp16", storage_dtype="float16")):
+        assert other.decode(b"k" * 16, payload) is None
+
+
+def test_store_round_trip_bound_and_scale_mismatch(redis_url):
+    url, _ = redis_url
+    fmt = _fmt()
+    store = RedisKVStore(url, fmt, max_blocks=3)
+    blocks = [np.full(fmt.shape, i, np.float32) for i in range(5)]
+    keys = [bytes([i]) * 16 for i in range(5)]
+    for key, block in zip(keys[:2], blocks[:2], strict=True):
+        store.publish(key, block)
+    assert store.flush()
+    got = store.fetch(keys)
+    assert len(got) == 2 and all(np.array_equal(g, b) for g, b in zip(got, blocks, strict=False))
+    # Same namespace, other scales in the header (as if the fingerprint missed them): no hit.
+    other = RedisKVStore(url, _fmt(k_scales=((0.25,), (1.0,))))
+    assert other.fetch(keys) == [] and other.counters["fetch_rejected"] == 1
+    assert RedisKVStore(url, _fmt(fingerprint="0" * 24)).fetch(keys) == []
+    for key, block in zip(keys[2:], blocks[2:], strict=True):
+        store.publish(key, block)
+    assert store.flush()
+    assert store.fetch(keys[:2]) == []  # the oldest two were dropped to keep 3 blocks
+    assert len(store.fetch(keys[2:])) == 3
+    store.close()
+
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {root!r})
+from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.engine import Engine
+from trtkv.runtime.sampling import SamplingParams
+engine = Engine({model!r}, EngineConfig(num_blocks=32, block_size=16, enable_prefix_caching=True,
+                                        kv_store_url={url!r}, kv_dtype={kv!r}))
+out = {{}}
+for i, p in enumerate({prompts!r}):
+    rid = engine.add_request(p, SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True))
+    while engine.has_unfinished():
+        for o in engine.step():
+            if o.finished:
+                out[str(i)] = [list(o.outputs[0].token_ids), o.num_cached_tokens]
+engine.close()
+print(json.dumps({{"out": out, "kv": engine.stats()["scheduler"]["kv"], "store": engine.stats()["kv_store"]}}))
+"""
+
+
+def _child(model_dir: Path, url: str, prompts: list[list[int]], kv: str = "auto") -> dict:
+    code = CHILD.format(root=str(ROOT), model=str(model_dir), url=url, prompts=prompts, kv=kv)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_two_processes_share_prefixes_through_redis(redis_url, exported_factory):
+    url, _ = redis_url
+    model_dir = exported_factory("llama")
+    prompts = shared_prefix_prompts(2, 2, 70, seed=7)
+    first = _child(model_dir, url, prompts)
+    assert first["store"]["published_blocks"] >= 8 and first["kv"]["num_store_hit_blocks"] == 0
+    second = _child(model_dir, url, prompts)
+    assert second["out"] == {k: [v[0], 64] for k, v in first["out"].items()}
+    assert second["kv"]["num_store_hit_blocks"] == 8
+    # Another KV dtype (other bytes and scales): never a hit, and it still runs.
+    fp8 = _child(model_dir, url, prompts, kv="fp8")
+    assert fp8["kv"]["num_store_hit_blocks"] == 0 and fp8["store"]["fetch_rejected"] == 0
+    assert all(v[1] == 0 for v in fp8["out"].values())
+
+
+def test_redis_stopped_or_hung_mid_run_never_fails_a_request(redis_url, exported_factory):
+    url, proc = redis_url
+    model_dir = exported_factory("llama")
+    prompts = shared_prefix_prompts(3, 3, 40, seed=8) + shared_prefix_prompts(6, 6, 40, seed=9)
+    reference = run_one_by_one(Engine(model_dir, EngineConfig(num_blocks=32, block_size=16)), prompts)
+    engine = Engine(model_dir, EngineConfig(num_blocks=32, block_size=16, enable_prefix_caching=True,
+                                            kv_store_url=url, kv_store_timeout_s=0.1))
+    got = run_one_by_one(engine, prompts[:3])
+    os.kill(proc.pid, signal.SIGSTOP)  # hung: every call times out
+    start = time.monotonic()
+    got += run_one_by_one(engine, prompts[3:6])
+    assert time.monotonic() - start < 5
+    assert engine.stats()["kv_store"]["errors"] >= 1
+    os.kill(proc.pid, signal.SIGKILL)  # gone
+    proc.wait(5)
+    engine.tiers.store.retry_after_s = 0.0  # type: ignore[union-attr]
+    got += run_one_by_one(engine, prompts[6:])
+    assert [t for t, _ in got] == [t for t, _ in reference]
+    assert engine.stats()["kv_store"]["errors"] >= 2
+    engine.close()

@@ -4,9 +4,9 @@ Workloads (all requests added at once, greedy, 8 output tokens each):
   shared:    64 requests = one 512-token prefix + a distinct 32-token suffix each;
   no-shared: 32 requests of 160 distinct random tokens (caching can only cost; smaller so
              that more interleaved repeats fit, since a 2% difference needs them).
-Runs alternate off/on (the machine is shared and noisy) and the report gives medians.
+Both modes use the same token budget per step (--max-num-batched-tokens). Runs alternate off/on (the machine is shared and noisy) and the report gives medians.
 
-    .venv/bin/python benchmarks/bench_prefix.py [--repeats 3] [--model-dir DIR]
+    .venv/bin/python benchmarks/bench_prefix.py [--repeats 3] [--max-num-batched-tokens 512]
 
 Without --model-dir it exports the bundled tiny-stdlib checkpoint (trtkv/models) to a temp dir.
 """
@@ -39,9 +39,9 @@ def workload(shared: bool, num: int = 64, prefix_len: int = 512, suffix_len: int
     return prompts
 
 
-def run(model_dir: Path, prompts: list[list[int]], caching: bool) -> dict[str, float]:
+def run(model_dir: Path, prompts: list[list[int]], caching: bool, budget: int) -> dict[str, float]:
     engine = Engine(model_dir, EngineConfig(enable_prefix_caching=caching, max_num_seqs=64,
-                                            max_num_batched_tokens=2048))
+                                            max_num_batched_tokens=budget))
     engine.step()  # load / warm the session outside the timing
     start = time.monotonic()
     for p in prompts:
@@ -68,6 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="shared-prefix runs per mode")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512,
+                    help="token budget per step (both modes)")
     ap.add_argument("--no-shared-repeats", type=int, default=7, help="no-shared runs per mode")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,10 +80,11 @@ def main() -> None:
             runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for _ in range(repeats):
                 for caching in (False, True):
-                    runs[caching].append(run(model_dir, prompts, caching))
+                    runs[caching].append(run(model_dir, prompts, caching, args.max_num_batched_tokens))
             med = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in runs.items()}
             off, on = med[False], med[True]
-            print(f"## {name}: medians of {repeats} interleaved runs")
+            print(f"## {name}: medians of {repeats} interleaved runs, "
+                  f"max_num_batched_tokens={args.max_num_batched_tokens}")
             print("| caching | prefill tokens computed | mean TTFT (s) | wall (s) | hit rate |")
             print("| --- | ---: | ---: | ---: | ---: |")
             for label, m in (("off", off), ("on", on)):

@@ -55,9 +55,10 @@ def _function(
     )
 
 
-def _scale_rows(b: GraphBuilder, scale: str) -> str:
-    """[1] or [Hkv] -> [Hkv or 1, 1] so it broadcasts over [..., Hkv, D]."""
-    return b.op("Unsqueeze", scale, b.ints(1))
+def _scale_rows(b: GraphBuilder, scale: str, trailing: int = 1) -> str:
+    """[1] or [Hkv] -> [Hkv or 1, 1...] broadcasting over [..., Hkv, D] (``trailing`` = 1)
+    or [..., Hkv, C, D] (``trailing`` = 2)."""
+    return b.op("Unsqueeze", scale, b.ints(*range(1, trailing + 1)))
 
 
 def _quantize(b: GraphBuilder, x: str, scale: str, kv_dtype: str) -> str:
@@ -74,10 +75,12 @@ def _quantize(b: GraphBuilder, x: str, scale: str, kv_dtype: str) -> str:
     return b.op("Cast", b.op("Clip", b.op("Round", y), b.op("Neg", lim), lim), to=to)
 
 
-def _dequantize(b: GraphBuilder, x: str, scale: str, kv_dtype: str) -> str:
+def _dequantize(b: GraphBuilder, x: str, scale: str, kv_dtype: str, trailing: int = 1) -> str:
+    if kv_dtype == "fp32":
+        return x  # already float32: no copy
     y = b.op("Cast", x, to=TensorProto.FLOAT)
     if kv_dtype in ("fp8", "int8"):
-        y = b.op("Mul", y, _scale_rows(b, scale))
+        y = b.op("Mul", y, _scale_rows(b, scale, trailing))
     return y
 
 
@@ -88,9 +91,10 @@ def _fp8_codes_to_float(b: GraphBuilder, codes: str) -> str:
 
 
 def _dequantize_pool_rows(b: GraphBuilder, rows: str, scale: str, kv_dtype: str, fp8_as_uint8: bool) -> str:
+    """Decode gathered pool rows laid out [S, Hkv, C, D]."""
     if kv_dtype == "fp8" and fp8_as_uint8:
-        return b.op("Mul", _fp8_codes_to_float(b, rows), _scale_rows(b, scale))
-    return _dequantize(b, rows, scale, kv_dtype)
+        return b.op("Mul", _fp8_codes_to_float(b, rows), _scale_rows(b, scale, 2))
+    return _dequantize(b, rows, scale, kv_dtype, trailing=2)
 
 
 def kv_append_function(kv_dtype: str) -> onnx.FunctionProto:
@@ -136,11 +140,12 @@ class _PagedAttentionBody:
         self.ends = b.op("Slice", qsl64, self.one, b.ints(2**62))
         self.new_lens = b.op("Sub", self.ends, self.starts)
         self.query = b.op("Cast", query, to=TensorProto.FLOAT)
-        # Decode the step's T stored K/V once (Gather has no float8 kernel on CPU).
-        self.key = _dequantize(b, key, self.k_scale, kv_dtype)
-        self.value = _dequantize(b, value, self.v_scale, kv_dtype)
-        rows_shape = b.op("Concat", b.ints(-1), self.num_kv_heads, self.head_dim, axis=0)
-        self.pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B, Hkv, D], aliases the pool
+        # Decode the step's T stored K/V once (Gather has no float8 kernel on CPU), and view
+        # them and the pool as rows of D: (token row, head) -> row * Hkv + head.
+        rows_shape = b.op("Concat", b.ints(-1), self.head_dim, axis=0)
+        self.key_rows = b.op("Reshape", _dequantize(b, key, self.k_scale, kv_dtype), rows_shape)
+        self.value_rows = b.op("Reshape", _dequantize(b, value, self.v_scale, kv_dtype), rows_shape)
+        self.pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B*Hkv, D], aliases the pool
         attr_scale = b.attr_const("scale", "float")
         default = b.op("Div", b.scalar(1.0, np.float32), b.op("Sqrt", b.op("Cast", self.head_dim, to=TensorProto.FLOAT)))
         self.sm_scale = b.op("Where", b.op("Greater", attr_scale, b.scalar(0.0, np.float32)), attr_scale, default)
@@ -162,8 +167,8 @@ class _PagedAttentionBody:
         i64 = TensorProto.INT64
         is_dec = b.op("Equal", self.new_lens, self.one)  # [S]
         is_pre = b.op("Not", is_dec)
-        dec_out, dec_q = self.attend(b.op("Squeeze", b.op("NonZero", is_dec), self.zero))
-        pre_out, pre_q = self.attend(b.op("Squeeze", b.op("NonZero", is_pre), self.zero))
+        dec_out, dec_q = self.attend(b.op("Squeeze", b.op("NonZero", is_dec), self.zero), decode=True)
+        pre_out, pre_q = self.attend(b.op("Squeeze", b.op("NonZero", is_pre), self.zero), decode=False)
         # Token t of sequence s = #(ends <= t): row of its output in Concat(dec_out, pre_out).
         tok = b.op("Range", b.scalar(0, np.int64), b.op("Squeeze", self.num_tokens), b.scalar(1, np.int64))
         seq_of = b.op("ReduceSum", b.op("Cast", b.op("GreaterOrEqual", unsq(tok, 1), unsq(self.ends, 0)), to=i64),
@@ -182,8 +187,13 @@ class _PagedAttentionBody:
         attrs = {a.name: a.default for a in PAGED_ATTENTION.attributes}
         return _function(PAGED_ATTENTION.name, b, PAGED_ATTENTION.input_names, ["output"], attrs)
 
-    def attend(self, seq_ids: str) -> tuple[str, str]:
+    def attend(self, seq_ids: str, decode: bool) -> tuple[str, str]:
         """Padded attention of the sequences ``seq_ids`` [S'].
+
+        K/V are gathered straight into [S', Hkv, L, D] (L = C + Q keys), indexing the pool
+        viewed as [N*2*B*Hkv, D] rows, so they need no transpose. Decode groups (Q = 1)
+        compute transposed scores [S', Hkv, L, G] = K @ q^T and so never transpose K;
+        prefill groups use the usual q @ K^T.
 
         Returns:
             (out [S' * Q', H, D] float32, Q' scalar): row s * Q' + i holds new token i of the
@@ -195,16 +205,24 @@ class _PagedAttentionBody:
         ctx = b.op("Gather", self.ctx64, seq_ids, axis=0)
         tables = b.op("Gather", self.tables, seq_ids, axis=0)
         num_seqs = self.dim(seq_ids, 0)
-        max_new, max_ctx = self.max0(new_lens), self.max0(ctx)
+        max_new = b.scalar(1, np.int64) if decode else self.max0(new_lens)
+        max_ctx = self.max0(ctx)
         q_idx = b.op("Range", b.scalar(0, np.int64), max_new, b.scalar(1, np.int64))  # [Q]
         c_idx = b.op("Range", b.scalar(0, np.int64), max_ctx, b.scalar(1, np.int64))  # [C]
+        heads = b.op("Range", b.scalar(0, np.int64), b.op("Squeeze", self.num_kv_heads, self.zero),
+                     b.scalar(1, np.int64))
+        heads3 = unsq(unsq(heads, 0), 2)  # [1, Hkv, 1]
+
+        def head_rows(rows: str) -> str:  # [S', X] token rows -> [S', Hkv, X] (row, head) rows
+            return b.op("Add", b.op("Mul", unsq(rows, 1), self.num_kv_heads), heads3)
 
         # New tokens: packed row of (s, i) and its validity.
         q_valid = b.op("Less", unsq(q_idx, 0), unsq(new_lens, 1))  # [S', Q]
         q_rows = b.op("Where", q_valid, b.op("Add", unsq(starts, 1), unsq(q_idx, 0)), self.zero)
-        q_pad = b.op("Gather", self.query, q_rows, axis=0)  # [S', Q, H, D]
-        k_new = b.op("Gather", self.key, q_rows, axis=0)
-        v_new = b.op("Gather", self.value, q_rows, axis=0)
+        # Softmax scale folded into the queries: fewer multiplies than scaling the scores.
+        q_pad = b.op("Mul", b.op("Gather", self.query, q_rows, axis=0), self.sm_scale)  # [S', Q, H, D]
+        k_new = b.op("Gather", self.key_rows, head_rows(q_rows), axis=0)  # [S', Hkv, Q, D]
+        v_new = b.op("Gather", self.value_rows, head_rows(q_rows), axis=0)
 
         # History: pool rows of position j of sequence s, through the block table.
         shape_sc = b.op("Concat", num_seqs, b.op("Reshape", max_ctx, self.one), axis=0)  # (S', C)
@@ -215,26 +233,12 @@ class _PagedAttentionBody:
         k_rows = b.op("Add", b.op("Mul", blocks, two_b), unsq(b.op("Mod", c_idx, self.block_size), 0))
         k_rows = b.op("Where", c_valid, k_rows, self.zero)
         v_rows = b.op("Add", k_rows, self.block_size)
-        k_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, k_rows, axis=0), self.k_scale,
-                                      self.kv_dtype, self.fp8_as_uint8)
-        v_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, v_rows, axis=0), self.v_scale,
-                                      self.kv_dtype, self.fp8_as_uint8)
-        k_all = b.op("Concat", k_ctx, k_new, axis=1)  # [S', L=C+Q, Hkv, D]
-        v_all = b.op("Concat", v_ctx, v_new, axis=1)
+        k_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, head_rows(k_rows), axis=0),
+                                      self.k_scale, self.kv_dtype, self.fp8_as_uint8)
+        v_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, head_rows(v_rows), axis=0),
+                                      self.v_scale, self.kv_dtype, self.fp8_as_uint8)
 
-        # Scores [S', Hkv, G, Q, L] with G = H / Hkv query heads per KV head.
-        group = b.op("Div", self.num_heads, self.num_kv_heads)
-        max_new_1 = b.op("Reshape", max_new, self.one)
-        q5 = b.op("Reshape", q_pad, b.op("Concat", num_seqs, max_new_1, self.num_kv_heads, group, self.head_dim, axis=0),
-                  allowzero=1)
-        q5 = b.op("Transpose", q5, perm=[0, 2, 3, 1, 4])
-        k5 = unsq(b.op("Transpose", k_all, perm=[0, 2, 3, 1]), 2)  # [S', Hkv, 1, D, L]
-        v5 = unsq(b.op("Transpose", v_all, perm=[0, 2, 1, 3]), 2)  # [S', Hkv, 1, L, D]
-        scores = b.op("Mul", b.op("MatMul", q5, k5), self.sm_scale)
-        capped = b.op("Mul", b.op("Tanh", b.op("Div", scores, self.cap)), self.cap)
-        scores = b.op("Where", b.op("Greater", self.cap, b.scalar(0.0, np.float32)), capped, scores)
-
-        # Mask per query [S', Q, L]: keys' positions vs the query's position.
+        # Additive mask [S', Q, L]: 0 where query (s, i) may see key l, -1e30 elsewhere.
         new_pos = b.op("Add", unsq(ctx, 1), unsq(q_idx, 0))  # [S', Q]
         k_pos = b.op("Concat", b.op("Expand", unsq(c_idx, 0), shape_sc), new_pos, axis=1)  # [S', L]
         k_valid = b.op("Concat", c_valid, q_valid, axis=1)
@@ -242,12 +246,53 @@ class _PagedAttentionBody:
         in_window = b.op("Greater", unsq(k_pos, 1), b.op("Sub", unsq(new_pos, 2), self.window))
         no_window = b.op("LessOrEqual", self.window, b.scalar(0, np.int64))
         mask = b.op("And", mask, b.op("Or", in_window, no_window))
-        scores = b.op("Where", unsq(unsq(mask, 1), 1), scores, b.scalar(_MASKED, np.float32))
-        probs = b.op("Softmax", scores, axis=-1)
-        out5 = b.op("Transpose", b.op("MatMul", probs, v5), perm=[0, 3, 1, 2, 4])  # [S', Q, Hkv, G, D]
+        bias = b.op("Where", mask, b.scalar(0.0, np.float32), b.scalar(_MASKED, np.float32))
+
+        group = b.op("Div", self.num_heads, self.num_kv_heads)
+        max_new_1 = b.op("Reshape", max_new, self.one)
+        q5 = b.op("Reshape", q_pad, b.op("Concat", num_seqs, max_new_1, self.num_kv_heads, group, self.head_dim, axis=0),
+                  allowzero=1)  # [S', Q, Hkv, G, D]
+        if decode:
+            # Q = 1: scores^T [S', Hkv, L, G] = [K_ctx; K_new] q^T, softmax over L (axis 2),
+            # out = P_ctx^T V_ctx + P_new^T V_new: the gathered K/V are never copied again.
+            q_t = b.op("Transpose", q5, perm=[0, 2, 4, 3, 1])  # [S', Hkv, D, G, 1]
+            q_t = b.op("Squeeze", q_t, b.ints(4))  # [S', Hkv, D, G]
+            scores = b.op("Concat", b.op("MatMul", k_ctx, q_t), b.op("MatMul", k_new, q_t), axis=2)
+            scores = self.soft_cap(scores)
+            scores = b.op("Add", scores, unsq(b.op("Transpose", bias, perm=[0, 2, 1]), 1))  # + [S',1,L,1]
+            probs = b.op("Transpose", b.op("Softmax", scores, axis=2), perm=[0, 1, 3, 2])  # [S',Hkv,G,L]
+            split = b.op("Reshape", max_ctx, self.one)
+            p_ctx = b.op("Slice", probs, self.zero, split, b.ints(3))
+            p_new = b.op("Slice", probs, split, b.ints(2**62), b.ints(3))
+            out = b.op("Add", b.op("MatMul", p_ctx, v_ctx), b.op("MatMul", p_new, v_new))  # [S',Hkv,G,D]
+        else:
+            k_all = b.op("Concat", k_ctx, k_new, axis=2)  # [S', Hkv, L, D]
+            v_all = b.op("Concat", v_ctx, v_new, axis=2)
+            q_h = b.op("Transpose", q5, perm=[0, 2, 3, 1, 4])  # [S', Hkv, G, Q, D]
+            k_t = unsq(b.op("Transpose", k_all, perm=[0, 1, 3, 2]), 2)  # [S', Hkv, 1, D, L]
+            scores = self.soft_cap(b.op("MatMul", q_h, k_t))
+            scores = b.op("Add", scores, unsq(unsq(bias, 1), 1))  # + [S', 1, 1, Q, L]
+            probs = b.op("Softmax", scores, axis=-1)
+            out = b.op("Transpose", b.op("MatMul", probs, unsq(v_all, 2)), perm=[0, 3, 1, 2, 4])  # [S',Q,Hkv,G,D]
         num_rows = b.op("Mul", num_seqs, max_new_1)
-        flat = b.op("Reshape", out5, b.op("Concat", num_rows, self.num_heads, self.head_dim, axis=0), allowzero=1)
+        flat = b.op("Reshape", out, b.op("Concat", num_rows, self.num_heads, self.head_dim, axis=0), allowzero=1)
         return flat, max_new
+
+    def soft_cap(self, scores: str) -> str:
+        """c * tanh(s / c) when the softcap attribute c > 0; an If, so off costs nothing."""
+        b = self.b
+        capped = b.fresh("capped")
+        then = helper.make_graph(
+            [helper.make_node("Div", [scores, self.cap], [capped + "_d"]),
+             helper.make_node("Tanh", [capped + "_d"], [capped + "_t"]),
+             helper.make_node("Mul", [capped + "_t", self.cap], [capped])],
+            "softcap_on", [], [helper.make_tensor_value_info(capped, TensorProto.FLOAT, None)])
+        plain = b.fresh("uncapped")
+        other = helper.make_graph([helper.make_node("Identity", [scores], [plain])], "softcap_off", [],
+                                  [helper.make_tensor_value_info(plain, TensorProto.FLOAT, None)])
+        on = b.op("Greater", self.cap, b.scalar(0.0, np.float32))
+        out: str = b.op("If", on, then_branch=then, else_branch=other)
+        return out
 
 
 def op_functions(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> list[onnx.FunctionProto]:

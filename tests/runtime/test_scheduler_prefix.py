@@ -112,7 +112,9 @@ def test_outputs_with_prefix_caching_match_reference(
             assert sorted(res.outputs[r.request_id]) == want, r.request_id
     usage = sched.kv.usage()
     assert usage.num_used == 0 and usage.num_host_used == 0
-    assert sched.stats().num_prefix_hit_tokens > 0
+    # Whether a random workload on a tiny pool hits at all depends on evictions; that hits
+    # happen (and change the work done) is asserted by the deterministic test below.
+    assert sched.stats().num_prefix_queries > 0
 
 
 def test_caching_on_and_off_give_the_same_outputs(simkit: SimpleNamespace) -> None:

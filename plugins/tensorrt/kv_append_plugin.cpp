@@ -77,7 +77,8 @@ int32_t KVAppendPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const*
     if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs) {
         return 1;
     }
-    int32_t const head_dim = in[op::kKey].desc.dims.d[2];
+    // Dims are Dims64 since TensorRT 10: keep the extent 64-bit (-1 = dynamic at build time).
+    int64_t const head_dim = in[op::kKey].desc.dims.d[2];
     if (head_dim > 0 && head_dim % 8 != 0) {
         log_error("trtkv::KVAppend: head_dim must be a multiple of 8");
         return 1;

@@ -4,6 +4,12 @@
 
 #include <NvInferRuntime.h>
 
+// IPluginV3 (OneCore/OneBuild/OneRuntime), IPluginCreatorV3One, getCreators() loading and Dims64
+// all need TensorRT 10 or newer; fail with a clear message instead of a wall of unknown names.
+#if !defined(NV_TENSORRT_MAJOR) || NV_TENSORRT_MAJOR < 10
+#error "trtkv TensorRT plugins need TensorRT >= 10 headers (IPluginV3)"
+#endif
+
 #include <cstdint>
 #include <cstring>
 #include <string>

@@ -7,6 +7,7 @@ result is cached per source hash, so reruns in a session are instant.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -42,9 +43,14 @@ def test_kernels_compile_for_release_archs(release_library: Path) -> None:
 
 @requires_nvcc
 def test_library_holds_cubins_for_each_arch_and_ptx(release_library: Path) -> None:
+    # `nvcc` may be a wrapper script outside the toolkit (/usr/local/bin/nvcc exec'ing
+    # /usr/local/cuda-13.0/bin/nvcc), so look next to it and in the usual toolkit roots.
     nvcc = shutil.which("nvcc")
-    sibling = Path(nvcc).resolve().parent / "cuobjdump" if nvcc else None
-    cuobjdump = shutil.which("cuobjdump") or (str(sibling) if sibling and sibling.is_file() else None)
+    roots = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    roots += [Path(nvcc).resolve().parent.parent] if nvcc else []
+    roots.append(Path("/usr/local/cuda"))
+    siblings = [root / "bin" / "cuobjdump" for root in roots]
+    cuobjdump = shutil.which("cuobjdump") or next((str(p) for p in siblings if p.is_file()), None)
     if cuobjdump is None:
         pytest.skip("cuobjdump is not on PATH")
     listing = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(release_library)],

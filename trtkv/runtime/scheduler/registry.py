@@ -48,6 +48,7 @@ class SeqRegistry:
                              parent.cache_salt)
         child.num_computed = parent.num_computed
         child.num_cached_tokens = parent.num_cached_tokens
+        child.block_keys = list(parent.block_keys)
         self.add_running(child)
         return child
 

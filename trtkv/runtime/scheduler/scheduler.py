@@ -10,7 +10,8 @@ Each `schedule()` builds one `StepPlan` in three passes:
   2. the next prefill chunk of running sequences still in prefill;
   3. admissions, swapped and waiting sequences merged in priority order, skipped in a step
      that preempted (admitting then would only cause more preemption). Admission stops at
-     the first sequence that does not fit, so a large request is not overtaken forever.
+     the first sequence that does not fit, so a large request is not overtaken forever
+     (a request deferred by in-flight prefix de-duplication, below, does not stop it).
 Priority: a LOWER number is served first; ties go to the earlier arrival. A preemption
 victim is the running sequence not yet scheduled this step with the highest number, then
 the latest arrival. A decode that cannot grow preempts victims (itself last); a prefill
@@ -28,6 +29,19 @@ last token); after each step `update` publishes the sequence's newly full blocks
 offload tiers on, the first admission attempt of a sequence asks the shared store for the
 blocks past its local hit, a hit may be in host memory, and the KV manager's block moves
 (evicted blocks to host, host hits to device) join the plan's ``swap_out`` / ``swap_in``.
+
+In-flight prefix de-duplication (prefix caching on): blocks are cached only after the step
+that computed them, so requests sharing a prefix admitted in the same step (or while one
+of them is still prefilling in chunks) would each compute it. Rule: a waiting request
+whose next uncached full block (its key, salt included) is a block some running sequence
+still in prefill has not computed yet (`InflightBlocks`) is left waiting for this step,
+and admission goes on with the requests behind it. It cannot starve: the in-flight
+sequence is running, so its chunks are scheduled before any admission and its blocks are
+cached as they complete; once they are, the waiter's lookup hits them and its next
+uncached block moves past the shared part (a key leaves the in-flight set when its owner
+computes it, is preempted or finishes). Swapped sequences are never deferred. Each
+request's block keys are hashed once (``SeqState.block_keys``) and reused by every lookup
+and by publishing, so a deferral costs a queue pop/push and one dict lookup per block.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
 from trtkv.runtime.scheduler.config import SchedulerConfig
+from trtkv.runtime.scheduler.inflight import InflightBlocks
 from trtkv.runtime.scheduler.registry import SeqRegistry
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
 from trtkv.runtime.scheduler.stats import SchedulerStats
@@ -73,9 +88,10 @@ class Scheduler:
         self.kv = kv
         self._reg = SeqRegistry()
         self._in_flight: StepPlan | None = None
+        self._inflight_blocks = InflightBlocks(kv.block_size)
         self._counts = dict.fromkeys(
             ("recompute", "swap", "too_long", "kv_capacity", "queue_full", "chunked", "steps",
-             "prefix_queries", "prefix_query", "prefix_hit"), 0,
+             "prefix_queries", "prefix_query", "prefix_hit", "prefix_deferred"), 0,
         )
 
     # -- requests -------------------------------------------------------------------------
@@ -183,7 +199,7 @@ class Scheduler:
             num_chunked_prefills=c["chunked"], num_steps=c["steps"],
             num_prefix_queries=c["prefix_queries"], num_prefix_query_tokens=c["prefix_query"],
             num_prefix_hit_tokens=c["prefix_hit"],
-            kv=self.kv.usage(),
+            kv=self.kv.usage(), num_prefix_deferrals=c["prefix_deferred"],
         )
 
     # -- one step -------------------------------------------------------------------------
@@ -254,7 +270,8 @@ class Scheduler:
             assert seq.num_computed == s.start_pos, f"seq {seq.seq_id} moved during the step"
             seq.num_computed += len(s.token_ids)
             if caching:  # before forking, so that children inherit the keys
-                self.kv.cache_blocks(seq.seq_id, seq.token_ids, seq.num_computed)
+                self.kv.cache_blocks(seq.seq_id, seq.token_ids, seq.num_computed, seq.block_keys)
+                self._inflight_blocks.advance(seq.seq_id, seq.num_computed)
             if s.sample:
                 tokens = sampled[s.seq_id]
                 if len(tokens) > 1:
@@ -313,6 +330,15 @@ class Scheduler:
                 return copies
 
     def _admit(self, step: _Step) -> None:
+        deferred: list[SeqState] = []
+        try:
+            self._admit_until_full(step, deferred)
+        finally:
+            for seq in deferred:  # same keys, so their order in the queue is unchanged
+                self._reg.waiting.push(seq)
+
+    def _admit_until_full(self, step: _Step, deferred: list[SeqState]) -> None:
+        caching = self.kv.enable_prefix_caching
         while step.token_budget > 0 and len(self._reg.running) < self.config.max_num_seqs:
             candidate = self._reg.next_candidate()
             if candidate is None:
@@ -326,11 +352,23 @@ class Scheduler:
                 queue.pop()
                 step.swap_in.extend(self.kv.swap_in(seq_id))
                 self.kv.allocate(seq_id, seq.num_computed + num_tokens)
+                if caching:
+                    keys = self.kv.extend_block_keys(seq.token_ids, seq.cache_salt, seq.block_keys)
+                    self._inflight_blocks.add(seq_id, keys, seq.num_computed)
             else:
                 if not seq.is_store_checked and self.kv.has_remote:
                     seq.is_store_checked = True
                     self.kv.fetch_remote(seq.token_ids, seq.cache_salt)
-                hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt)
+                if caching:
+                    keys = self.kv.extend_block_keys(seq.token_ids, seq.cache_salt, seq.block_keys)
+                    hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt, keys)
+                    if hit.num_blocks < len(keys) and keys[hit.num_blocks] in self._inflight_blocks:
+                        queue.pop()
+                        deferred.append(seq)
+                        self._counts["prefix_deferred"] += 1
+                        continue
+                else:
+                    hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt)
                 start = hit.num_blocks * self.kv.block_size
                 num_tokens = self._chunk_size(seq.num_tokens - start, step)
                 if num_tokens == 0 or not self.kv.can_allocate(seq_id, start + num_tokens, hit):
@@ -338,7 +376,8 @@ class Scheduler:
                 queue.pop()
                 self.kv.allocate(seq_id, start + num_tokens, hit)
                 seq.num_computed = seq.num_cached_tokens = seq.prefill_start = start
-                if self.kv.enable_prefix_caching:
+                if caching:
+                    self._inflight_blocks.add(seq_id, keys, start)
                     self._counts["prefix_queries"] += 1
                     self._counts["prefix_query"] += seq.num_tokens
                     self._counts["prefix_hit"] += start
@@ -369,6 +408,7 @@ class Scheduler:
 
     def _preempt(self, seq: SeqState, step: _Step) -> None:
         seq.num_preemptions += 1
+        self._inflight_blocks.remove(seq.seq_id)
         step.preempted.append(seq.seq_id)
         if self.config.preemption_mode == "swap" and self.kv.can_swap_out(seq.seq_id):
             step.swap_out.extend(self.kv.swap_out(seq.seq_id))
@@ -389,6 +429,7 @@ class Scheduler:
         return child.seq_id
 
     def _drop(self, seq: SeqState, status: SeqStatus) -> None:
+        self._inflight_blocks.remove(seq.seq_id)
         if self.kv.has_seq(seq.seq_id):
             self.kv.free(seq.seq_id)
         self._reg.drop(seq, status)
@@ -406,3 +447,5 @@ class Scheduler:
         self.kv.check_integrity()
         plan = self._in_flight
         self._reg.check_integrity(self.kv, {s.seq_id: s.num_tokens for s in plan.seqs} if plan else {})
+        self._inflight_blocks.check_integrity(
+            {s.seq_id for s in self._reg.running if not s.is_decoding})

@@ -48,6 +48,9 @@ class SeqState:
     """``num_computed`` when the current prefill began, to count partial chunks."""
     is_store_checked: bool = False
     """The shared KV store was asked for this sequence's prefix (once per sequence)."""
+    block_keys: list[bytes] = field(default_factory=list)
+    """Prefix-cache keys of its full blocks, hashed once at its first admission attempt
+    (empty with caching off); tokens are only appended, so the keys stay valid."""
 
     @property
     def num_tokens(self) -> int:

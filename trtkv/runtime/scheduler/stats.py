@@ -36,6 +36,9 @@ class SchedulerStats:
     num_prefix_hit_tokens: int
     """Of those, tokens found in the cache (their K/V reused, not computed)."""
     kv: KVUsage
+    num_prefix_deferrals: int = 0
+    """Admission attempts deferred a step because another sequence was computing the
+    request's next uncached block (in-flight prefix de-duplication)."""
 
     @property
     def num_preemptions(self) -> int:

@@ -71,11 +71,14 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=512,
                     help="token budget per step (both modes)")
     ap.add_argument("--no-shared-repeats", type=int, default=7, help="no-shared runs per mode")
+    ap.add_argument("--no-shared-requests", type=int, default=32, help="requests in the no-shared workload")
+    ap.add_argument("--no-shared-len", type=int, default=160, help="prompt tokens per no-shared request")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or export_default(Path(tmp))
         cases = (("shared 512-token prefix, 64 x (512 + 32)", workload(True), args.repeats),
-                 ("no shared prefix, 32 x 160", workload(False, 32, 128, 32), args.no_shared_repeats))
+                 (f"no shared prefix, {args.no_shared_requests} x {args.no_shared_len}",
+                  workload(False, args.no_shared_requests, args.no_shared_len - 32, 32), args.no_shared_repeats))
         for name, prompts, repeats in cases:
             runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for _ in range(repeats):
@@ -93,6 +96,9 @@ def main() -> None:
             print(f"prefill tokens -{100 * (1 - on['prefill_tokens'] / off['prefill_tokens']):.1f}%, "
                   f"mean TTFT {off['mean_ttft_s'] / on['mean_ttft_s']:.2f}x lower, "
                   f"wall on/off {on['wall_s'] / off['wall_s']:.3f}")
+            paired = [b["wall_s"] / a["wall_s"] for a, b in zip(runs[False], runs[True], strict=True)]
+            print(f"paired wall on/off (each on run vs the off run just before it): median "
+                  f"{statistics.median(paired):.3f}, all {[round(x, 3) for x in paired]}")
             print("wall per run (s): off", [round(r["wall_s"], 3) for r in runs[False]],
                   "on", [round(r["wall_s"], 3) for r in runs[True]])
             print()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +85,3 @@ class EngineConfig:
             enable_chunked_prefill=self.enable_chunked_prefill,
             preemption_mode=self.preemption_mode,  # type: ignore[arg-type]
         )
-
-
-def config_fields(cls: type) -> list[dataclasses.Field[Any]]:
-    return list(dataclasses.fields(cls))

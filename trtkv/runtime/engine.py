@@ -131,7 +131,9 @@ class Engine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_ids = self.encode(prompt)
         now = time.monotonic()
+        req = _Request(request_id, prompt_ids, params, now)
         try:
+            first = self._new_seq_out(req, 0)  # validates against max_model_len first
             seq_id = self.scheduler.add_request(
                 request_id, prompt_ids, params.max_new_tokens, priority=priority,
                 arrival_time=now, cache_salt=cache_salt,
@@ -139,8 +141,7 @@ class Engine:
         except RequestRejectedError as exc:
             self.metrics.rejected_by_reason[exc.reason] += 1
             raise
-        req = _Request(request_id, prompt_ids, params, now)
-        req.seqs[seq_id] = self._new_seq_out(req, 0)
+        req.seqs[seq_id] = first
         self._requests[request_id] = req
         self._seq_owner[seq_id] = request_id
         self.metrics.counters["requests_added"] += 1

@@ -20,7 +20,6 @@ Exit status 0 only if every check passed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -34,14 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"trtkv_{name}", REPO_ROOT / "plugins" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from trtkv.build.plugin_library import load_plugins_module  # noqa: E402
 
 
 def _header(title: str) -> None:
@@ -192,7 +184,7 @@ def main() -> int:
         print("FAIL: no CUDA device visible to torch")
         return 1
     print(f"device: {torch.cuda.get_device_name()}  (torch {torch.__version__}, CUDA {torch.version.cuda})")
-    nvcc_build, checks = _load("nvcc_build"), _load("kernel_checks")
+    nvcc_build, checks = load_plugins_module("nvcc_build"), load_plugins_module("kernel_checks")
     _header("build libtrtkv_kernels.so (nvcc -arch=native)")
     path, seconds = nvcc_build.build_kernels_library(("native",), opt_level="-O3")
     print(f"  {path} ({seconds:.1f} s)")

@@ -6,21 +6,17 @@ result is cached per source hash, so reruns in a session are instant.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from trtkv.build.plugin_library import load_plugins_module
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("trtkv_nvcc_build", REPO_ROOT / "plugins" / "nvcc_build.py")
-assert _spec is not None and _spec.loader is not None
-nvcc_build = importlib.util.module_from_spec(_spec)
-sys.modules["trtkv_nvcc_build"] = nvcc_build
-_spec.loader.exec_module(nvcc_build)
+nvcc_build = load_plugins_module("nvcc_build")
 
 requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 EXPECTED_SYMBOLS = (

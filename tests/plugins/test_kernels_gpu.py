@@ -6,27 +6,15 @@ libtrtkv_kernels.so for the local GPU (``-arch=native``) once per session.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from trtkv.build.plugin_library import load_plugins_module
+
 pytestmark = pytest.mark.gpu
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"trtkv_{name}", REPO_ROOT / "plugins" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cuda_available() -> bool:
@@ -40,8 +28,8 @@ def _cuda_available() -> bool:
 if shutil.which("nvcc") is None or not _cuda_available():
     pytest.skip("needs nvcc, torch with CUDA and an NVIDIA GPU", allow_module_level=True)
 
-checks = _load("kernel_checks")
-nvcc_build = _load("nvcc_build")
+checks = load_plugins_module("kernel_checks")
+nvcc_build = load_plugins_module("nvcc_build")
 
 
 @pytest.fixture(scope="module")

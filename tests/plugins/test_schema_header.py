@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from trtkv.build.plugin_library import load_plugins_module
 from trtkv.ops import schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +25,7 @@ PLUGINS = REPO_ROOT / "plugins"
 HEADER = PLUGINS / "generated" / "trtkv_ops.h"
 WRAPPERS = sorted((PLUGINS / "tensorrt").glob("*.cpp")) + sorted((PLUGINS / "tensorrt").glob("*.h"))
 
-_spec = importlib.util.spec_from_file_location("trtkv_gen_schema_header", PLUGINS / "gen_schema_header.py")
-assert _spec is not None and _spec.loader is not None
-gen = importlib.util.module_from_spec(_spec)
-sys.modules["trtkv_gen_schema_header"] = gen
-_spec.loader.exec_module(gen)
+gen = load_plugins_module("gen_schema_header")
 
 
 def test_committed_header_is_up_to_date() -> None:
@@ -103,11 +98,7 @@ def test_wrappers_use_generated_constants() -> None:
 def test_capi_dtype_codes_match_kernel_enum() -> None:
     header = (PLUGINS / "kernels" / "trtkv_kernels.h").read_text()
     codes = {"fp32": "kFP32", "fp16": "kFP16", "bf16": "kBF16", "fp8": "kFP8E4M3", "int8": "kINT8"}
-    spec = importlib.util.spec_from_file_location("trtkv_kernel_checks_codes", PLUGINS / "kernel_checks.py")
-    assert spec is not None and spec.loader is not None
-    checks = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = checks  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(checks)
+    checks = load_plugins_module("kernel_checks")
     for name, enum in codes.items():
         assert re.search(rf"{enum} = {checks.DTYPE_CODES[name]},", header), name
     assert set(codes) == set(schema.KV_DTYPES)

@@ -6,8 +6,11 @@ directory of this checkout (``build/plugins/``). Must not import tensorrt or tor
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from trtkv.errors import BackendUnavailableError
 
@@ -48,3 +51,17 @@ def _find(explicit: str, env_var: str, name: str) -> Path:
             return path.resolve()
     tried = ", ".join(str(p) for p in candidates)
     raise BackendUnavailableError(f"{name} not found (tried {tried}); {BUILD_HINT}, or set ${env_var}")
+
+
+def load_plugins_module(name: str) -> ModuleType:
+    """Import ``plugins/<name>.py`` (build and check scripts that live beside the CUDA sources,
+    outside the package), once per process."""
+    module_name = f"trtkv_plugins_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, PLUGINS_SOURCE_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

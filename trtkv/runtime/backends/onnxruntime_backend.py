@@ -121,14 +121,6 @@ class OnnxRuntimeBackend(BaseBackend):
         for pool, host_pool in zip(self.pools, self.host_pools, strict=True):
             pool[dev] = host_pool[host]
 
-    def read_block(self, block_id: int) -> list[np.ndarray]:
-        """Copies of one device block in every layer (for tiers and tests)."""
-        return [pool[block_id].copy() for pool in self.pools]
-
-    def write_block(self, block_id: int, data: Sequence[np.ndarray]) -> None:
-        for pool, layer in zip(self.pools, data, strict=True):
-            pool[block_id] = layer
-
     def read_blocks(self, block_ids: Sequence[int]) -> np.ndarray:
         ids = np.asarray(block_ids, dtype=np.int64)
         return np.stack([pool[ids] for pool in self.pools], axis=1)

@@ -230,14 +230,3 @@ class TensorRTBackend(BaseBackend):
     def _require_host_tier(self) -> None:
         if not self.host_pools:
             raise ConfigError("the plan swaps KV blocks but --num-host-blocks is 0; set it to enable swapping")
-
-    def read_block(self, block_id: int) -> list[np.ndarray]:
-        """Copies of one device block in every layer, as numpy (fp8/bf16 as raw bytes views)."""
-        torch = self._torch
-        out = []
-        for pool in self.pools:
-            block = pool[block_id].to("cpu")
-            if block.dtype in (torch.bfloat16, torch.float8_e4m3fn):
-                block = block.view(torch.uint16 if block.dtype == torch.bfloat16 else torch.uint8)
-            out.append(block.numpy().copy())
-        return out

@@ -18,3 +18,9 @@ fi
 # tritonserver + its Python backend for the Triton tests (runs on CPU). --no-deps: the wheel
 # pins numpy<2, but only the server binary and backend are used, never its Python API.
 .venv/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+# TensorRT for RTX (real libraries on PyPI; builds engines with no GPU present): `trtkv build
+# --flavor rtx` and its CI tests. The `rtx` extra of the package.
+.venv/bin/python -m pip install -q -e ".[rtx]"
+# FlashInfer's CUDA headers (FA2/FA3 attention, CUTLASS, CCCL) for the plugin compile checks.
+# --no-deps: only the headers inside the wheel are used (its Python API wants a CUDA torch).
+.venv/bin/python -m pip install -q --no-deps "flashinfer-python==0.7.4"

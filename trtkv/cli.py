@@ -31,7 +31,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequ
                                 default=default, help=help_text)
         else:
             kind: Callable[[str], Any] = type(default) if default is not None else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=default,
+            choices = f.metadata.get("choices")
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
                                 help=f"{help_text} (default: {default})")
 
 

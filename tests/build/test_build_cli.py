@@ -54,7 +54,7 @@ def model_dir(tmp_path: Path) -> Path:
 @without_trt
 def test_build_without_tensorrt_says_what_to_install(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError) as info:
-        build_engine(model_dir, tmp_path / "engines" / "tiny", BuildConfig())
+        build_engine(model_dir, tmp_path / "engines" / "tiny", BuildConfig(flavor="trt"))
     message = str(info.value)
     assert "\n" not in message
     assert "pip install 'trtkv[gpu]'" in message and "NVIDIA's Python package index" in message
@@ -100,6 +100,11 @@ def test_imports_are_lazy() -> None:
         (dict(opt_num_tokens=5000), "opt-num-tokens"),
         (dict(optimization_level=9), "optimization-level"),
         (dict(workspace_gib=0), "workspace-gib"),
+        (dict(flavor="tensorrt"), "--flavor"),
+        (dict(attention="fast"), "--attention"),
+        (dict(compute_capabilities="8.9"), "comma-separated integers"),
+        (dict(compute_capabilities="90"), "cannot build for compute capability 90 .*--flavor trt"),
+        (dict(compute_capabilities="80,70"), "compute capability 70; choose from"),
     ],
 )
 def test_build_config_validation(kwargs: dict[str, int], match: str) -> None:

@@ -7,6 +7,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from trtkv.ops.builder import GraphBuilder
+from trtkv.ops.lowered import lowered_op_functions
 from trtkv.ops.onnx_functions import (
     KV_ONNX_TYPES,
     emit_kv_append,
@@ -17,7 +18,10 @@ from trtkv.ops.onnx_functions import (
 
 
 def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, softcap: float = 0.0,
-                compute: int = TensorProto.FLOAT) -> ort.InferenceSession:
+                compute: int = TensorProto.FLOAT, lowered: bool = False,
+                num_scales: int = 1) -> ort.InferenceSession:
+    """``lowered``: carry the shape-static bodies TensorRT builds (trtkv.ops.lowered); the fp8
+    pool is then int8-typed bit patterns."""
     b = GraphBuilder()
     ks, vs = emit_kv_append(b, "key", "value", "slot_mapping", "kv_cache", "k_scale", "v_scale", ".0")
     emit_paged_attention(
@@ -26,7 +30,7 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     )
     b.op("Identity", b.nodes[-1].output[0], outputs=["output"])
     pool_t = KV_ONNX_TYPES[kv_dtype]
-    pool_in_t = TensorProto.UINT8 if kv_dtype == "fp8" else pool_t
+    pool_in_t = pool_t if kv_dtype != "fp8" else (TensorProto.INT8 if lowered else TensorProto.UINT8)
     vi = helper.make_tensor_value_info
     inputs = [
         vi("query", compute, ["T", "H", "D"]), vi("key", compute, ["T", "Hkv", "D"]),
@@ -39,7 +43,11 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     outputs = [vi("output", compute, ["T", "H", "D"]), vi("key_stored.0", pool_t, ["T", "Hkv", "D"]),
                vi("value_stored.0", pool_t, ["T", "Hkv", "D"])]
     graph = helper.make_graph(b.nodes, "ops", inputs, outputs, b.initializers)
-    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype, fp8_pool_as_uint8=True))
+    if lowered:
+        functions = lowered_op_functions(kv_dtype, num_scales=num_scales)
+    else:
+        functions = op_functions(kv_dtype, fp8_pool_as_uint8=True)
+    model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=functions)
     model.ir_version = 10
     onnx.checker.check_model(model)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

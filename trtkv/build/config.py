@@ -11,6 +11,9 @@ from trtkv.errors import ConfigError
 
 #: Pool size (blocks) the engine's profile accepts when ``max_num_blocks`` is 0.
 DEFAULT_MAX_NUM_BLOCKS = 1 << 20
+#: GPU targets (compute capability x 10) TensorRT for RTX can build for, and the default set.
+RTX_COMPUTE_CAPABILITIES = (75, 80, 86, 89, 120, 121)
+DEFAULT_RTX_COMPUTE_CAPABILITIES = "80,86,89,120"
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,18 @@ class BuildConfig:
     """TensorRT builder workspace (tactic scratch) limit in GiB."""
     optimization_level: int = field(default=3, metadata={"help": "TensorRT builder optimization level 0-5"})
     """TensorRT builder optimization level (0 fastest build .. 5 most tactics)."""
-    timing_cache: str = field(default="", metadata={"help": "timing cache file, read and updated; empty = OUT_DIR/timing.cache"})
+    timing_cache: str = field(default="", metadata={"help": "timing cache file, read and updated; empty = OUT_DIR/timing.cache (full TensorRT only)"})
     """Timing cache path, loaded if present and saved after the build."""
     plugin_library: str = field(default="", metadata={"help": "path of libtrtkv_plugins.so; empty = $TRTKV_PLUGIN_LIB or build/plugins/"})
     """Path of the trtkv TensorRT plugin library; empty = search the usual places."""
     verbose: bool = field(default=False, metadata={"help": "print TensorRT's verbose log"})
     """Forward TensorRT's verbose log to stderr."""
+    flavor: str = field(default="auto", metadata={"help": "TensorRT flavor: auto|trt|rtx (auto: full TensorRT if installed, else TensorRT for RTX)", "choices": ("auto", "trt", "rtx")})
+    """Which TensorRT builds the engine: full TensorRT (GPU needed) or TensorRT for RTX (no GPU needed)."""
+    attention: str = field(default="auto", metadata={"help": "trtkv ops as plugin layers or lowered to standard layers: auto|plugin|lowered (auto: plugin for trt, lowered for rtx)", "choices": ("auto", "plugin", "lowered")})
+    """How the trtkv ops enter the engine (see trtkv.build.network)."""
+    compute_capabilities: str = field(default="", metadata={"help": f"rtx only: GPU targets as comma-separated compute capabilities x10; empty = {DEFAULT_RTX_COMPUTE_CAPABILITIES}"})
+    """TensorRT for RTX's ahead-of-time targets (e.g. "80,89"); full TensorRT builds for the local GPU."""
 
     def __post_init__(self) -> None:
         for name in ("max_num_tokens", "max_num_seqs"):
@@ -60,3 +69,28 @@ class BuildConfig:
             raise ConfigError(f"--workspace-gib must be > 0, got {self.workspace_gib}")
         if not 0 <= self.optimization_level <= 5:
             raise ConfigError(f"--optimization-level must be 0..5, got {self.optimization_level}")
+        if self.flavor not in ("auto", "trt", "rtx"):
+            raise ConfigError(f"--flavor must be auto, trt or rtx, got {self.flavor!r}")
+        if self.attention not in ("auto", "plugin", "lowered"):
+            raise ConfigError(f"--attention must be auto, plugin or lowered, got {self.attention!r}")
+        self.target_capabilities()  # validates
+
+    def target_capabilities(self) -> tuple[int, ...]:
+        """The parsed ``compute_capabilities`` (default set when empty).
+
+        Raises:
+            ConfigError: not a list of integers, or a target TensorRT for RTX cannot build for.
+        """
+        text = self.compute_capabilities or DEFAULT_RTX_COMPUTE_CAPABILITIES
+        try:
+            targets = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+        except ValueError:
+            raise ConfigError(f"--compute-capabilities must be comma-separated integers like 80,89, got {text!r}") from None
+        bad = [t for t in targets if t not in RTX_COMPUTE_CAPABILITIES]
+        if bad or not targets:
+            hopper = " (Hopper and Blackwell datacenter GPUs need --flavor trt on the GPU machine)" if any(t in (90, 100, 103) for t in bad) else ""
+            raise ConfigError(
+                f"TensorRT for RTX cannot build for compute capability {', '.join(map(str, bad)) or '(none)'}{hopper}; "
+                f"choose from {', '.join(map(str, RTX_COMPUTE_CAPABILITIES))}"
+            )
+        return targets

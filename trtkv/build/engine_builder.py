@@ -1,9 +1,12 @@
 """`trtkv build`: exported ONNX (trtkv ops) -> TensorRT engine directory.
 
-The engine directory ``engines/<name>/`` holds ``model.engine``, a copy of ``manifest.json``
-(plus ``build.json`` with the profile and versions) and ``libtrtkv_plugins.so``, which the
-TensorRT backend loads before deserializing. Networks are strongly typed (TensorRT 11: the
-ONNX types are the precision, including the KV pool dtype chosen at export).
+The engine directory ``engines/<name>/`` holds ``model.engine``, a copy of ``manifest.json``,
+``build.json`` (flavor, attention route, profile, versions, the network's and the engine's
+layer lists) and, for plugin engines, ``libtrtkv_plugins.so``, which the TensorRT backend
+loads before deserializing. Networks are strongly typed (the ONNX types are the precision,
+including the KV pool dtype chosen at export). The flavor (full TensorRT or TensorRT for
+RTX) and the attention route (plugins or lowered standard layers) are described in
+`trtkv.build.tensorrt_env` and `trtkv.build.network`.
 
 Imports tensorrt lazily; must not import torch.
 """
@@ -13,13 +16,23 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from trtkv.build.config import DEFAULT_MAX_NUM_BLOCKS, BuildConfig
+from trtkv.build.network import (
+    check_trtkv_layers,
+    load_for_tensorrt,
+    report_layers,
+    trtkv_node_names,
+)
 from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
 from trtkv.build.tensorrt_env import (
+    flavor_of,
     import_tensorrt,
     load_plugin_library,
     make_logger,
@@ -29,6 +42,8 @@ from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import INPUT_NAMES, KV_CACHE_INPUT, MANIFEST_FILE, Manifest
 
 ENGINE_FILE = "model.engine"
+#: Oldest GPU (compute capability x 10) with FP8 tensor types.
+FP8_MIN_COMPUTE_CAPABILITY = 89
 BUILD_INFO_FILE = "build.json"
 
 Shape = tuple[int, ...]
@@ -79,44 +94,60 @@ def profile_shapes(manifest: Manifest, config: BuildConfig) -> dict[str, tuple[S
 def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig | None = None) -> Path:
     """Build a TensorRT engine directory from an exported model directory.
 
+    The directory is written under a temporary name and renamed at the end, so a failed
+    build leaves nothing behind (an existing ``out_dir`` is replaced only on success).
+
     Args:
         onnx_dir: output of `trtkv export` (``model.onnx`` [+ external data], ``manifest.json``).
         out_dir: engine directory to create, conventionally ``engines/<name>``.
         config: profile and builder options (defaults: `BuildConfig()`).
 
     Returns:
-        ``out_dir`` (holding model.engine, manifest.json, build.json, libtrtkv_plugins.so).
+        ``out_dir`` (model.engine, manifest.json, build.json[, libtrtkv_plugins.so]).
 
     Raises:
-        ModelDirError: onnx_dir is not an exported model, or TensorRT cannot parse/build it.
-        ConfigError: options do not fit the model.
-        BackendUnavailableError: TensorRT, a GPU or the plugin library is missing (one line
-            saying what to install or build).
+        ModelDirError: onnx_dir is not an exported model, or TensorRT cannot parse/build it,
+            or a trtkv node fell back to its ONNX function body.
+        ConfigError: options do not fit the model or the flavor.
+        BackendUnavailableError: TensorRT, a GPU (full TensorRT) or the plugin library is
+            missing (one line saying what to install or build).
     """
     config = config or BuildConfig()
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = Manifest.load(onnx_dir)
     shapes = profile_shapes(manifest, config)
-    trt = import_tensorrt()
+    _check_output_dir(onnx_dir, out_dir)
+    trt = import_tensorrt(config.flavor)
+    flavor = flavor_of(trt)
+    attention = config.attention if config.attention != "auto" else ("lowered" if flavor == "rtx" else "plugin")
     logger = make_logger(trt, config.verbose)
-    builder = require_cuda_device(trt, logger)
-    plugin_path = find_plugin_library(config.plugin_library)
-    load_plugin_library(trt, plugin_path)
+    builder = require_cuda_device(trt, logger) if flavor == "trt" else trt.Builder(logger)
+    plugin_path = None
+    if attention == "plugin":
+        plugin_path = find_plugin_library(config.plugin_library)
+        load_plugin_library(trt, plugin_path)
 
+    model = load_for_tensorrt(onnx_dir, manifest, attention)
+    expected_nodes = trtkv_node_names(onnx.load(str(onnx_dir / manifest.onnx_file), load_external_data=False))
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     onnx_path = onnx_dir / manifest.onnx_file
-    _progress(f"parsing {onnx_path}")
-    if not parser.parse_from_file(str(onnx_path)):
+    _progress(f"parsing {onnx_path} ({flavor}, attention: {attention})")
+    parsed = _parse(parser, model, onnx_dir)
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelDirError(f"TensorRT cannot parse {onnx_path}: {errors or 'unknown error'}")
+    report = report_layers(trt, network)
+    check_trtkv_layers(trt, report, expected_nodes, attention, onnx_path)
 
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2**30))
     builder_config.builder_optimization_level = config.optimization_level
-    if hasattr(builder_config, "plugins_to_serialize"):
+    builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer list in the engine and log
+    targets = _set_targets(trt, builder_config, config, manifest) if flavor == "rtx" else ()
+    if plugin_path is not None and hasattr(builder_config, "plugins_to_serialize"):
         builder_config.plugins_to_serialize = [str(plugin_path)]
-    if hasattr(trt, "IProgressMonitor"):
+    if hasattr(trt, "IProgressMonitor") and not config.verbose:
         builder_config.progress_monitor = _make_progress_monitor(trt)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
@@ -126,32 +157,136 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
         profile.set_shape(name, *shapes[name])
     builder_config.add_optimization_profile(profile)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache_path = Path(config.timing_cache) if config.timing_cache else out_dir / "timing.cache"
-    cache = builder_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    builder_config.set_timing_cache(cache, ignore_mismatch=False)
+    cache_path: Path | None = None
+    if flavor == "trt":  # TensorRT for RTX has no timing cache (its operations are no-ops there)
+        cache_path = Path(config.timing_cache) if config.timing_cache else out_dir / "timing.cache"
+        cache = builder_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        builder_config.set_timing_cache(cache, ignore_mismatch=False)
 
     _progress(f"building engine ({network.num_layers} layers, {manifest.num_layers} decoder layers)")
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         errors = "; ".join(logger.errors[-5:]) or "see the TensorRT log above"
-        raise ModelDirError(f"TensorRT failed to build an engine from {onnx_path}: {errors}")
-    (out_dir / ENGINE_FILE).write_bytes(bytes(serialized))
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(bytes(builder_config.get_timing_cache().serialize()))
-    shutil.copy2(onnx_dir / MANIFEST_FILE, out_dir / MANIFEST_FILE)
-    shutil.copy2(plugin_path, out_dir / PLUGIN_LIBRARY_NAME)
+        hint = ""
+        if attention == "lowered" and "OutOfMemory" in errors:
+            hint = ("; the lowered attention's memory grows with max-num-tokens x (max-model-len + max-num-tokens): "
+                    "lower --max-num-tokens / --max-model-len, or build with plugins")
+        raise ModelDirError(f"TensorRT failed to build an engine from {onnx_path}: {errors}{hint}")
     info = {
+        "flavor": flavor,
         "tensorrt_version": trt.__version__,
+        "attention": attention,
+        "kv_pool_write": "runtime",  # the engine never writes the pool (trtkv.build.network)
+        "kv_pool_input_dtype": _pool_input_dtype(manifest, attention),
+        "compute_capabilities": list(targets),
         "build_seconds": round(time.monotonic() - started, 1),
         "source": str(onnx_dir.resolve()),
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "profile": {name: [list(s) for s in mmo] for name, mmo in shapes.items()},
+        "inputs": {network.get_input(i).name: str(network.get_input(i).dtype).rsplit(".", 1)[-1]
+                   for i in range(network.num_inputs)},
+        "network_layers": report.layer_types,
+        "plugin_layers": list(report.plugin_layers),
+        "engine_layers": parse_engine_layers(logger.engine_layers),
     }
-    (out_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    _write_engine_dir(out_dir, onnx_dir, bytes(serialized), builder_config, cache_path, plugin_path, info)
     _progress(f"wrote {out_dir / ENGINE_FILE} in {info['build_seconds']} s")
     return out_dir
+
+
+def _check_output_dir(onnx_dir: Path, out_dir: Path) -> None:
+    if out_dir.resolve() == onnx_dir.resolve():
+        raise ConfigError(f"-o {out_dir} is the exported model directory; give the engine its own, e.g. engines/NAME")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir} is a file; give a directory path, e.g. engines/NAME")
+    for parent in out_dir.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"-o {out_dir} lies under the file {parent}; give a directory path")
+            break
+
+
+def _parse(parser: Any, model: onnx.ModelProto, onnx_dir: Path) -> bool:
+    """Parse an in-memory model; past protobuf's 2 GiB, save it with external data first."""
+    if model.ByteSize() < 2**31 - 2**20:
+        return bool(parser.parse(model.SerializeToString(), str(onnx_dir / "model.onnx")))
+    with tempfile.TemporaryDirectory(prefix="trtkv-build-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        return bool(parser.parse_from_file(str(path)))
+
+
+def _set_targets(trt: Any, builder_config: Any, config: BuildConfig, manifest: Manifest) -> tuple[int, ...]:
+    """TensorRT for RTX's ahead-of-time GPU targets. fp8 KV needs FP8 hardware (Ada, sm_89+):
+    by default such models target only those; an explicit older target is refused."""
+    targets = config.target_capabilities()
+    if manifest.kv_dtype == "fp8":
+        older = [cc for cc in targets if cc < FP8_MIN_COMPUTE_CAPABILITY]
+        if older and config.compute_capabilities:
+            raise ConfigError(
+                f"fp8 KV needs compute capability {FP8_MIN_COMPUTE_CAPABILITY} or newer (Ada, Blackwell); "
+                f"drop {', '.join(map(str, older))} from --compute-capabilities, or export with --kv-dtype int8 for Ampere"
+            )
+        targets = tuple(cc for cc in targets if cc >= FP8_MIN_COMPUTE_CAPABILITY)
+    builder_config.num_compute_capabilities = len(targets)
+    for i, cc in enumerate(targets):
+        builder_config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{cc}"), i)
+    return targets
+
+
+def _pool_input_dtype(manifest: Manifest, attention: str) -> str:
+    """How the runtime binds the pool: fp8 pools go to a lowered engine as int8 bit patterns."""
+    if attention == "lowered" and manifest.kv_dtype == "fp8":
+        return "int8"
+    return manifest.kv_dtype
+
+
+def parse_engine_layers(text: str) -> list[dict[str, str]]:
+    """``[{"name", "type"}]`` of the built engine, from the verbose "Layers:" log block."""
+    layers = []
+    for line in text.splitlines():
+        if not line.startswith("Name: "):
+            continue
+        name = line[len("Name: "):].split(", LayerType: ", 1)[0]
+        kind = line.split("LayerType: ", 1)[1].split(",", 1)[0] if "LayerType: " in line else ""
+        layers.append({"name": name, "type": kind})
+    return layers
+
+
+def _write_engine_dir(out_dir: Path, onnx_dir: Path, engine: bytes, builder_config: Any, cache_path: Path | None,
+                      plugin_path: Path | None, info: dict[str, Any]) -> None:
+    """Write everything into a sibling temporary directory, then swap it in."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        staging.chmod(0o755)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the engine directory {out_dir} ({exc.strerror or exc}); choose a writable path") from exc
+    try:
+        (staging / ENGINE_FILE).write_bytes(engine)
+        shutil.copy2(onnx_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
+        if plugin_path is not None:
+            shutil.copy2(plugin_path, staging / PLUGIN_LIBRARY_NAME)
+        (staging / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if cache_path is not None:
+            timing = bytes(builder_config.get_timing_cache().serialize())
+            if cache_path.parent == out_dir:
+                (staging / cache_path.name).write_bytes(timing)
+            else:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                cache_path.write_bytes(timing)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _network_flags(trt: Any) -> int:

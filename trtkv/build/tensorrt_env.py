@@ -1,5 +1,13 @@
 """Lazy access to TensorRT, shared by `trtkv build` and the TensorRT runtime backend.
 
+Two flavors behind one switch, with the same Python API for everything trtkv uses:
+
+- ``trt``: full TensorRT (module ``tensorrt``; datacenter GPUs incl. Hopper). Building needs
+  a GPU.
+- ``rtx``: TensorRT for RTX (``tensorrt_rtx_libs`` then ``tensorrt_rtx_bindings``; real wheels
+  on PyPI, the ``rtx`` extra). Builds ahead of time with no GPU present, for compute
+  capabilities 7.5 / 8.0 / 8.6 / 8.9 / 12.x (not Hopper).
+
 Nothing here imports tensorrt at module import time; `import_tensorrt()` does, and turns a
 missing installation into one actionable `BackendUnavailableError` line.
 """
@@ -19,12 +27,37 @@ INSTALL_HINT = (
 )
 
 
-def import_tensorrt() -> Any:
-    """The `tensorrt` module.
+RTX_INSTALL_HINT = "pip install 'trtkv[rtx]' (TensorRT for RTX: tensorrt-rtx-cu13-libs and -bindings)"
+FLAVORS = ("auto", "trt", "rtx")
+
+
+def import_tensorrt(flavor: str = "trt") -> Any:
+    """The TensorRT module of ``flavor`` ("trt" or "rtx"; "auto": trt if it imports, else rtx).
 
     Raises:
-        BackendUnavailableError: TensorRT (or its native libraries) cannot be imported.
+        BackendUnavailableError: that TensorRT (or its native libraries) cannot be imported.
     """
+    if flavor == "auto":
+        try:
+            return import_tensorrt("trt")
+        except BackendUnavailableError as trt_error:
+            try:
+                return import_tensorrt("rtx")
+            except BackendUnavailableError:
+                raise BackendUnavailableError(
+                    f"neither TensorRT nor TensorRT for RTX is installed: {RTX_INSTALL_HINT} builds on any "
+                    f"machine; for full TensorRT: {INSTALL_HINT}"
+                ) from trt_error
+    if flavor == "rtx":
+        try:
+            import tensorrt_rtx_bindings as rtx
+            import tensorrt_rtx_libs  # noqa: F401  (loads libtensorrt_rtx before the bindings)
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"TensorRT for RTX is not available ({exc.__class__.__name__}: {exc}); {RTX_INSTALL_HINT}") from exc
+        return rtx
+    if flavor != "trt":
+        raise BackendUnavailableError(f"unknown TensorRT flavor {flavor!r}; use one of {', '.join(FLAVORS)}")
     try:
         import tensorrt as trt
     except Exception as exc:  # ImportError, OSError (missing libnvinfer), stub wheels' errors
@@ -34,6 +67,11 @@ def import_tensorrt() -> Any:
     return trt
 
 
+def flavor_of(trt: Any) -> str:
+    """"rtx" for TensorRT for RTX's module, else "trt"."""
+    return "rtx" if trt.__name__.startswith("tensorrt_rtx") else "trt"
+
+
 def make_logger(trt: Any, verbose: bool = False) -> Any:
     """A TensorRT logger that keeps errors (for messages) and prints warnings or worse."""
 
@@ -41,10 +79,13 @@ def make_logger(trt: Any, verbose: bool = False) -> Any:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.engine_layers = ""
 
         def log(self, severity: Any, msg: str) -> None:
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(msg)
+            if msg.startswith("Layers:\n") or msg.startswith("Layers:"):
+                self.engine_layers = msg  # the built engine's layer list (verbose, detailed profiling)
             if verbose or severity <= trt.ILogger.Severity.WARNING:
                 print(f"[TensorRT] {msg}", file=sys.stderr)
 
@@ -61,10 +102,10 @@ def load_plugin_library(trt: Any, path: Path) -> Any:
 
 
 def require_cuda_device(trt: Any, logger: Any) -> Any:
-    """A TensorRT builder, which needs a visible CUDA device.
+    """A TensorRT builder. Full TensorRT needs a visible CUDA device; TensorRT for RTX does not.
 
     Raises:
-        BackendUnavailableError: no GPU / driver.
+        BackendUnavailableError: no GPU / driver (full TensorRT).
     """
     builder: Any = None
     error: Exception | None = None

@@ -1,24 +1,30 @@
 """TensorRT backend (NVIDIA GPU): runs a `trtkv build` engine over a device KV pool.
 
-The pool is one torch CUDA tensor per layer, [N, 2, B, Hkv, D] in the manifest's KV dtype,
-bound as the engine's ``kv_cache.{i}`` inputs; the KVAppend plugin writes the step's K/V
-through it in place (O(new tokens)). ``key_stored.{i}``/``value_stored.{i}`` outputs go to
-reusable scratch buffers. N is sized from free GPU memory x ``gpu_memory_utilization`` unless
-``num_blocks`` is given. Block moves (copy-on-write, swap to/from pinned host memory) are
-indexed copies on the same stream.
+The pool is one torch CUDA tensor per layer, [N, 2, B, Hkv, D] in the manifest's KV dtype
+(fp8 pools of lowered engines as int8 bit patterns, see build.json ``kv_pool_input_dtype``),
+bound as the engine's read-only ``kv_cache.{i}`` inputs: the engine never writes them. The
+step's stored K/V (``key_stored.{i}``/``value_stored.{i}``, reusable scratch buffers) are
+copied into the pool at ``slot_mapping`` after the engine runs, on the same stream: O(new
+tokens), the same contract as the ONNX Runtime backend (see trtkv.build.network). N is sized
+from free GPU memory x ``gpu_memory_utilization`` unless ``num_blocks`` is given. Block moves
+(copy-on-write, swap to/from pinned host memory) are indexed copies on the same stream.
+
+The engine's flavor (full TensorRT or TensorRT for RTX) and attention route come from its
+build.json; plugin engines load the libtrtkv_plugins.so stored beside them.
 
 Imports tensorrt and torch lazily (in ``__init__``); importing this module needs neither.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trtkv.build.engine_builder import ENGINE_FILE
+from trtkv.build.engine_builder import BUILD_INFO_FILE, ENGINE_FILE
 from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
 from trtkv.build.tensorrt_env import INSTALL_HINT, import_tensorrt, load_plugin_library, make_logger
 from trtkv.errors import BackendUnavailableError, ConfigError, ModelDirError
@@ -58,6 +64,17 @@ def _torch_kv_dtype(torch: Any, kv_dtype: str) -> Any:
     }[kv_dtype]
 
 
+def _read_build_info(engine_dir: Path) -> dict[str, Any]:
+    path = engine_dir / BUILD_INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"cannot read {path} ({exc}); rebuild the engine with `trtkv build`") from exc
+    return info
+
+
 def plan_num_blocks(
     *, free_bytes: int, total_bytes: int, utilization: float, engine_bytes: int, scratch_bytes: int,
     bytes_per_block: int, min_blocks: int, max_blocks: int,
@@ -94,7 +111,8 @@ class TensorRTBackend(BaseBackend):
                 f"{engine_dir} has no {ENGINE_FILE}: --backend tensorrt runs an engine directory; build "
                 f"one with `trtkv build {engine_dir} -o engines/NAME` and pass engines/NAME"
             )
-        trt = import_tensorrt()
+        info = _read_build_info(engine_dir)
+        trt = import_tensorrt(info.get("flavor", "trt"))
         torch = _import_torch_cuda()
         self._trt, self._torch = trt, torch
         self.manifest = manifest
@@ -104,7 +122,8 @@ class TensorRTBackend(BaseBackend):
 
         local_plugin = engine_dir / PLUGIN_LIBRARY_NAME
         self._logger = make_logger(trt)
-        load_plugin_library(trt, local_plugin if local_plugin.is_file() else find_plugin_library())
+        if info.get("attention", "plugin") == "plugin":
+            load_plugin_library(trt, local_plugin if local_plugin.is_file() else find_plugin_library())
         runtime = trt.Runtime(self._logger)
         self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
@@ -120,7 +139,8 @@ class TensorRTBackend(BaseBackend):
                 "rebuild the engine with --block-size or drop the option"
             )
         m = manifest
-        kv_dtype = _torch_kv_dtype(torch, m.kv_dtype)
+        kv_dtype = _torch_kv_dtype(torch, info.get("kv_pool_input_dtype", m.kv_dtype))
+        stored_dtype = _torch_kv_dtype(torch, m.kv_dtype)
         bytes_per_block = 2 * self.block_size * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
         scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
         if config.num_blocks:
@@ -140,7 +160,8 @@ class TensorRTBackend(BaseBackend):
         self.host_pools = [torch.zeros(host_shape, dtype=kv_dtype).pin_memory() for _ in range(m.num_layers)] if self.num_host_blocks else []
         scratch = (self.max_num_tokens, m.num_kv_heads, m.head_dim)
         self._stored = [
-            (torch.empty(scratch, dtype=kv_dtype, device=self.device), torch.empty(scratch, dtype=kv_dtype, device=self.device))
+            (torch.empty(scratch, dtype=stored_dtype, device=self.device),
+             torch.empty(scratch, dtype=stored_dtype, device=self.device))
             for _ in range(m.num_layers)
         ]
         self.context = self.engine.create_execution_context()
@@ -194,10 +215,23 @@ class TensorRTBackend(BaseBackend):
             ctx.set_tensor_address(LOGITS_OUTPUT, logits.data_ptr())
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution failed: {'; '.join(self._logger.errors[-3:])}")
+            self._write_pool(inputs.slot_mapping, num_tokens)
             result = logits.to("cpu", non_blocking=False)
             self.stream.synchronize()
             del keep
             return result.numpy()
+
+    def _write_pool(self, slot_mapping: np.ndarray, num_tokens: int) -> None:
+        """Copy the step's stored K/V into the pools at their slots (rows of [N*2*B, Hkv, D])."""
+        torch, b = self._torch, self.block_size
+        slots = torch.from_numpy(np.ascontiguousarray(slot_mapping)).to(self.device, non_blocking=True)
+        k_rows = (slots // b) * (2 * b) + slots % b
+        v_rows = k_rows + b
+        m = self.manifest
+        for pool, (ks, vs) in zip(self.pools, self._stored, strict=True):
+            rows = pool.view(-1, m.num_kv_heads, m.head_dim)
+            rows.index_copy_(0, k_rows, ks[:num_tokens].view(pool.dtype))
+            rows.index_copy_(0, v_rows, vs[:num_tokens].view(pool.dtype))
 
     # -- block moves ---------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ enum DTypeBit : uint32_t {
     kDTypeInt64 = 0x40u,
 };
 
-//! KVAppend: Writes the step's K/V into the pool at slot_mapping, quantizing on write, in O(T). Outputs the stored codes. Backends that can write through the pool input (TensorRT plugin) do so; backends whose graphs cannot alias an input (ONNX Runtime function body) compute the outputs and the runtime scatters them into the pool (O(T) too).
+//! KVAppend: Quantizes the step's K/V for the pool (quantize-on-write) and outputs the stored codes. No backend writes the pool inside the graph or engine (an engine input is read only, and TensorRT may copy or reformat inputs): the runtime copies the codes into the pool at slot_mapping after the step, in O(T), on every backend.
 namespace kv_append {
 
 inline constexpr char kName[] = "KVAppend";
@@ -34,7 +34,7 @@ enum Input : int32_t {
     kKey = 0, //!< key ['T', 'Hkv', 'D']: new tokens' keys (after RoPE)
     kValue = 1, //!< value ['T', 'Hkv', 'D']: new tokens' values
     kSlotMapping = 2, //!< slot_mapping ['T']: pool slot of each new token; <0 = skip
-    kKvCache = 3, //!< kv_cache ['N', '2', 'B', 'Hkv', 'D']: the layer's pool (written in place)
+    kKvCache = 3, //!< kv_cache ['N', '2', 'B', 'Hkv', 'D']: the layer's pool (read only: the runtime writes the stored codes)
     kKScale = 4, //!< k_scale ['Ks']: K dequant scale, [1] or [Hkv]; 1 if not quantized
     kVScale = 5, //!< v_scale ['Vs']: V dequant scale, [1] or [Hkv]; 1 if not quantized
     kNumInputs = 6,

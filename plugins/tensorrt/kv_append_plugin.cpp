@@ -109,8 +109,11 @@ int32_t KVAppendPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     p.key = inputs[op::kKey];
     p.value = inputs[op::kValue];
     p.slot_mapping = static_cast<int64_t const*>(inputs[op::kSlotMapping]);
-    // Written through in place: the runtime binds the pool as an engine input and owns it.
-    p.kv_cache = const_cast<void*>(inputs[op::kKvCache]);
+    // The pool is a read-only engine input: TensorRT may copy or reformat inputs, so a write
+    // through it could vanish. The kernel writes only the stored codes (nullptr pool); the
+    // runtime copies them into the pool at slot_mapping after the step. The pool's shape is
+    // still read for the bounds check of slot_mapping.
+    p.kv_cache = nullptr;
     p.k_scale = static_cast<float const*>(inputs[op::kKScale]);
     p.v_scale = static_cast<float const*>(inputs[op::kVScale]);
     p.key_stored = outputs[op::kKeyStored];

@@ -107,7 +107,7 @@ KV_APPEND = OpSchema(
         TensorSpec("key", ("T", "Hkv", "D"), _COMPUTE, "new tokens' keys (after RoPE)"),
         TensorSpec("value", ("T", "Hkv", "D"), _COMPUTE, "new tokens' values"),
         TensorSpec("slot_mapping", ("T",), ("int64",), "pool slot of each new token; <0 = skip"),
-        TensorSpec("kv_cache", ("N", "2", "B", "Hkv", "D"), _POOL, "the layer's pool (written in place)"),
+        TensorSpec("kv_cache", ("N", "2", "B", "Hkv", "D"), _POOL, "the layer's pool (read only: the runtime writes the stored codes)"),
         *_SCALES,
     ),
     outputs=(
@@ -116,10 +116,10 @@ KV_APPEND = OpSchema(
     ),
     attributes=(),
     doc=(
-        "Writes the step's K/V into the pool at slot_mapping, quantizing on write, in O(T). "
-        "Outputs the stored codes. Backends that can write through the pool input (TensorRT "
-        "plugin) do so; backends whose graphs cannot alias an input (ONNX Runtime function "
-        "body) compute the outputs and the runtime scatters them into the pool (O(T) too)."
+        "Quantizes the step's K/V for the pool (quantize-on-write) and outputs the stored codes. "
+        "No backend writes the pool inside the graph or engine (an engine input is read only, "
+        "and TensorRT may copy or reformat inputs): the runtime copies the codes into the pool "
+        "at slot_mapping after the step, in O(T), on every backend."
     ),
 )
 

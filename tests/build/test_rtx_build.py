@@ -167,3 +167,45 @@ def test_cli_build_rtx(exported_factory, tmp_path: Path) -> None:
     choice = subprocess.run([*base, "-o", str(tmp_path / "c"), "--attention", "fast"], capture_output=True, text=True)
     assert choice.returncode == 2 and "plugin" in choice.stderr and "lowered" in choice.stderr
     assert not (tmp_path / "h").exists() and not (tmp_path / "c").exists()
+
+
+def _local_gpu_capability() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_local_gpu_capability() not in (75, 80, 86, 89, 120, 121),
+                    reason="needs a CUDA GPU that TensorRT for RTX runs on (sm_75/80/86/89/12x) and a CUDA torch")
+@pytest.mark.parametrize("kv_dtype", ["fp16", "int8"])
+def test_rtx_engine_runs_like_onnxruntime(checkpoint_factory, tmp_path: Path, kv_dtype: str) -> None:
+    """On a GPU: the engine deserializes and two steps (prefill, decode; the pool written by the
+    runtime in between) give ONNX Runtime's logits and argmax."""
+    import numpy as np
+
+    from trtkv.export.exporter import ExportConfig, export
+    from trtkv.runtime.backends.base import BackendConfig
+    from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from trtkv.runtime.backends.tensorrt_backend import TensorRTBackend
+    from trtkv.runtime.plan import ScheduledSeq, StepPlan
+
+    exported = tmp_path / "onnx"
+    export(checkpoint_factory("llama"), exported, ExportConfig(dtype="fp16", kv_dtype=kv_dtype, progress=False))
+    _build(exported, tmp_path / "engine", compute_capabilities=str(_local_gpu_capability()))
+    manifest = Manifest.load(exported)
+    config = BackendConfig(num_blocks=32)
+    engine, reference = TensorRTBackend(tmp_path / "engine", manifest, config), OnnxRuntimeBackend(exported, manifest, config)
+    rng = np.random.default_rng(0)
+    a, b = (tuple(int(x) for x in rng.integers(3, 300, n)) for n in (20, 7))
+    plans = [StepPlan(seqs=(ScheduledSeq(0, a, 0, (3, 5), True), ScheduledSeq(1, b, 0, (9,), True))),
+             StepPlan(seqs=(ScheduledSeq(0, (11,), 20, (3, 5), True), ScheduledSeq(1, (12,), 7, (9,), True)))]
+    for plan in plans:
+        got, want = engine.execute(plan), reference.execute(plan)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        assert float(np.abs(got - want).max()) <= 2e-2 * float(np.abs(want).max())

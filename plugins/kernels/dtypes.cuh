@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "trtkv_kernels.h"
@@ -78,61 +79,53 @@ __device__ __forceinline__ int8_t encode<int8_t>(float y) {
     return static_cast<int8_t>(r);
 }
 
-//! Bytes of 8 elements of T: 32 (fp32), 16 (fp16/bf16), 8 (fp8/int8).
+//! Alignment of 8 consecutive elements of T in the trtkv tensors (capped at 16 bytes, the
+//! widest vector access): every 8-element group starts at a multiple of 8 elements of a
+//! 256-byte aligned allocation (head_dim % 8 == 0).
 template <typename T>
-struct Vec8 {
-    static constexpr int kBytes = 8 * sizeof(T);
-};
+constexpr size_t kVec8Align = 8 * sizeof(T) < 16 ? 8 * sizeof(T) : 16;
 
-//! Loads 8 consecutive elements (16-byte aligned for 2-byte types, etc.) as floats.
+// load8/store8 copy bytes with __builtin_memcpy between the tensor and a local T[8]: no object
+// is read through an lvalue of another type (the former uint4/float4 pointer casts were
+// strict-aliasing UB, which g++ -O2 turns into wrong fp16/bf16 values on the host). The
+// assumed alignment lets nvcc emit one 128-bit (fp16/bf16), two 128-bit (fp32) or one 64-bit
+// (fp8/int8) access, as before.
+
+//! Loads 8 consecutive elements (aligned to kVec8Align<T>) as floats.
 template <typename T>
 __device__ __forceinline__ void load8(T const* ptr, float (&out)[8]) {
-    if constexpr (sizeof(T) == 4) {
-        float4 const a = reinterpret_cast<float4 const*>(ptr)[0];
-        float4 const b = reinterpret_cast<float4 const*>(ptr)[1];
-        out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
-        out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-    } else if constexpr (sizeof(T) == 2) {
-        uint4 const raw = *reinterpret_cast<uint4 const*>(ptr);
-        T const* e = reinterpret_cast<T const*>(&raw);
+    T e[8];
+    __builtin_memcpy(e, __builtin_assume_aligned(static_cast<void const*>(ptr), kVec8Align<T>), sizeof(e));
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            out[i] = to_float(e[i]);
-        }
-    } else {
-        uint2 const raw = *reinterpret_cast<uint2 const*>(ptr);
-        T const* e = reinterpret_cast<T const*>(&raw);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            out[i] = to_float(e[i]);
-        }
+    for (int i = 0; i < 8; ++i) {
+        out[i] = to_float(e[i]);
     }
 }
 
-//! Stores 8 floats encoded as T (one vector store).
+//! Stores 8 floats encoded as T (one vector store; aligned to kVec8Align<T>).
 template <typename T>
 __device__ __forceinline__ void store8(T* ptr, float const (&in)[8]) {
-    if constexpr (sizeof(T) == 4) {
-        reinterpret_cast<float4*>(ptr)[0] = make_float4(in[0], in[1], in[2], in[3]);
-        reinterpret_cast<float4*>(ptr)[1] = make_float4(in[4], in[5], in[6], in[7]);
-    } else if constexpr (sizeof(T) == 2) {
-        uint4 raw;
-        T* e = reinterpret_cast<T*>(&raw);
+    T e[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            e[i] = encode<T>(in[i]);
-        }
-        *reinterpret_cast<uint4*>(ptr) = raw;
-    } else {
-        uint2 raw;
-        T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            e[i] = encode<T>(in[i]);
-        }
-        *reinterpret_cast<uint2*>(ptr) = raw;
+    for (int i = 0; i < 8; ++i) {
+        e[i] = encode<T>(in[i]);
+    }
+    __builtin_memcpy(__builtin_assume_aligned(static_cast<void*>(ptr), kVec8Align<T>), e, sizeof(e));
+}
+
+//! Records an out-of-range index: ORs `flag` (a kError* bit of trtkv_kernels.h) into the
+//! caller's device word, if it gave one. The kernel has already clamped or skipped the index.
+__device__ __forceinline__ void report_error(uint32_t* error_flags, uint32_t flag) {
+    if (error_flags != nullptr) {
+        atomicOr(error_flags, flag);
     }
 }
+
+// Dynamic shared memory of the running block. A macro so that the CPU emulation
+// (plugins/emulation/) can supply the storage: `extern __shared__` has no host equivalent.
+#ifndef TRTKV_DYNAMIC_SHARED_MEMORY
+#define TRTKV_DYNAMIC_SHARED_MEMORY(type, name) extern __shared__ type name[]
+#endif
 
 //! Per-tensor ([1]) or per-KV-head ([Hkv]) scale of head h.
 __device__ __forceinline__ float head_scale(float const* scale, int32_t numel, int32_t head) {

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "kv_append.cuh"
+#include "launch.h"
 
 namespace trtkv {
 
@@ -13,13 +14,21 @@ char const* status_string(Status status) noexcept {
                "scale sizes 1 or Hkv)";
     case Status::kCUDA_ERROR: return "CUDA error (see cudaGetLastError)";
     case Status::kWORKSPACE_TOO_SMALL: return "workspace too small (use *_workspace_size())";
+    case Status::kINVALID_INPUT:
+        return "invalid input: an index was out of range (slot_mapping >= num_blocks * block_size, "
+               "block_tables entry outside [0, num_blocks), context_lens outside [0, M * block_size] "
+               "or query_start_loc not non-decreasing within [0, T]); the kernels skipped those "
+               "tokens and zeroed those sequences' outputs -- fix the step's metadata";
     }
     return "unknown status";
 }
 
 Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept {
+    // Without a pool and without num_blocks no slot is read, so block_size may be unset.
+    bool const uses_slots = p.kv_cache != nullptr || p.num_blocks > 0;
     bool const ok = p.num_tokens >= 0 && p.num_kv_heads > 0 && p.head_dim > 0 && p.head_dim % 8 == 0
-        && p.block_size > 0 && p.num_blocks >= 0
+        && (p.block_size > 0 || !uses_slots) && p.num_blocks >= 0
+        && (p.kv_cache != nullptr || p.key_stored != nullptr || p.value_stored != nullptr)
         && (p.k_scale_numel == 1 || p.k_scale_numel == p.num_kv_heads)
         && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads);
     if (!ok) {
@@ -35,8 +44,9 @@ Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept {
         using TIn = typename decltype(in_tag)::type;
         return kernels::dispatch_kv(p.kv_dtype, [&](auto kv_tag) {
             using TKV = typename decltype(kv_tag)::type;
-            kernels::kv_append_kernel<TIn, TKV><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p);
-            return Status::kOK;
+            cudaError_t const err = kernels::launch_kernel(kernels::kv_append_kernel<TIn, TKV>,
+                dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream, p);
+            return err == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
         });
     });
     if (status != Status::kOK) {

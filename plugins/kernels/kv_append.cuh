@@ -1,6 +1,11 @@
 // KVAppend kernel: each thread moves 8 elements of one token's K and V (one KV head) into the
 // pool slot given by slot_mapping, quantizing on write, and writes the same codes to the
 // key_stored/value_stored outputs. Work is O(T * Hkv * D), never O(pool).
+//
+// kv_cache == nullptr: only the stored codes are written (the runtime scatters them into the
+// pool after the step). A slot >= num_blocks * block_size is never written through; it sets
+// kErrorSlotOutOfRange (checked with or without a pool, unless num_blocks is 0 and there is no
+// pool). Negative slots are padding and skipped silently.
 #pragma once
 
 #include "dtypes.cuh"
@@ -16,7 +21,7 @@ __global__ void kv_append_kernel(KVAppendParams p) {
     int64_t const num_slots = p.num_blocks * p.block_size;
     auto const* key = static_cast<TIn const*>(p.key);
     auto const* value = static_cast<TIn const*>(p.value);
-    auto* pool = static_cast<TKV*>(p.kv_cache);
+    auto* pool = static_cast<TKV*>(p.kv_cache); // null: stored codes only
     auto* key_stored = static_cast<TKV*>(p.key_stored);
     auto* value_stored = static_cast<TKV*>(p.value_stored);
 
@@ -46,9 +51,22 @@ __global__ void kv_append_kernel(KVAppendParams p) {
         if (value_stored != nullptr) {
             store8(value_stored + src, v);
         }
+        bool const check_slots = pool != nullptr || num_slots > 0;
+        if (!check_slots) {
+            continue;
+        }
         int64_t const slot = p.slot_mapping[token];
-        if (slot < 0 || slot >= num_slots) {
-            continue; // padding token (or an out-of-range slot: never write outside the pool)
+        if (slot < 0) {
+            continue; // padding token
+        }
+        if (slot >= num_slots) {
+            if (rem == 0) { // one report per token
+                report_error(p.error_flags, kErrorSlotOutOfRange);
+            }
+            continue;
+        }
+        if (pool == nullptr) {
+            continue;
         }
         int64_t const block = slot / p.block_size;
         int64_t const offset = slot - block * p.block_size;

@@ -1,6 +1,8 @@
 // Launchers of the PagedAttention kernels: argument checks, split-KV choice, dtype dispatch.
 #include <algorithm>
+#include <cstdint>
 
+#include "launch.h"
 #include "paged_attention.cuh"
 
 namespace trtkv {
@@ -15,7 +17,10 @@ bool valid_shapes(PagedAttentionParams const& p) {
         && p.num_heads % p.num_kv_heads == 0 && p.head_dim > 0 && p.head_dim % 8 == 0
         && p.head_dim <= kMaxHeadDim && p.block_size > 0 && p.max_blocks_per_seq >= 0
         && (p.k_scale_numel == 1 || p.k_scale_numel == p.num_kv_heads)
-        && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads) && p.sliding_window >= 0;
+        && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads) && p.sliding_window >= 0
+        && p.num_blocks >= 0
+        // Key positions (< M * B + T) are int32 in the kernels.
+        && static_cast<int64_t>(p.max_blocks_per_seq) * p.block_size + p.num_tokens <= INT32_MAX;
 }
 
 size_t shared_bytes(int32_t head_dim) {
@@ -88,22 +93,27 @@ Status launch_paged_attention(PagedAttentionParams const& p, cudaStream_t stream
         using TQ = typename decltype(qtag)::type;
         return kernels::dispatch_kv(p.kv_dtype, [&](auto kvtag) {
             using TKV = typename decltype(kvtag)::type;
-            kernels::plan_tiles_kernel<TQ><<<1, 256, 0, stream>>>(p, tiles, layout.max_tiles);
+            cudaError_t err = kernels::launch_kernel(
+                kernels::plan_tiles_kernel<TQ>, dim3(1), dim3(256), 0, stream, p, tiles, layout.max_tiles);
             auto kernel = kernels::paged_attention_kernel<TQ, TKV>;
-            if (smem > 48 * 1024
-                && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(smem))
-                    != cudaSuccess) {
-                return Status::kCUDA_ERROR;
+            if (err == cudaSuccess && smem > 48 * 1024) {
+                err = cudaFuncSetAttribute(
+                    kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
             }
             dim3 const grid(static_cast<unsigned>(layout.max_tiles), static_cast<unsigned>(p.num_kv_heads),
                 static_cast<unsigned>(splits));
-            kernel<<<grid, kernels::kWarps * 32, smem, stream>>>(p, tiles, part_max, part_sum, part_acc, splits);
-            if (splits > 1) {
+            if (err == cudaSuccess) {
+                err = kernels::launch_kernel(kernel, grid, dim3(kernels::kWarps * 32), smem, stream, p,
+                    tiles, part_max, part_sum, part_acc, splits);
+            }
+            if (err == cudaSuccess && splits > 1) {
                 dim3 const rgrid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
                 int const threads = std::min(128, p.head_dim);
-                kernels::paged_attention_reduce_kernel<TQ>
-                    <<<rgrid, threads, 0, stream>>>(p, part_max, part_sum, part_acc, splits);
+                err = kernels::launch_kernel(kernels::paged_attention_reduce_kernel<TQ>, rgrid,
+                    dim3(threads), 0, stream, p, tiles, part_max, part_sum, part_acc, splits);
+            }
+            if (err != cudaSuccess) {
+                return Status::kCUDA_ERROR;
             }
             return Status::kOK;
         });

@@ -6,7 +6,8 @@
 // it stages in shared memory serves up to kRows query rows: decode steps read each KV head
 // once per sequence, GQA for free), and optionally one split of the key range (split-KV).
 //
-//   plan kernel      query_start_loc -> tile list (tile -> sequence, first row) in workspace
+//   plan kernel      checks query_start_loc, then -> tile list (tile -> sequence, first row)
+//                    in workspace
 //   attention kernel grid (tile, kvh, split): stage kKeys keys of K/V (dequantized to fp32)
 //                    in shared memory; lane j of a warp scores key j for the warp's rows;
 //                    online softmax in fp32; lane owns dims lane, lane+32, ... of the output
@@ -16,6 +17,12 @@
 // own key/value inputs (already in pool dtype). A row at position p sees keys kp <= p and,
 // with a sliding window W, kp > p - W. Scores: (scale * q) . k, then c * tanh(s / c) if
 // softcap c > 0.
+//
+// Bounds checks (see trtkv_kernels.h): the plan kernel refuses a query_start_loc that is not
+// non-decreasing within [0, T] (no tiles, all T output rows zeroed); each attention CTA checks
+// its sequence's context_lens against [0, M * B] and every block_tables entry the sequence uses
+// against [0, num_blocks) before reading the pool, and a refused sequence reads no key (zero
+// output rows). Each refusal sets a kError* bit in p.error_flags.
 #pragma once
 
 #include <cfloat>
@@ -33,10 +40,12 @@ constexpr int kDimsPerLane = kMaxHeadDim / 32;
 constexpr int kMaxSplits = 64;
 constexpr int kTargetCtas = 1024;             //!< split-KV aims at about this many CTAs
 constexpr int kMinKeysPerSplit = 128;
+//! Tile list header: tile count, first and end token covered by sequences (others: zeroed).
+constexpr int kTileHeader = 3;
 
 //! Workspace layout (byte offsets), shared by host and device code.
 struct WorkspaceLayout {
-    size_t tiles_offset = 0;   //!< int32 [1 + 2 * max_tiles]: count, then (seq, row0) pairs
+    size_t tiles_offset = 0;   //!< int32 [kTileHeader + 2 * max_tiles]: header, (seq, row0) pairs
     size_t max_offset = 0;     //!< float [splits, T, H] running max per split
     size_t sum_offset = 0;     //!< float [splits, T, H] softmax denominators per split
     size_t acc_offset = 0;     //!< float [splits, T, H, D] unnormalized outputs per split
@@ -55,7 +64,7 @@ inline WorkspaceLayout workspace_layout(
     int32_t const group = num_heads / num_kv_heads;
     // Each sequence contributes ceil(n_s * G / kRows) tiles <= n_s * G / kRows + 1.
     w.max_tiles = ceil_div(num_tokens * group, kRows) + num_seqs;
-    size_t off = align_up((1 + 2 * static_cast<size_t>(w.max_tiles)) * sizeof(int32_t), 256);
+    size_t off = align_up((kTileHeader + 2 * static_cast<size_t>(w.max_tiles)) * sizeof(int32_t), 256);
     if (splits > 1) {
         size_t const rows = static_cast<size_t>(splits) * num_tokens * num_heads;
         w.max_offset = off;
@@ -70,7 +79,8 @@ inline WorkspaceLayout workspace_layout(
 }
 
 //! Builds the tile list: one block, a block-wide scan over per-sequence tile counts. Also zeroes
-//! the output of padding tokens (t >= query_start_loc[S]), which no tile covers.
+//! the output of tokens outside [query_start_loc[0], query_start_loc[S]), which no tile covers.
+//! A query_start_loc that is not non-decreasing within [0, T] yields no tiles and zero output.
 template <typename TQ>
 __global__ void plan_tiles_kernel(PagedAttentionParams p, int32_t* tiles, int64_t max_tiles) {
     __shared__ int32_t warp_sums[32];
@@ -80,15 +90,27 @@ __global__ void plan_tiles_kernel(PagedAttentionParams p, int32_t* tiles, int64_
     int const lane = tid & 31;
     int const warp = tid >> 5;
     int const num_warps = blockDim.x >> 5;
+    int32_t const* qsl = p.query_start_loc;
+
+    int bad = 0;
+    for (int32_t s = tid; s < p.num_seqs; s += blockDim.x) {
+        int32_t const lo = qsl[s];
+        int32_t const hi = qsl[s + 1];
+        bad |= lo < 0 || hi < lo || hi > p.num_tokens;
+    }
+    bool const valid = __syncthreads_or(bad) == 0; // block-uniform
     if (tid == 0) {
         carry = 0;
+        if (!valid) {
+            report_error(p.error_flags, kErrorQueryStartLocInvalid);
+        }
     }
     __syncthreads();
-    for (int32_t base = 0; base < p.num_seqs; base += blockDim.x) {
+    for (int32_t base = 0; valid && base < p.num_seqs; base += blockDim.x) {
         int32_t const s = base + tid;
         int32_t count = 0;
         if (s < p.num_seqs) {
-            int32_t const n = p.query_start_loc[s + 1] - p.query_start_loc[s];
+            int32_t const n = qsl[s + 1] - qsl[s];
             count = n > 0 ? static_cast<int32_t>(ceil_div(static_cast<int64_t>(n) * group, kRows)) : 0;
         }
         // Inclusive warp scan, then scan of the warp totals.
@@ -117,9 +139,10 @@ __global__ void plan_tiles_kernel(PagedAttentionParams p, int32_t* tiles, int64_
         }
         __syncthreads();
         int32_t const start = carry + (warp > 0 ? warp_sums[warp - 1] : 0) + incl - count;
+        // A valid query_start_loc bounds the total by max_tiles; the check is belt and braces.
         for (int32_t j = 0; j < count && start + j < max_tiles; ++j) {
-            tiles[1 + 2 * (start + j)] = s;
-            tiles[2 + 2 * (start + j)] = j * kRows;
+            tiles[kTileHeader + 2 * (start + j)] = s;
+            tiles[kTileHeader + 1 + 2 * (start + j)] = j * kRows;
         }
         __syncthreads();
         if (tid == 0) {
@@ -127,14 +150,20 @@ __global__ void plan_tiles_kernel(PagedAttentionParams p, int32_t* tiles, int64_
         }
         __syncthreads();
     }
+    int64_t const first_token = valid && p.num_seqs > 0 ? qsl[0] : 0;
+    int64_t const end_token = valid && p.num_seqs > 0 ? qsl[p.num_seqs] : 0;
     if (tid == 0) {
-        tiles[0] = carry;
+        tiles[0] = valid ? static_cast<int32_t>(min(static_cast<int64_t>(carry), max_tiles)) : 0;
+        tiles[1] = static_cast<int32_t>(first_token);
+        tiles[2] = static_cast<int32_t>(end_token);
     }
     // Zero the rows of tokens that belong to no sequence.
-    int64_t const first_pad = p.num_seqs > 0 ? p.query_start_loc[p.num_seqs] : 0;
     int64_t const row = static_cast<int64_t>(p.num_heads) * p.head_dim;
     auto* out = static_cast<TQ*>(p.output);
-    for (int64_t i = first_pad * row + tid; i < p.num_tokens * row; i += blockDim.x) {
+    for (int64_t i = tid; i < first_token * row; i += blockDim.x) {
+        out[i] = encode<TQ>(0.f);
+    }
+    for (int64_t i = end_token * row + tid; i < p.num_tokens * row; i += blockDim.x) {
         out[i] = encode<TQ>(0.f);
     }
 }
@@ -143,7 +172,7 @@ template <typename TQ, typename TKV>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_kernel(PagedAttentionParams p, int32_t const* tiles, float* part_max,
         float* part_sum, float* part_acc, int32_t num_splits) {
-    extern __shared__ float smem[];
+    TRTKV_DYNAMIC_SHARED_MEMORY(float, smem);
     int32_t const D = p.head_dim;
     int32_t const group = p.num_heads / p.num_kv_heads;
     float* q_s = smem;                        // [kRows][D]
@@ -154,8 +183,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (tile >= tiles[0]) {
         return;
     }
-    int32_t const seq = tiles[1 + 2 * tile];
-    int32_t const row0 = tiles[2 + 2 * tile];
+    int32_t const seq = tiles[kTileHeader + 2 * tile];
+    int32_t const row0 = tiles[kTileHeader + 1 + 2 * tile];
     int32_t const kvh = blockIdx.y;
     int32_t const split = blockIdx.z;
     int const tid = threadIdx.x;
@@ -164,8 +193,27 @@ __global__ void __launch_bounds__(kWarps * 32)
 
     int32_t const q_start = p.query_start_loc[seq];
     int32_t const n_new = p.query_start_loc[seq + 1] - q_start;
-    int32_t const ctx = p.context_lens[seq];
     int32_t const num_rows = min(kRows, n_new * group - row0);
+    int32_t const* block_table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+
+    // Refuse the sequence (read no key: zero output rows) if its context length or a block id
+    // it uses is out of range. Every CTA of the sequence decides alike, so split-KV partials
+    // and tiles agree.
+    int32_t const raw_ctx = p.context_lens[seq];
+    bool const ctx_ok =
+        raw_ctx >= 0 && raw_ctx <= static_cast<int64_t>(p.max_blocks_per_seq) * p.block_size;
+    int32_t const ctx_blocks = ctx_ok ? static_cast<int32_t>(ceil_div(raw_ctx, p.block_size)) : 0;
+    int bad_block = 0;
+    for (int32_t b = tid; b < ctx_blocks; b += blockDim.x) {
+        int32_t const id = block_table[b];
+        bad_block |= id < 0 || id >= p.num_blocks;
+    }
+    bool const blocks_ok = __syncthreads_or(bad_block) == 0; // block-uniform
+    bool const refused = !ctx_ok || !blocks_ok;
+    if (tid == 0 && refused) {
+        report_error(p.error_flags, ctx_ok ? kErrorBlockIdOutOfRange : kErrorContextLenOutOfRange);
+    }
+    int32_t const ctx = refused ? 0 : raw_ctx;
     float const sm_scale = p.scale > 0.f ? p.scale : rsqrtf(static_cast<float>(D));
 
     // Stage this tile's queries, pre-multiplied by the softmax scale.
@@ -193,7 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     int32_t const per_split =
         static_cast<int32_t>(ceil_div(ceil_div(key_hi - key_lo, num_splits), kKeys) * kKeys);
     int32_t const split_lo = key_lo + split * per_split;
-    int32_t const split_hi = min(key_hi, split_lo + per_split);
+    int32_t const split_hi = refused ? split_lo : min(key_hi, split_lo + per_split);
 
     // Per-row state: row r = warp + kWarps * k (so small tiles spread over all warps).
     float row_max[kRowsPerWarp];
@@ -216,7 +264,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     auto const* new_key = static_cast<TKV const*>(p.key);
     auto const* new_value = static_cast<TKV const*>(p.value);
     int64_t const pool_row = static_cast<int64_t>(p.block_size) * p.num_kv_heads * D;
-    int32_t const* block_table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
     float const ks = head_scale(p.k_scale, p.k_scale_numel, kvh);
     float const vs = head_scale(p.v_scale, p.v_scale_numel, kvh);
 
@@ -232,6 +279,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                 TKV const* kptr;
                 TKV const* vptr;
                 if (kp < ctx) {
+                    // kp / B < ctx_blocks: an entry checked above.
                     int64_t const block = block_table[kp / p.block_size];
                     int64_t const within =
                         (static_cast<int64_t>(kp % p.block_size) * p.num_kv_heads + kvh) * D + d0;
@@ -361,12 +409,12 @@ __global__ void __launch_bounds__(kWarps * 32)
 //! Merges split-KV partials: out = sum_z acc_z e^(m_z - M) / sum_z l_z e^(m_z - M).
 //! Grid (T, H); splits that saw no visible key (sum 0) are skipped.
 template <typename TQ>
-__global__ void paged_attention_reduce_kernel(PagedAttentionParams p, float const* part_max,
-    float const* part_sum, float const* part_acc, int32_t num_splits) {
+__global__ void paged_attention_reduce_kernel(PagedAttentionParams p, int32_t const* tiles,
+    float const* part_max, float const* part_sum, float const* part_acc, int32_t num_splits) {
     int64_t const token = blockIdx.x;
     int32_t const h = blockIdx.y;
-    if (token >= p.query_start_loc[p.num_seqs]) {
-        return; // padding token, zeroed by the plan kernel
+    if (tiles[0] == 0 || token < tiles[1] || token >= tiles[2]) {
+        return; // no tile wrote partials for this token; the plan kernel zeroed its output
     }
     int64_t const o = token * p.num_heads + h;
     int64_t const stride = p.num_tokens * p.num_heads;

@@ -5,6 +5,14 @@
 // Tensor layouts and quantization follow trtkv/ops/schema.py (the op contract):
 //   KV pool [num_blocks, 2, block_size, num_kv_heads, head_dim]; stored = quant(x / scale),
 //   read = q * scale; scales float32 [1] (per tensor) or [num_kv_heads] (per KV head).
+//
+// Index inputs (slot_mapping, block_tables, context_lens, query_start_loc) live on the device,
+// so the launchers cannot check them without a synchronization. The kernels check every index
+// before dereferencing it, never touch memory through a bad one (the affected token is not
+// written, the affected sequence or step gets zero output), and OR a kError* bit into
+// `error_flags`: a device word the caller owns, zeroes and reads back when it next synchronizes
+// (status_from_error_flags() turns it into kINVALID_INPUT). Launches stay asynchronous; with
+// error_flags == nullptr bad indices are still refused, just not reported.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,19 +37,37 @@ enum class Status : int32_t {
     kINVALID_ARGUMENT = 1,
     kCUDA_ERROR = 2,
     kWORKSPACE_TOO_SMALL = 3,
+    kINVALID_INPUT = 4, //!< an index input was out of range (from status_from_error_flags)
 };
 
 char const* status_string(Status status) noexcept;
+
+//! Bits the kernels OR into *error_flags (sticky until the caller zeroes the word).
+//! KVAppend: a slot_mapping entry >= num_blocks * block_size (that token is not written).
+constexpr uint32_t kErrorSlotOutOfRange = 1u << 0;
+//! PagedAttention: a block_tables entry in use is < 0 or >= num_blocks (its sequence: zeros).
+constexpr uint32_t kErrorBlockIdOutOfRange = 1u << 1;
+//! PagedAttention: context_lens < 0 or > max_blocks_per_seq * block_size (its sequence: zeros).
+constexpr uint32_t kErrorContextLenOutOfRange = 1u << 2;
+//! PagedAttention: query_start_loc not 0 <= q[0] <= q[1] <= ... <= q[S] <= T (whole step: zeros).
+constexpr uint32_t kErrorQueryStartLocInvalid = 1u << 3;
+
+//! kOK for a zero error word, else kINVALID_INPUT.
+inline Status status_from_error_flags(uint32_t flags) noexcept {
+    return flags == 0 ? Status::kOK : Status::kINVALID_INPUT;
+}
 
 //! Largest supported head_dim; head_dim must also be a multiple of 8 (16-byte vector loads).
 constexpr int32_t kMaxHeadDim = 256;
 
 //! KVAppend: scatter the step's K/V into the pool at slot_mapping (slot < 0: skip), O(T).
+//! kv_cache == nullptr: write only key_stored/value_stored (the runtime scatters them later);
+//! slots are then still checked when num_blocks > 0.
 struct KVAppendParams {
     void const* key = nullptr;           //!< [T, Hkv, D] compute dtype
     void const* value = nullptr;         //!< [T, Hkv, D] compute dtype
     int64_t const* slot_mapping = nullptr; //!< [T] int64
-    void* kv_cache = nullptr;            //!< [N, 2, B, Hkv, D] kv dtype, written in place
+    void* kv_cache = nullptr;            //!< [N, 2, B, Hkv, D] kv dtype, written in place; may be null
     float const* k_scale = nullptr;      //!< [k_scale_numel] float32 (1 or Hkv)
     float const* v_scale = nullptr;      //!< [v_scale_numel] float32 (1 or Hkv)
     void* key_stored = nullptr;          //!< [T, Hkv, D] kv dtype; may be null
@@ -55,6 +81,7 @@ struct KVAppendParams {
     int32_t v_scale_numel = 1;
     DType compute_dtype = DType::kFP16;
     DType kv_dtype = DType::kFP16;
+    uint32_t* error_flags = nullptr;     //!< device word for kError* bits; may be null
 };
 
 Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept;
@@ -89,6 +116,7 @@ struct PagedAttentionParams {
     int32_t num_splits = 0;                  //!< split-KV partitions; 0 = choose from the shapes
     DType compute_dtype = DType::kFP16;
     DType kv_dtype = DType::kFP16;
+    uint32_t* error_flags = nullptr;         //!< device word for kError* bits; may be null
 };
 
 //! Split-KV partitions used for these shapes (resolves num_splits == 0). Depends only on the

@@ -22,6 +22,7 @@ requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is
 EXPECTED_SYMBOLS = (
     "trtkv_abi_version", "trtkv_status_string", "trtkv_kv_append", "trtkv_paged_attention",
     "trtkv_paged_attention_workspace_size", "trtkv_paged_attention_num_splits",
+    "trtkv_kv_append_checked", "trtkv_paged_attention_checked", "trtkv_status_from_error_flags",
 )
 
 
@@ -84,6 +85,8 @@ def test_cmake_targets_release_archs() -> None:
 
 
 def test_kernels_include_no_tensorrt_header() -> None:
-    for path in [*(REPO_ROOT / "plugins" / "kernels").iterdir(), *(REPO_ROOT / "plugins" / "capi").iterdir()]:
+    emulation = [p for p in (REPO_ROOT / "plugins" / "emulation").rglob("*") if p.is_file()]
+    for path in [*(REPO_ROOT / "plugins" / "kernels").iterdir(), *(REPO_ROOT / "plugins" / "capi").iterdir(),
+                 *emulation]:
         text = path.read_text()
         assert "NvInfer" not in text, f"{path} includes a TensorRT header"

@@ -233,7 +233,7 @@ void test_kv_append(RecordingLogger& logger) {
     CHECK(runtime->enqueue(in, out, inputs, outputs, nullptr, nullptr) == 0);
     CHECK(gAppendCalls == 1);
     trtkv::KVAppendParams const& p = gLastAppend;
-    CHECK(p.key == key && p.value == value && p.kv_cache == pool); // the pool is written through
+    CHECK(p.key == key && p.value == value && p.kv_cache == nullptr); // the engine never writes the pool
     CHECK(static_cast<void const*>(p.slot_mapping) == slots);
     CHECK(static_cast<void const*>(p.k_scale) == ks && static_cast<void const*>(p.v_scale) == vs);
     CHECK(p.key_stored == ko && p.value_stored == vo);

@@ -41,3 +41,24 @@ def exported_factory(tmp_path_factory: pytest.TempPathFactory, checkpoint_factor
 
 
 ALL_FAMILIES = sorted(FAMILIES)
+
+
+def _has_cuda_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip cleanly without a CUDA device (each test may add its own finer skip);
+    the nvcc compile tests count as ``slow`` (CI runs them; ``-m 'not slow'`` leaves them out)."""
+    gpu = None
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            gpu = _has_cuda_gpu() if gpu is None else gpu
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU visible to torch (CUDA build)"))
+        if item.nodeid.startswith("tests/plugins/test_compile.py"):
+            item.add_marker(pytest.mark.slow)

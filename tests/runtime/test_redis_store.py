@@ -81,6 +81,48 @@ def test_codec_refuses_other_formats():
         assert other.decode(b"k" * 16, payload) is None
 
 
+def test_codec_detects_changed_bytes():
+    fmt = _fmt()
+    payload = fmt.encode(b"k" * 16, np.ones(fmt.shape, np.float32))
+    flipped = bytearray(payload)
+    flipped[-5] ^= 0x40  # one bit of the block data
+    assert fmt.decode(b"k" * 16, bytes(flipped)) is None
+    start = payload.index(b'"digest": "') + len(b'"digest": "')
+    forged = payload[:start] + (b"0" if payload[start:start + 1] != b"0" else b"1") + payload[start + 1:]
+    assert fmt.decode(b"k" * 16, forged) is None
+    assert fmt.decode(b"k" * 16, payload.replace(b'"digest"', b'"digesT"')) is None
+
+
+def test_poisoned_store_blocks_are_recomputed(redis_url, exported_factory, caplog):
+    """Bytes overwritten in Redis: a miss with a warning, the same tokens as without the store."""
+    import redis
+
+    url, _ = redis_url
+    model_dir = exported_factory("llama")
+    prompts = shared_prefix_prompts(2, 2, 70, seed=7)
+    first = _child(model_dir, url, prompts)
+    client = redis.Redis.from_url(url)
+    names = [n for n in client.keys("trtkv:kv:*") if client.type(n) == b"string"]  # blocks, not the index
+    assert len(names) >= 8
+    for name in names:  # flip a byte near the end of every block's data, in place
+        size = client.strlen(name)
+        byte = client.getrange(name, size - 3, size - 3)
+        client.setrange(name, size - 3, bytes([byte[0] ^ 0x01]))
+    second = _child(model_dir, url, prompts)
+    assert second["kv"]["num_store_hit_blocks"] == 0 and second["store"]["fetch_rejected"] >= 1
+    assert {k: v[0] for k, v in second["out"].items()} == {k: v[0] for k, v in first["out"].items()}
+    fmt = _fmt()
+    store = RedisKVStore(url, fmt)
+    store.publish(b"p" * 16, np.ones(fmt.shape, np.float32))
+    assert store.flush()
+    name = store._name(b"p" * 16)
+    client.setrange(name, client.strlen(name) - 1, b"\x7f")
+    with caplog.at_level("WARNING", logger="trtkv.kv_store"):
+        assert store.fetch([b"p" * 16]) == []
+    assert "digest check" in caplog.text and store.counters["fetch_rejected"] == 1
+    store.close()
+
+
 def test_store_round_trip_bound_and_scale_mismatch(redis_url):
     url, _ = redis_url
     fmt = _fmt()

@@ -6,7 +6,9 @@ the store key namespace derived from it, and the encoding of one block across al
 of its header equals this engine's: blocks of another model, KV dtype, scales or layout are
 never used (they read as a miss).
 
-Wire format: ``MAGIC`` + u32 little-endian header length + JSON header + raw block bytes.
+Wire format: ``MAGIC`` + u32 little-endian header length + JSON header + raw block bytes. The
+header carries a BLAKE2b digest of the block bytes keyed by the rest of the header, so a block
+whose bytes or header were changed in the store (a poisoned or torn write) reads as a miss.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from trtkv.manifest import Manifest
 
-MAGIC = b"TRTKVB1\0"
+MAGIC = b"TRTKVB2\0"  # 2: digest in the header
 _LEN = struct.Struct("<I")
 
 
@@ -73,7 +75,7 @@ class BlockFormat:
         return f"trtkv:kv:{self.fingerprint}:"
 
     def _header(self, key: bytes) -> dict[str, object]:
-        return {"format": 1, "key": key.hex(), "fingerprint": self.fingerprint,
+        return {"format": 2, "key": key.hex(), "fingerprint": self.fingerprint,
                 "kv_dtype": self.kv_dtype, "storage_dtype": self.storage_dtype,
                 "shape": list(self.shape), "k_scales": [list(s) for s in self.k_scales],
                 "v_scales": [list(s) for s in self.v_scales]}
@@ -93,8 +95,11 @@ class BlockFormat:
         """Bytes of one block ([L, 2, B, Hkv, D], the pool's dtype) stored under ``key``."""
         if block.shape != self.shape or block.dtype != self._dtype:
             raise ValueError(f"block {block.shape} {block.dtype} does not match {self}")
-        header = json.dumps(self._header(key), sort_keys=True).encode()
-        return MAGIC + _LEN.pack(len(header)) + header + np.ascontiguousarray(block).tobytes()
+        data = np.ascontiguousarray(block).tobytes()
+        fields = self._header(key)
+        fields["digest"] = _digest(fields, data)
+        header = json.dumps(fields, sort_keys=True).encode()
+        return MAGIC + _LEN.pack(len(header)) + header + data
 
     def decode(self, key: bytes, payload: bytes) -> np.ndarray | None:
         """The block in ``payload``, or None when its header differs in any field (another
@@ -107,9 +112,19 @@ class BlockFormat:
             header = json.loads(payload[start : start + n])
         except ValueError:
             return None
-        if header != json.loads(json.dumps(self._header(key), sort_keys=True)):
+        if not isinstance(header, dict):
+            return None
+        digest = header.pop("digest", None)
+        expected = json.loads(json.dumps(self._header(key), sort_keys=True))
+        if header != expected:
             return None
         data = payload[start + n :]
-        if len(data) != self.num_bytes:
+        if len(data) != self.num_bytes or digest != _digest(expected, data):
             return None
         return np.frombuffer(data, dtype=self._dtype).reshape(self.shape)
+
+
+def _digest(header: dict[str, object], data: bytes) -> str:
+    """BLAKE2b-128 of the block bytes, keyed by the header's canonical JSON."""
+    key = hashlib.blake2b(json.dumps(header, sort_keys=True).encode(), digest_size=32).digest()
+    return hashlib.blake2b(data, key=key, digest_size=16).hexdigest()

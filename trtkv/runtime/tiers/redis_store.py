@@ -94,7 +94,10 @@ class RedisKVStore:
         for key, payload in zip(keys, payloads, strict=True):
             block = self.fmt.decode(key, payload) if payload is not None else None
             if block is None:
-                self.counters["fetch_rejected"] += payload is not None
+                if payload is not None:
+                    self.counters["fetch_rejected"] += 1
+                    log.warning("KV store: block %s under %s failed its header or digest check (another "
+                                "format, or corrupted in the store); recomputing it", key.hex()[:16], self.fmt.namespace)
                 break
             blocks.append(block)
         self.counters["fetch_hit_blocks"] += len(blocks)

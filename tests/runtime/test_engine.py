@@ -112,3 +112,29 @@ def test_abort_and_rejections_leave_pool_clean(exported_factory):
     engine.kv.check_integrity()
     assert engine.kv.usage().num_used == 0
     assert engine.stats()["rejected_by_reason"]["queue_full"] == 1
+
+
+def test_n_never_exceeds_max_num_seqs_and_small_requests_still_run(exported_factory):
+    """A request's n forks are reserved at admission: running sequences stay <= max_num_seqs
+    every step, a concurrent small request finishes, and n > max_num_seqs is refused."""
+    from trtkv.errors import RequestRejectedError
+
+    engine = Engine(exported_factory("llama"), EngineConfig(num_blocks=64, block_size=16, max_num_seqs=4))
+    with pytest.raises(RequestRejectedError) as exc:
+        engine.add_request([3, 4, 5], SamplingParams(n=5, max_new_tokens=4))
+    assert exc.value.reason == "too_many_seqs" and "max_num_seqs (4)" in str(exc.value)
+    wide = [engine.add_request(list(range(3, 20 + i)), SamplingParams(n=3, max_new_tokens=12, seed=i))
+            for i in range(3)]
+    small = engine.add_request([7, 8, 9], SamplingParams(max_new_tokens=4, temperature=0))
+    done: dict[str, int] = {}
+    for _ in range(200):
+        if not engine.has_unfinished():
+            break
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = len(out.outputs)
+        assert engine.scheduler.stats().num_running <= 4
+    assert done == {**{r: 3 for r in wide}, small: 1}
+    engine.kv.check_integrity()
+    assert engine.kv.usage().num_used == 0
+    assert engine.stats()["rejected_by_reason"] == {"too_many_seqs": 1}

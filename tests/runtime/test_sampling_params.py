@@ -90,3 +90,17 @@ def test_lists_become_tuples_and_params_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.n = 2  # type: ignore[misc]
     assert p.as_dict()["stop"] == ("a", "bc")
+
+
+def test_stop_lists_are_capped() -> None:
+    from trtkv.runtime.sampling.params import (
+        MAX_STOP_STRING_CHARS,
+        MAX_STOP_STRINGS,
+        MAX_STOP_TOKEN_IDS,
+    )
+
+    SamplingParams(stop=["x"] * MAX_STOP_STRINGS, stop_token_ids=list(range(MAX_STOP_TOKEN_IDS)))
+    for kwargs in ({"stop": ["x"] * (MAX_STOP_STRINGS + 1)}, {"stop": ["y" * (MAX_STOP_STRING_CHARS + 1)]},
+                   {"stop_token_ids": list(range(MAX_STOP_TOKEN_IDS + 1))}):
+        with pytest.raises(InvalidRequestError, match="at most"):
+            SamplingParams(**kwargs)

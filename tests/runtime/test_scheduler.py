@@ -74,7 +74,7 @@ def test_queue_full_rejects_and_deferred_requests_wait() -> None:
     plan = step(s)
     assert [q.seq_id for q in plan.seqs] == [0] and s.num_waiting == 1
     s.add_request("c", [1], 1)  # room in the queue again
-    assert s.stats().num_rejected == {"too_long": 0, "kv_capacity": 0, "queue_full": 1}
+    assert s.stats().num_rejected == {"too_long": 0, "kv_capacity": 0, "too_many_seqs": 0, "queue_full": 1}
 
 
 def test_invalid_requests() -> None:

@@ -88,4 +88,4 @@ def test_rejections_carry_reasons(simkit: SimpleNamespace) -> None:
     assert res.rejected == {"long": "too_long", "big": "kv_capacity", "q3": "queue_full",
                             "q4": "queue_full"}
     check_outcomes(simkit, reqs, res, sched)
-    assert sched.stats().num_rejected == {"too_long": 1, "kv_capacity": 1, "queue_full": 2}
+    assert sched.stats().num_rejected == {"too_long": 1, "kv_capacity": 1, "too_many_seqs": 0, "queue_full": 2}

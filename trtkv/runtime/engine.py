@@ -136,7 +136,7 @@ class Engine:
             first = self._new_seq_out(req, 0)  # validates against max_model_len first
             seq_id = self.scheduler.add_request(
                 request_id, prompt_ids, params.max_new_tokens, priority=priority,
-                arrival_time=now, cache_salt=cache_salt,
+                arrival_time=now, cache_salt=cache_salt, n=params.n,
             )
         except RequestRejectedError as exc:
             self.metrics.rejected_by_reason[exc.reason] += 1

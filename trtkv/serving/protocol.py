@@ -16,7 +16,7 @@ from trtkv.runtime.sampling import SamplingParams
 #: HTTP status per engine rejection reason. A full queue is back-pressure (retry later: 429);
 #: a request that can never fit is the client's to change (400, like OpenAI's
 #: context_length_exceeded) — and the official client retries 429s, which would not help.
-REJECTION_STATUS = {"queue_full": 429, "too_long": 400, "kv_capacity": 400}
+REJECTION_STATUS = {"queue_full": 429, "too_long": 400, "kv_capacity": 400, "too_many_seqs": 400}
 
 #: Our SamplingParams field -> the OpenAI parameter name clients know.
 _PARAM_NAMES = {"max_new_tokens": "max_tokens"}

@@ -12,6 +12,11 @@ from dataclasses import dataclass, fields
 from trtkv.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+#: Caps on stop conditions: each stop string is searched in every new piece of text, so an
+#: unbounded list lets one request slow every other (a denial of service).
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 1024
 """Largest ``logprobs`` a request may ask for."""
 
 MAX_SEED = 2**64 - 1
@@ -104,10 +109,19 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"stop={self.stop!r} is invalid: give a tuple or list of non-empty strings"
             )
+        if len(self.stop) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_STRING_CHARS for x in self.stop):
+            raise InvalidRequestError(
+                f"stop has {len(self.stop)} strings (longest {max(map(len, self.stop))} chars); at most "
+                f"{MAX_STOP_STRINGS} strings of at most {MAX_STOP_STRING_CHARS} chars are allowed"
+            )
         if not isinstance(self.stop_token_ids, tuple):
             raise InvalidRequestError(
                 f"stop_token_ids={self.stop_token_ids!r} is invalid: give a tuple or list of "
                 "token ids (ints >= 0)"
+            )
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise InvalidRequestError(
+                f"stop_token_ids has {len(self.stop_token_ids)} entries; at most {MAX_STOP_TOKEN_IDS} are allowed"
             )
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, low=0,

@@ -90,7 +90,7 @@ class Scheduler:
         self._in_flight: StepPlan | None = None
         self._inflight_blocks = InflightBlocks(kv.block_size)
         self._counts = dict.fromkeys(
-            ("recompute", "swap", "too_long", "kv_capacity", "queue_full", "chunked", "steps",
+            ("recompute", "swap", "too_long", "kv_capacity", "too_many_seqs", "queue_full", "chunked", "steps",
              "prefix_queries", "prefix_query", "prefix_hit", "prefix_deferred"), 0,
         )
 
@@ -105,6 +105,7 @@ class Scheduler:
         priority: int = 0,
         arrival_time: float | None = None,
         cache_salt: str | None = None,
+        n: int = 1,
     ) -> int:
         """Queue a request; it runs when it fits.
 
@@ -115,14 +116,16 @@ class Scheduler:
             priority: lower numbers are served first and preempted last.
             arrival_time: orders equal priorities (default: now, ``time.monotonic()``).
             cache_salt: separates prefix-cache namespaces (e.g. per tenant).
+            n: sequences the request forks into after its prompt (parallel sampling); it is
+                admitted only when n of ``max_num_seqs`` are free.
 
         Returns:
             The new sequence's id.
 
         Raises:
             InvalidRequestError: empty prompt, ``max_new_tokens < 1`` or a duplicate id.
-            RequestRejectedError: reason ``too_long``, ``kv_capacity`` or ``queue_full``;
-                nothing changed.
+            RequestRejectedError: reason ``too_long``, ``kv_capacity``, ``too_many_seqs``
+                (n > max_num_seqs) or ``queue_full``; nothing changed.
         """
         if not prompt_ids:
             raise InvalidRequestError(f"request {request_id!r} has an empty prompt")
@@ -139,6 +142,9 @@ class Scheduler:
             self._reject("kv_capacity", f"{total} tokens need {self.kv.num_blocks_for(total)} "
                          f"KV blocks but the pool has {self.kv.num_blocks}; lower max_new_tokens "
                          "or give the KV cache more memory")
+        if n > self.config.max_num_seqs:
+            self._reject("too_many_seqs", f"n={n} sequences exceed max_num_seqs ({self.config.max_num_seqs}); "
+                         "lower n or raise --max-num-seqs")
         if len(self._reg.waiting) >= self.config.max_num_queued_requests:
             self._reject("queue_full", f"{len(self._reg.waiting)} requests are already waiting; "
                          "retry later")
@@ -146,6 +152,7 @@ class Scheduler:
             arrival_time = time.monotonic()
         seq = self._reg.new_seq(request_id, list(prompt_ids), max_new_tokens, priority,
                                 arrival_time, cache_salt)
+        seq.num_samples = n
         return seq.seq_id
 
     def finish(self, seq_id: int) -> None:
@@ -200,6 +207,7 @@ class Scheduler:
             num_prefix_queries=c["prefix_queries"], num_prefix_query_tokens=c["prefix_query"],
             num_prefix_hit_tokens=c["prefix_hit"],
             kv=self.kv.usage(), num_prefix_deferrals=c["prefix_deferred"],
+            num_rejected_too_many_seqs=c["too_many_seqs"],
         )
 
     # -- one step -------------------------------------------------------------------------
@@ -276,6 +284,7 @@ class Scheduler:
                 tokens = sampled[s.seq_id]
                 if len(tokens) > 1:
                     forks[seq.seq_id] = [self._fork(seq, token) for token in tokens[1:]]
+                seq.num_samples = 1
                 seq.token_ids.append(tokens[0])
         return forks
 
@@ -339,12 +348,16 @@ class Scheduler:
 
     def _admit_until_full(self, step: _Step, deferred: list[SeqState]) -> None:
         caching = self.kv.enable_prefix_caching
-        while step.token_budget > 0 and len(self._reg.running) < self.config.max_num_seqs:
+        # Slots promised to running sequences that will fork (n > 1) once their prompt is done.
+        reserved = sum(s.num_samples - 1 for s in self._reg.running if s.num_samples > 1)
+        while step.token_budget > 0 and len(self._reg.running) + reserved < self.config.max_num_seqs:
             candidate = self._reg.next_candidate()
             if candidate is None:
                 return
             seq, queue = candidate
             seq_id = seq.seq_id
+            if len(self._reg.running) + reserved + seq.num_samples > self.config.max_num_seqs:
+                return  # its forks would not fit: wait until enough sequences finish
             if seq.status is SeqStatus.SWAPPED:
                 num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
                 if num_tokens == 0 or not self.kv.can_swap_in(seq_id, num_tokens):
@@ -381,6 +394,7 @@ class Scheduler:
                     self._counts["prefix_queries"] += 1
                     self._counts["prefix_query"] += seq.num_tokens
                     self._counts["prefix_hit"] += start
+            reserved += seq.num_samples - 1
             self._reg.add_running(seq)
             self._add_to_step(seq, num_tokens, seq.is_decoding, step)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from trtkv.runtime.kv.manager import KVUsage
 
-REJECT_REASONS = ("too_long", "kv_capacity", "queue_full")
+REJECT_REASONS = ("too_long", "kv_capacity", "too_many_seqs", "queue_full")
 """Every `RequestRejectedError.reason` the scheduler can give."""
 
 
@@ -39,6 +39,8 @@ class SchedulerStats:
     num_prefix_deferrals: int = 0
     """Admission attempts deferred a step because another sequence was computing the
     request's next uncached block (in-flight prefix de-duplication)."""
+    num_rejected_too_many_seqs: int = 0
+    """Requests refused because their n exceeds max_num_seqs."""
 
     @property
     def num_preemptions(self) -> int:
@@ -50,6 +52,7 @@ class SchedulerStats:
         return {
             "too_long": self.num_rejected_too_long,
             "kv_capacity": self.num_rejected_kv_capacity,
+            "too_many_seqs": self.num_rejected_too_many_seqs,
             "queue_full": self.num_rejected_queue_full,
         }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.serving.conftest import API_KEY, MODEL_NAME, LiveServer, http
@@ -134,3 +136,80 @@ def test_malformed_oversize_auth_and_routes(live_server: LiveServer) -> None:
     assert http(base, "GET", "/health")[0] == 200
     assert http(base, "POST", "/v1/completions", BODY)[0] == 200
     assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0
+
+
+def _raw_http(port: int, payload: bytes, *, wait_s: float = 10.0) -> bytes:
+    """Send raw bytes on a fresh connection; return all the server sent until it closed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_hostile_bodies_and_headers_get_4xx_not_500(live_server: LiveServer) -> None:
+    base, port = live_server.base_url, live_server.port
+    surrogate = b'{"model": "tiny", "prompt": "a\\ud800b", "max_tokens": 2}'
+    code, _, reply = http(base, "POST", "/v1/completions", raw=surrogate)
+    assert code == 400 and "surrogate" in reply["error"]["message"], reply
+    chat = b'{"model": "tiny", "messages": [{"role": "user", "content": "x\\udfff"}]}'
+    code, _, reply = http(base, "POST", "/v1/chat/completions", raw=chat)
+    assert code == 400 and reply["error"]["code"] == "invalid_json"
+    deep = b"[" * 30_000 + b"]" * 30_000
+    code, _, reply = http(base, "POST", "/v1/completions", raw=deep)
+    assert code == 400 and reply["error"]["code"] == "invalid_json"
+    nested = json.dumps({**BODY, "stop": [[[[[[[[[[[[[["x"]]]]]]]]]]]]]]}).encode()  # within depth, wrong type
+    assert http(base, "POST", "/v1/completions", raw=nested)[0] == 400
+    body = json.dumps(BODY).encode()
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer \xff\xfe\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    reply_bytes = _raw_http(port, head + body)
+    assert reply_bytes.startswith(b"HTTP/1.1 401"), reply_bytes[:200]
+    assert http(base, "GET", "/health")[0] == 200
+    assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0
+
+
+def test_half_sent_bodies_time_out(chat_model_dir) -> None:
+    """A body that never arrives gets 408 after --request-timeout-s and the connection closes;
+    other clients are served meanwhile."""
+    import time
+
+    from tests.serving.conftest import context_len, start_server
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.serving.config import ServerConfig
+
+    live = start_server(chat_model_dir, EngineConfig(num_blocks=64, num_threads=1, max_model_len=context_len(chat_model_dir)),
+                        ServerConfig(port=0, served_model_name=MODEL_NAME, request_timeout_s=1.0))
+    try:
+        head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 5000000\r\n\r\n{\"")
+        started = time.monotonic()
+        reply = _raw_http(live.port, head, wait_s=20)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"request_timeout" in reply and time.monotonic() - started < 10
+        code, _, _ = http(live.base_url, "POST", "/v1/completions", BODY, api_key=None)
+        assert code == 200
+    finally:
+        live.shutdown()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(port=99999), "--port"), (dict(port=-1), "--port"), (dict(max_request_bytes=-1), "--max-request-bytes"),
+    (dict(default_chat_max_tokens=0), "--default-chat-max-tokens"), (dict(drain_timeout_s=-5), "--drain-timeout-s"),
+    (dict(request_timeout_s=float("nan")), "--request-timeout-s"),
+])
+def test_server_config_validation(kwargs, match) -> None:
+    from trtkv.errors import ConfigError
+    from trtkv.serving.config import ServerConfig
+
+    with pytest.raises(ConfigError, match=match):
+        ServerConfig(**kwargs)

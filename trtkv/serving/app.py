@@ -96,7 +96,8 @@ class OpenAIServer:
         if key and request.path.startswith("/v1/"):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            # surrogateescape: a header with bytes that are not UTF-8 is simply a wrong key.
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
                 raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
                                type="authentication_error", code="invalid_api_key")
         return await handler(request)
@@ -124,12 +125,13 @@ class OpenAIServer:
 
     # -- generation -----------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_completion(await _read_json(request))
+        req = parse_completion(await _read_json(request, self.config.request_timeout_s))
         self._check_model(req.model)
         return await self._generate(request, "completion", "cmpl", req)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        req, messages = parse_chat(await _read_json(request), self.config.default_chat_max_tokens)
+        req, messages = parse_chat(await _read_json(request, self.config.request_timeout_s),
+                                   self.config.default_chat_max_tokens)
         self._check_model(req.model)
         # The tokenizer is used by the engine's thread too: render there, between steps.
         prompt_ids = await self.engine.call(lambda e: render_chat(e, messages))
@@ -218,16 +220,53 @@ def render_chat(engine: Engine, messages: list[dict[str, Any]]) -> list[int]:
     return list(tok.encode(text, add_special_tokens=False))
 
 
-async def _read_json(request: web.Request) -> Any:
+#: Deepest nesting of arrays/objects a request body may have (OpenAI bodies need about 6).
+MAX_JSON_DEPTH = 64
+
+
+async def _read_json(request: web.Request, timeout_s: float) -> Any:
+    """The request body as JSON: at most ``client_max_size`` bytes, sent within ``timeout_s``,
+    nested at most MAX_JSON_DEPTH deep, every string valid Unicode (no lone surrogates)."""
     try:
-        data = await request.read()
+        data = await asyncio.wait_for(request.read(), timeout_s)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body exceeds {request.app._client_max_size} bytes; "
                        "send a shorter prompt", code="request_too_large") from None
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s",
+                       code="request_timeout") from None
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels",
+                       code="invalid_json") from None
+    _check_json(body)
+    return body
+
+
+def _check_json(body: Any) -> None:
+    """Depth and string checks, iteratively (a deep body must not exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "a string in the body is not valid Unicode (a lone surrogate "
+                               "such as \\ud800); send UTF-8 text", code="invalid_json") from None
+            continue
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels",
+                               code="invalid_json")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                if isinstance(k, str):
+                    stack.append((k, depth))
+                stack.append((v, depth + 1))
 
 
 def _sse(obj: Any) -> bytes:
@@ -236,4 +275,7 @@ def _sse(obj: Any) -> bytes:
 
 def _error_response(exc: ApiError) -> web.Response:
     headers = {"Retry-After": "1"} if exc.status == 429 else None
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    response = web.json_response(exc.body(), status=exc.status, headers=headers)
+    if exc.status == 408:  # the rest of a late body must not be read as the next request
+        response.force_close()
+    return response

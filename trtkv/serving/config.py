@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from trtkv.errors import ConfigError
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -20,4 +23,17 @@ class ServerConfig:
     api_key: str = _opt("", "require 'Authorization: Bearer KEY' on /v1/*; empty = no auth")
     max_request_bytes: int = _opt(1 << 20, "largest request body accepted, in bytes (413 above)")
     drain_timeout_s: float = _opt(10.0, "on shutdown, seconds in-flight requests may finish before abort")
+    request_timeout_s: float = _opt(30.0, "seconds a client may take to send a request body (408 and close after)")
     default_chat_max_tokens: int = _opt(256, "chat max_tokens when the client gives none (capped by the context)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535 (0 = any free port), got {self.port}")
+        if self.max_request_bytes < 1:
+            raise ConfigError(f"--max-request-bytes must be >= 1, got {self.max_request_bytes}")
+        if self.default_chat_max_tokens < 1:
+            raise ConfigError(f"--default-chat-max-tokens must be >= 1, got {self.default_chat_max_tokens}")
+        if not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s >= 0):
+            raise ConfigError(f"--drain-timeout-s must be a finite number >= 0, got {self.drain_timeout_s}")
+        if not (math.isfinite(self.request_timeout_s) and self.request_timeout_s > 0):
+            raise ConfigError(f"--request-timeout-s must be a finite number > 0, got {self.request_timeout_s}")

@@ -40,8 +40,11 @@ async def run_server(server: OpenAIServer, *, stop: asyncio.Event | None = None,
         on_ready: called with the bound port once listening (useful with ``port=0``).
     """
     config = server.config
+    # lingering_time: after an early error reply (408, 413) read and drop the client's late
+    # body for at most 1 s, then close (aiohttp's default, 10 s, lets a slow client hold it).
     runner = web.AppRunner(server.create_app(), handler_cancellation=True,
-                           shutdown_timeout=config.drain_timeout_s + 5.0, access_log=None)
+                           shutdown_timeout=config.drain_timeout_s + 5.0, access_log=None,
+                           lingering_time=1.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

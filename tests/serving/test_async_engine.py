@@ -150,3 +150,32 @@ def test_shutdown_drains_or_aborts(engine: Engine) -> None:
 
     assert asyncio.run(main()) == ["length", "abort"]
     assert not engine.has_unfinished() and _used(engine) == 0
+
+
+def test_shutdown_delivers_every_abort_before_stopping(engine: Engine) -> None:
+    """A short drain aborts in-flight requests: every stream still gets its final output
+    (finish_reason "abort") — the driver must not be cancelled before it delivers them."""
+
+    async def main() -> list[list[str | None]]:
+        results = []
+        for _ in range(10):
+            aengine = AsyncEngine(engine)
+            streams = [await aengine.add_request(PROMPT, SamplingParams(max_new_tokens=40, ignore_eos=True))
+                       for _ in range(6)]
+
+            async def last(stream) -> str | None:
+                reason = None
+                async for out in stream:
+                    reason = out.outputs[0].finish_reason
+                return reason
+
+            tasks = [asyncio.create_task(last(s)) for s in streams]
+            await asyncio.sleep(0.02)
+            await aengine.shutdown(drain_timeout=0.0)
+            results.append(list(await asyncio.wait_for(asyncio.gather(*tasks), 5.0)))
+        return results
+
+    for reasons in asyncio.run(main()):
+        assert all(r in ("abort", "length") for r in reasons), reasons
+    assert not engine.has_unfinished() and _used(engine) == 0
+

@@ -209,7 +209,10 @@ def check_tensorrt_end_to_end() -> bool | None:
     import subprocess
 
     build_dir = REPO_ROOT / "build" / "plugins"
-    proc = subprocess.run(["cmake", "-S", str(REPO_ROOT / "plugins"), "-B", str(build_dir)], capture_output=True, text=True)
+    # This interpreter finds the tensorrt and flashinfer wheels' headers; one cubin for this GPU.
+    proc = subprocess.run(["cmake", "-S", str(REPO_ROOT / "plugins"), "-B", str(build_dir),
+                           f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_CUDA_ARCHITECTURES=native"],
+                          capture_output=True, text=True)
     proc2 = subprocess.run(["cmake", "--build", str(build_dir), "-j"], capture_output=True, text=True) if proc.returncode == 0 else proc
     if proc2.returncode != 0 or not (build_dir / "libtrtkv_plugins.so").is_file():
         print("  SKIP  libtrtkv_plugins.so not built (TensorRT headers not found: set TENSORRT_ROOT)")
@@ -228,12 +231,13 @@ def check_tensorrt_end_to_end() -> bool | None:
 
     work = Path(tempfile.mkdtemp(prefix="trtkv-gpu-check-"))
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    # head_dim 64: the FlashInfer route when the plugins were built with it, else trtkv's kernels.
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
     hf.save_pretrained(work / "hf")
     export(work / "hf", work / "onnx", ExportConfig(dtype="fp16", progress=False))
     build_engine(work / "onnx", work / "engine", BuildConfig(max_num_tokens=64, max_num_seqs=4, max_model_len=256,
-                                                             max_num_blocks=64))
+                                                             max_num_blocks=64, flavor="trt", attention="plugin"))
     manifest = Manifest.load(work / "onnx")
     cfg = BackendConfig(num_blocks=32)
     trt_backend = TensorRTBackend(work / "engine", manifest, cfg)

@@ -1,9 +1,12 @@
 // PagedAttention plugin: shapes/dtypes from the generated schema header, enqueue ->
-// launch_paged_attention.
+// FlashInfer (fp16/bf16 queries, head_dim 64/128, KV in the query dtype or fp8) when the
+// runtime planned the step (optional 10th input `attention_workspace`, see attention_plan.h),
+// else launch_paged_attention (trtkv's own kernels: fp32, int8 KV, other head dims).
 #include "paged_attention_plugin.h"
 
 #include <algorithm>
 
+#include "attention_plan.h"
 #include "plugin_common.h"
 
 namespace trtkv {
@@ -12,6 +15,25 @@ namespace plugin {
 namespace op = ::trtkv::ops::paged_attention;
 
 namespace {
+
+//! Inputs of the op plus, in plugin engines built for FlashInfer, the step's plan workspace.
+constexpr int32_t kWorkspaceInput = op::kNumInputs;
+
+bool valid_io(int32_t nbInputs, int32_t nbOutputs) noexcept {
+    return (nbInputs == op::kNumInputs || nbInputs == op::kNumInputs + 1) && nbOutputs == op::kNumOutputs;
+}
+
+#if defined(TRTKV_WITH_FLASHINFER)
+//! The FlashInfer dtype of a TensorRT tensor type, when FlashInfer serves it.
+bool flashinfer_dtype(nvinfer1::DataType type, flashinfer_attn::DType& out) noexcept {
+    switch (type) {
+    case nvinfer1::DataType::kHALF: out = flashinfer_attn::DType::kFP16; return true;
+    case nvinfer1::DataType::kBF16: out = flashinfer_attn::DType::kBF16; return true;
+    case nvinfer1::DataType::kFP8: out = flashinfer_attn::DType::kFP8E4M3; return true;
+    default: return false;
+    }
+}
+#endif
 
 //! Shapes of a launch from the tensor dims (T, H, D from query; Hkv from key; N, B from the pool;
 //! S from context_lens; M from block_tables).
@@ -62,7 +84,7 @@ int32_t PagedAttentionPlugin::getNbOutputs() const noexcept { return op::kNumOut
 
 int32_t PagedAttentionPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
     nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept {
-    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs) {
+    if (!valid_io(nbInputs, nbOutputs)) {
         return 1;
     }
     outputTypes[op::kOutput] = inputTypes[op::kQuery];
@@ -72,7 +94,7 @@ int32_t PagedAttentionPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes
 int32_t PagedAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs,
     int32_t nbOutputs, nvinfer1::IExprBuilder& /*exprBuilder*/) noexcept {
-    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs || inputs[op::kQuery].nbDims != 3) {
+    if (!valid_io(nbInputs, nbOutputs) || inputs[op::kQuery].nbDims != 3) {
         return 1;
     }
     outputs[op::kOutput] = inputs[op::kQuery];
@@ -81,10 +103,13 @@ int32_t PagedAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs,
 
 bool PagedAttentionPlugin::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept {
-    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs || pos < 0 || pos >= nbInputs + nbOutputs) {
+    if (!valid_io(nbInputs, nbOutputs) || pos < 0 || pos >= nbInputs + nbOutputs) {
         return false;
     }
     nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
+    if (pos == kWorkspaceInput && nbInputs > op::kNumInputs) {  // opaque plan workspace
+        return desc.format == nvinfer1::TensorFormat::kLINEAR && desc.type == nvinfer1::DataType::kINT64;
+    }
     if (pos >= nbInputs) {
         return allowed(desc, op::kOutputDTypeMasks[pos - nbInputs]) && desc.type == inOut[op::kQuery].desc.type;
     }
@@ -100,9 +125,10 @@ bool PagedAttentionPlugin::supportsFormatCombination(
 
 int32_t PagedAttentionPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
-    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs) {
+    if (!valid_io(nbInputs, nbOutputs)) {
         return 1;
     }
+    mNumInputs = nbInputs;
     int64_t const heads = in[op::kQuery].desc.dims.d[1];
     int64_t const kv_heads = in[op::kKey].desc.dims.d[1];
     int64_t const head_dim = in[op::kQuery].desc.dims.d[2];
@@ -119,9 +145,11 @@ int32_t PagedAttentionPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc 
 
 size_t PagedAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept {
-    if (nbInputs != op::kNumInputs) {
+    if (nbInputs != op::kNumInputs && nbInputs != op::kNumInputs + 1) {
         return 0;
     }
+    // The FlashInfer path uses the runtime's workspace input; this is for trtkv's own kernels,
+    // which serve the shapes and dtypes FlashInfer is not built for.
     nvinfer1::Dims max_dims[op::kNumInputs];
     for (int32_t i = 0; i < op::kNumInputs; ++i) {
         max_dims[i] = inputs[i].max;
@@ -134,7 +162,8 @@ size_t PagedAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc 
 
 int32_t PagedAttentionPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* /*in*/, int32_t nbInputs,
     nvinfer1::PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
-    return nbInputs == op::kNumInputs && nbOutputs == op::kNumOutputs ? 0 : 1;
+    mNumInputs = nbInputs;
+    return valid_io(nbInputs, nbOutputs) ? 0 : 1;
 }
 
 int32_t PagedAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
@@ -145,6 +174,14 @@ int32_t PagedAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDes
         dims[i] = inputDesc[i].dims;
     }
     PagedAttentionParams p = shapes_from(dims);
+#if defined(TRTKV_WITH_FLASHINFER)
+    if (mNumInputs > op::kNumInputs) {
+        int32_t const handled = enqueue_flashinfer(inputDesc, inputs, outputs, p, stream);
+        if (handled >= 0) {
+            return handled;
+        }
+    }
+#endif
     if (!kernel_dtype(inputDesc[op::kQuery].type, p.compute_dtype)
         || !kernel_dtype(inputDesc[op::kKvCache].type, p.kv_dtype)) {
         return 1;
@@ -172,6 +209,46 @@ int32_t PagedAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDes
     }
     return 0;
 }
+
+#if defined(TRTKV_WITH_FLASHINFER)
+int32_t PagedAttentionPlugin::enqueue_flashinfer(nvinfer1::PluginTensorDesc const* inputDesc,
+    void const* const* inputs, void* const* outputs, PagedAttentionParams const& p, cudaStream_t stream) noexcept {
+    namespace fi = ::trtkv::flashinfer_attn;
+    fi::DType query_dtype;
+    fi::DType kv_dtype;
+    bool const eligible = flashinfer_dtype(inputDesc[op::kQuery].type, query_dtype)
+        && flashinfer_dtype(inputDesc[op::kKvCache].type, kv_dtype) && query_dtype != fi::DType::kFP8E4M3
+        && (kv_dtype == query_dtype || kv_dtype == fi::DType::kFP8E4M3) && (p.head_dim == 64 || p.head_dim == 128);
+    if (!eligible) {
+        return -1;  // trtkv's own kernels
+    }
+    fi::Plan plan;
+    if (!find_attention_plan(inputs[kWorkspaceInput], &plan)) {
+        log_error("trtkv::PagedAttention: no attention plan for this step's workspace; the runtime must call "
+                  "trtkv_plan_attention before running the engine");
+        return 1;
+    }
+    fi::LayerInputs layer;
+    layer.query = inputs[op::kQuery];
+    layer.key = inputs[op::kKey];
+    layer.value = inputs[op::kValue];
+    layer.kv_cache = inputs[op::kKvCache];
+    layer.k_scale = static_cast<float const*>(inputs[op::kKScale]);
+    layer.v_scale = static_cast<float const*>(inputs[op::kVScale]);
+    layer.k_scale_numel = p.k_scale_numel;
+    layer.v_scale_numel = p.v_scale_numel;
+    layer.output = outputs[op::kOutput];
+    layer.scale = mScale;
+    layer.sliding_window = mSlidingWindow;
+    layer.softcap = mSoftcap;
+    fi::Status const status = fi::run(plan, layer, const_cast<void*>(inputs[kWorkspaceInput]), stream);
+    if (status != fi::Status::kOK) {
+        log_error(std::string("trtkv::PagedAttention (FlashInfer): ") + fi::status_string(status));
+        return 1;
+    }
+    return 0;
+}
+#endif
 
 nvinfer1::IPluginV3* PagedAttentionPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept {
     return clone();

@@ -11,6 +11,7 @@
 #include <vector>
 
 namespace trtkv {
+struct PagedAttentionParams;
 namespace plugin {
 
 class PagedAttentionPlugin : public nvinfer1::IPluginV3,
@@ -53,9 +54,15 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+#if defined(TRTKV_WITH_FLASHINFER)
+    //! FlashInfer for the shapes/dtypes it is built for: 0 ok, 1 error, -1 not eligible.
+    int32_t enqueue_flashinfer(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs,
+        void* const* outputs, ::trtkv::PagedAttentionParams const& p, cudaStream_t stream) noexcept;
+#endif
     float mScale;
     int32_t mSlidingWindow;
     float mSoftcap;
+    int32_t mNumInputs = 9;  //!< set by onShapeChange: 10 when the engine has the plan workspace
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mSerialized{};
 };

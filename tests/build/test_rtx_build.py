@@ -124,14 +124,21 @@ def test_silent_fallback_is_detected(exported_factory) -> None:
     check_trtkv_layers(RTX, report, nodes, "lowered", exported / "model.onnx")  # nothing to complain about
 
 
-def test_plugin_route_without_the_library_says_how_to_build(exported_factory, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("TRTKV_PLUGIN_LIB", raising=False)
+def test_plugin_route_refusals_are_one_line(exported_factory, tmp_path: Path, monkeypatch) -> None:
+    from trtkv.build.network import require_creators
+    from trtkv.build.plugin_library import find_plugin_library
+    from trtkv.build.tensorrt_env import has_cuda_device
     from trtkv.errors import BackendUnavailableError
 
+    if not has_cuda_device():  # TensorRT for RTX would abort the process: refused first
+        with pytest.raises(BackendUnavailableError, match="without a GPU.*--attention lowered"):
+            _build(exported_factory("llama"), tmp_path / "engine", attention="plugin")
+        assert not (tmp_path / "engine").exists()
+    monkeypatch.delenv("TRTKV_PLUGIN_LIB", raising=False)
     with pytest.raises(BackendUnavailableError, match="libtrtkv_plugins.so not found.*cmake"):
-        _build(exported_factory("llama"), tmp_path / "engine", attention="plugin",
-               plugin_library=str(tmp_path / "missing.so"))
-    assert not (tmp_path / "engine").exists()
+        find_plugin_library(str(tmp_path / "missing.so"))
+    with pytest.raises(ModelDirError, match="no creator for trtkv::KVAppend v1, trtkv::PagedAttention v1"):
+        require_creators(RTX, tmp_path / "libtrtkv_plugins.so")  # nothing registered them
 
 
 def test_bad_inputs_fail_with_one_line_and_write_nothing(exported_factory, tmp_path: Path) -> None:

@@ -198,7 +198,8 @@ def test_wrappers_host_smoke(tmp_path: Path) -> None:
     the parameters enqueue() hands the kernels, including the write-through pool pointer."""
     cxx, flags, include = _trt_toolchain()
     exe = tmp_path / "trt_host_smoke"
-    build = subprocess.run([cxx, *flags, str(Path(__file__).with_name("trt_host_smoke.cpp")),
+    # With the FlashInfer route compiled in (its host API stubbed by the smoke test).
+    build = subprocess.run([cxx, *flags, "-DTRTKV_WITH_FLASHINFER", str(Path(__file__).with_name("trt_host_smoke.cpp")),
                             *map(str, sorted((PLUGINS / "tensorrt").glob("*.cpp"))), "-o", str(exe)],
                            capture_output=True, text=True)
     assert build.returncode == 0, f"build against {include}:\n{build.stderr}"

@@ -16,6 +16,8 @@
 
 #include "../../plugins/generated/trtkv_ops.h"
 #include "../../plugins/kernels/trtkv_kernels.h"
+#include "../../plugins/flashinfer/trtkv_flashinfer.h"
+#include "../../plugins/tensorrt/attention_plan.h"
 
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
@@ -59,6 +61,40 @@ size_t paged_attention_workspace_size(PagedAttentionParams const& p) noexcept {
 size_t paged_attention_max_workspace_size(PagedAttentionParams const& p, int64_t, int64_t max_tokens) noexcept {
     return static_cast<size_t>(max_tokens) * 1000u + static_cast<size_t>(p.num_seqs);
 }
+} // namespace trtkv
+
+// --- recording stubs of the FlashInfer host API (plugins/flashinfer/trtkv_flashinfer.h) --------
+namespace {
+trtkv::flashinfer_attn::LayerInputs gLastFiLayer;
+trtkv::flashinfer_attn::Plan gLastFiPlan;
+void* gLastFiWorkspace = nullptr;
+int gFiRunCalls = 0;
+} // namespace
+
+namespace trtkv {
+namespace flashinfer_attn {
+char const* status_string(Status status) noexcept { return status == Status::kOK ? "ok" : "fi error"; }
+WorkspaceSizes workspace_size(ProblemShape const& shape, int64_t max_tokens, int32_t max_seqs) noexcept {
+    return WorkspaceSizes{static_cast<size_t>(max_tokens) * 64u + static_cast<size_t>(shape.num_heads), static_cast<size_t>(max_seqs)};
+}
+Status plan(ProblemShape const& shape, StepInputs const& step, void*, size_t, void*, size_t, Plan* out,
+    cudaStream_t) noexcept {
+    if (step.num_seqs < 1) {
+        return Status::kINVALID_ARGUMENT;
+    }
+    out->words[0] = step.num_tokens;
+    out->words[1] = shape.head_dim;
+    return Status::kOK;
+}
+Status run(Plan const& plan, LayerInputs const& layer, void* device_workspace, cudaStream_t) noexcept {
+    gLastFiPlan = plan;
+    gLastFiLayer = layer;
+    gLastFiWorkspace = device_workspace;
+    ++gFiRunCalls;
+    return Status::kOK;
+}
+Status read_device_error(Plan const&, void const*, int64_t*, cudaStream_t) noexcept { return Status::kOK; }
+} // namespace flashinfer_attn
 } // namespace trtkv
 
 namespace {
@@ -376,6 +412,90 @@ void test_paged_attention(RecordingLogger& logger) {
     delete plugin;
 }
 
+//! The FlashInfer route: a 10th input (the runtime's plan workspace) sends fp16/bf16 steps with
+//! head_dim 64/128 to FlashInfer's run() with the plan registered for that workspace; other
+//! dtypes keep trtkv's kernels; no plan registered is an error, never a stale plan.
+void test_paged_attention_flashinfer(RecordingLogger& logger) {
+    namespace op = trtkv::ops::paged_attention;
+    using nvinfer1::DataType;
+    nvinfer1::IPluginV3* plugin = creator(op::kName)->createPlugin("pa", nullptr, nvinfer1::TensorRTPhase::kBUILD);
+    CHECK(plugin != nullptr);
+    if (plugin == nullptr) {
+        return;
+    }
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    auto* rt = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    constexpr int32_t kIn = op::kNumInputs + 1;
+    nvinfer1::PluginTensorDesc in[kIn] = {desc(dims({6, 8, 64}), DataType::kHALF),
+        desc(dims({6, 2, 64}), DataType::kHALF), desc(dims({6, 2, 64}), DataType::kHALF),
+        desc(dims({9, 2, 16, 2, 64}), DataType::kHALF), desc(dims({3}), DataType::kINT32),
+        desc(dims({2}), DataType::kINT32), desc(dims({2, 4}), DataType::kINT32), desc(dims({1}), DataType::kFLOAT),
+        desc(dims({1}), DataType::kFLOAT), desc(dims({4096}), DataType::kINT64)};
+    nvinfer1::PluginTensorDesc out[op::kNumOutputs] = {desc(dims({6, 8, 64}), DataType::kHALF)};
+    nvinfer1::DynamicPluginTensorDesc io[kIn + op::kNumOutputs];
+    for (int32_t i = 0; i < kIn; ++i) {
+        io[i] = dyn(in[i]);
+    }
+    io[kIn] = dyn(out[0]);
+    for (int32_t pos = 0; pos < kIn + op::kNumOutputs; ++pos) {
+        CHECK(build->supportsFormatCombination(pos, io, kIn, op::kNumOutputs));
+    }
+    io[op::kNumInputs].desc.type = DataType::kFLOAT; // the plan workspace is int64 words
+    CHECK(!build->supportsFormatCombination(op::kNumInputs, io, kIn, op::kNumOutputs));
+    io[op::kNumInputs].desc.type = DataType::kINT64;
+    CHECK(build->configurePlugin(io, kIn, io + kIn, op::kNumOutputs) == 0);
+    CHECK(rt->onShapeChange(in, kIn, out, op::kNumOutputs) == 0);
+
+    alignas(16) static unsigned char buffers[kIn][16], output[16], workspace[16];
+    void const* inputs[kIn];
+    for (int32_t i = 0; i < kIn; ++i) {
+        inputs[i] = buffers[i];
+    }
+    void* outputs[op::kNumOutputs] = {output};
+    // No plan registered for this workspace: refused (logged), nothing launched.
+    gFiRunCalls = gAttentionCalls = 0;
+    size_t const errors_before = logger.errors.size();
+    CHECK(rt->enqueue(in, out, inputs, outputs, workspace, nullptr) != 0);
+    CHECK(gFiRunCalls == 0 && gAttentionCalls == 0 && logger.errors.size() == errors_before + 1);
+
+    int32_t const qsl[3] = {0, 5, 6};
+    int32_t const ctx[2] = {0, 33};
+    size_t device_bytes = 0, host_bytes = 0;
+    CHECK(trtkv_attention_workspace_size(8, 2, 64, 16, 9, 4, 1, 1, 0, 64, 8, &device_bytes, &host_bytes) == 0);
+    CHECK(device_bytes == 64u * 64u + 8u && host_bytes == 8u);
+    CHECK(trtkv_attention_workspace_size(8, 2, 64, 16, 9, 4, 7, 1, 0, 64, 8, &device_bytes, &host_bytes) != 0);
+    void* plan_ws = const_cast<void*>(inputs[op::kNumInputs]);
+    CHECK(trtkv_plan_attention(8, 2, 64, 16, 9, 4, 1, 1, 0, 6, 2, qsl, ctx, nullptr, nullptr, 64, 8, plan_ws,
+              4096 * 8, nullptr, 0, nullptr) == 0);
+    CHECK(rt->enqueue(in, out, inputs, outputs, workspace, nullptr) == 0);
+    CHECK(gFiRunCalls == 1 && gAttentionCalls == 0);
+    CHECK(gLastFiPlan.words[0] == 6 && gLastFiPlan.words[1] == 64 && gLastFiWorkspace == plan_ws);
+    CHECK(gLastFiLayer.query == buffers[op::kQuery] && gLastFiLayer.kv_cache == buffers[op::kKvCache]);
+    CHECK(gLastFiLayer.key == buffers[op::kKey] && gLastFiLayer.output == output);
+    CHECK(gLastFiLayer.k_scale_numel == 1 && gLastFiLayer.scale == 0.0f && gLastFiLayer.sliding_window == 0);
+
+    // A failed plan forgets the old one: the next step is refused rather than run stale.
+    CHECK(trtkv_plan_attention(8, 2, 64, 16, 9, 4, 1, 1, 0, 6, 0, qsl, ctx, nullptr, nullptr, 64, 8, plan_ws,
+              4096 * 8, nullptr, 0, nullptr) != 0);
+    CHECK(rt->enqueue(in, out, inputs, outputs, workspace, nullptr) != 0);
+    CHECK(gFiRunCalls == 1);
+
+    // fp32 queries (or int8 pools, other head dims) stay on trtkv's kernels, workspace or not.
+    nvinfer1::PluginTensorDesc in32[kIn];
+    for (int32_t i = 0; i < kIn; ++i) {
+        in32[i] = in[i];
+    }
+    for (int32_t i : {op::kQuery, op::kKey, op::kValue, op::kKvCache}) {
+        in32[i].type = DataType::kFLOAT;
+    }
+    CHECK(rt->enqueue(in32, out, inputs, outputs, workspace, nullptr) == 0);
+    CHECK(gAttentionCalls == 1 && gFiRunCalls == 1);
+    trtkv_release_attention_plan(plan_ws);
+    delete plugin;
+}
+
 } // namespace
 
 int main() {
@@ -385,6 +505,7 @@ int main() {
     test_registration();
     test_kv_append(logger);
     test_paged_attention(logger);
+    test_paged_attention_flashinfer(logger);
     setLoggerFinder(nullptr);
     if (gFailures != 0) {
         std::printf("%d check(s) failed\n", gFailures);

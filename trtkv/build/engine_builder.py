@@ -25,20 +25,23 @@ import onnx
 
 from trtkv.build.config import DEFAULT_MAX_NUM_BLOCKS, BuildConfig
 from trtkv.build.network import (
+    ATTENTION_WORKSPACE_INPUT,
     check_trtkv_layers,
     load_for_tensorrt,
     report_layers,
+    require_creators,
     trtkv_node_names,
 )
 from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
 from trtkv.build.tensorrt_env import (
     flavor_of,
+    has_cuda_device,
     import_tensorrt,
     load_plugin_library,
     make_logger,
     require_cuda_device,
 )
-from trtkv.errors import ConfigError, ModelDirError
+from trtkv.errors import BackendUnavailableError, ConfigError, ModelDirError
 from trtkv.manifest import INPUT_NAMES, KV_CACHE_INPUT, MANIFEST_FILE, Manifest
 
 ENGINE_FILE = "model.engine"
@@ -123,11 +126,21 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     logger = make_logger(trt, config.verbose)
     builder = require_cuda_device(trt, logger) if flavor == "trt" else trt.Builder(logger)
     plugin_path = None
+    if attention == "plugin" and flavor == "rtx" and not has_cuda_device():
+        # Seen with TensorRT for RTX 1.7: its ONNX parser calls std::terminate right after
+        # creating any plugin when no GPU is present (plugins/README.md), killing the process.
+        raise BackendUnavailableError(
+            "TensorRT for RTX cannot build plugin engines on a machine without a GPU (its ONNX parser "
+            "aborts); use --attention lowered here, or build the plugin engine on the GPU machine"
+        )
     if attention == "plugin":
         plugin_path = find_plugin_library(config.plugin_library)
         load_plugin_library(trt, plugin_path)
+        require_creators(trt, plugin_path)
 
     model = load_for_tensorrt(onnx_dir, manifest, attention)
+    if attention == "plugin":  # the runtime sizes it (FlashInfer's plan for the step's shapes)
+        shapes[ATTENTION_WORKSPACE_INPUT] = ((1,), (1 << 16,), (1 << 32,))
     expected_nodes = trtkv_node_names(onnx.load(str(onnx_dir / manifest.onnx_file), load_external_data=False))
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)

@@ -12,6 +12,10 @@ Two attention routes from the same exported ``model.onnx``:
   here, so the engine holds only standard layers; `check_trtkv_layers` requires that no
   trtkv node and no plugin layer is left.
 
+The plugin route also adds one engine input, ``attention_workspace`` (int64 words), as a 10th
+input of every PagedAttention node: the runtime plans the step's FlashInfer attention once on
+the host into it (plugins/tensorrt/attention_plan.h) and every layer runs with that plan.
+
 In both routes the KV pool is a read-only engine input: the engine never writes it. KVAppend
 (plugin or lowered) outputs the step's stored codes and the runtime copies them into the pool
 at ``slot_mapping`` after the step, O(new tokens), as on ONNX Runtime.
@@ -35,6 +39,8 @@ from trtkv.ops.lowered import LOWERED_POOL_TYPES, lowered_op_functions
 from trtkv.ops.schema import OP_DOMAIN, OPS, PLUGIN_NAMESPACE
 
 ATTENTION_ROUTES = ("plugin", "lowered")
+#: Engine input of plugin engines: the runtime's per-step attention plan workspace (int64 words).
+ATTENTION_WORKSPACE_INPUT = "attention_workspace"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +68,18 @@ def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> onn
         raise ModelDirError(f"{path} holds no trtkv::PagedAttention / KVAppend node; export it with `trtkv export`")
     if attention == "lowered":
         _lower(model, manifest)
+    else:
+        _add_attention_workspace(model)
     return model
+
+
+def _add_attention_workspace(model: onnx.ModelProto) -> None:
+    """Give every PagedAttention node the runtime's plan workspace as a 10th input."""
+    model.graph.input.append(onnx.helper.make_tensor_value_info(
+        ATTENTION_WORKSPACE_INPUT, onnx.TensorProto.INT64, ["attention_workspace_words"]))
+    for node in model.graph.node:
+        if node.domain == OP_DOMAIN and node.op_type == "PagedAttention":
+            node.input.append(ATTENTION_WORKSPACE_INPUT)
 
 
 def trtkv_node_names(model: onnx.ModelProto) -> list[str]:
@@ -128,6 +145,21 @@ def check_trtkv_layers(trt: Any, report: LayerReport, expected_nodes: list[str],
         )
 
 
+def require_creators(trt: Any, plugin_path: Path) -> None:
+    """Before parsing (plugin route): every trtkv op has a creator in TensorRT's registry.
+
+    Raises:
+        ModelDirError: one is missing; names it and the library that should have provided it.
+    """
+    registry = trt.get_plugin_registry()
+    absent = [op for op in OPS if _find_creator(registry, op) is None]
+    if absent:
+        raise ModelDirError(
+            f"{plugin_path} registered no creator for {', '.join(f'{PLUGIN_NAMESPACE}::{op} v1' for op in absent)}; "
+            "rebuild it for this TensorRT (plugins/README.md) or use --attention lowered"
+        )
+
+
 def _find_creator(registry: Any, op: str) -> Any:
     for getter in ("get_creator", "get_plugin_creator"):
         if hasattr(registry, getter):
@@ -138,5 +170,5 @@ def _find_creator(registry: Any, op: str) -> Any:
     return None
 
 
-__all__ = ["ATTENTION_ROUTES", "LayerReport", "check_trtkv_layers", "load_for_tensorrt", "report_layers",
-           "trtkv_node_names"]
+__all__ = ["ATTENTION_ROUTES", "ATTENTION_WORKSPACE_INPUT", "LayerReport", "check_trtkv_layers", "load_for_tensorrt",
+           "report_layers", "require_creators", "trtkv_node_names"]

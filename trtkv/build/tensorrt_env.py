@@ -101,6 +101,18 @@ def load_plugin_library(trt: Any, path: Path) -> Any:
         raise BackendUnavailableError(f"TensorRT could not load the trtkv plugins from {path}: {exc}") from exc
 
 
+def has_cuda_device() -> bool:
+    """Whether the CUDA driver (libcuda) loads and sees a GPU; imports nothing."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
 def require_cuda_device(trt: Any, logger: Any) -> Any:
     """A TensorRT builder. Full TensorRT needs a visible CUDA device; TensorRT for RTX does not.
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from trtkv.build.engine_builder import BUILD_INFO_FILE, ENGINE_FILE
+from trtkv.build.network import ATTENTION_WORKSPACE_INPUT
 from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
 from trtkv.build.tensorrt_env import INSTALL_HINT, import_tensorrt, load_plugin_library, make_logger
 from trtkv.errors import BackendUnavailableError, ConfigError, ModelDirError
@@ -35,6 +36,7 @@ from trtkv.manifest import (
     VALUE_STORED_OUTPUT,
     Manifest,
 )
+from trtkv.runtime.backends.attention_plan import AttentionPlanner
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import build_step_inputs
 from trtkv.runtime.plan import StepPlan
@@ -122,8 +124,10 @@ class TensorRTBackend(BaseBackend):
 
         local_plugin = engine_dir / PLUGIN_LIBRARY_NAME
         self._logger = make_logger(trt)
+        plugin_path: Path | None = None
         if info.get("attention", "plugin") == "plugin":
-            load_plugin_library(trt, local_plugin if local_plugin.is_file() else find_plugin_library())
+            plugin_path = local_plugin if local_plugin.is_file() else find_plugin_library()
+            load_plugin_library(trt, plugin_path)
         runtime = trt.Runtime(self._logger)
         self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
@@ -167,6 +171,14 @@ class TensorRTBackend(BaseBackend):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._planner: AttentionPlanner | None = None
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        if ATTENTION_WORKSPACE_INPUT in names and plugin_path is not None:
+            max_seqs = int(self.engine.get_tensor_profile_shape("context_lens", 0)[2][0])
+            self._planner = AttentionPlanner(
+                plugin_path, m, block_size=self.block_size, num_blocks=self.num_blocks,
+                max_blocks_per_seq=self.max_blocks_per_seq, max_tokens=self.max_num_tokens, max_seqs=max_seqs,
+                torch=torch)
 
     def _profile_limits(self) -> tuple[int, int, int, int]:
         """(block_size, max tokens, max blocks per sequence, max pool blocks) of profile 0."""
@@ -198,12 +210,17 @@ class TensorRTBackend(BaseBackend):
                     "lower max_num_batched_tokens or rebuild with a larger --max-num-tokens"
                 )
             ctx = self.context
-            keep: list[Any] = []  # device copies must outlive the launch
+            keep: dict[str, Any] = {}  # device copies must outlive the launch
             for name, value in inputs.as_dict().items():
                 tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device, non_blocking=True)
-                keep.append(tensor)
+                keep[name] = tensor
                 ctx.set_input_shape(name, tuple(value.shape))
                 ctx.set_tensor_address(name, tensor.data_ptr())
+            if self._planner is not None:  # one FlashInfer plan for every layer of the step
+                self._planner.plan(inputs.query_start_loc, inputs.context_lens, inputs.block_tables,
+                                   keep["block_tables"], self.stream.cuda_stream)
+                ctx.set_input_shape(ATTENTION_WORKSPACE_INPUT, tuple(self._planner.device.shape))
+                ctx.set_tensor_address(ATTENTION_WORKSPACE_INPUT, self._planner.device.data_ptr())
             for i, pool in enumerate(self.pools):
                 name = KV_CACHE_INPUT.format(layer=i)
                 ctx.set_input_shape(name, tuple(pool.shape))

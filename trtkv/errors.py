@@ -38,3 +38,7 @@ class RequestRejectedError(TrtkvError):
 
 class BackendUnavailableError(TrtkvError):
     """A backend's libraries or device are not present (e.g. TensorRT without a GPU)."""
+
+
+class MissingExtraError(TrtkvError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""

@@ -16,5 +16,5 @@ Module map (each owns one thing):
 - ``cli``: the ``trtkv bench`` subcommand.
 
 Only ``http_client`` imports aiohttp, only ``engine_client`` the runtime, only ``plot``
-matplotlib (lazily, Agg backend).
+matplotlib (lazily, Agg backend; aiohttp and matplotlib are the ``bench`` extra).
 """

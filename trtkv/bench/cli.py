@@ -38,6 +38,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if config.url and engine_config != EngineConfig():
         raise ConfigError("engine options (--num-blocks, --max-num-seqs, ...) apply only with "
                           "--model-dir; with --url, set them on `trtkv serve`")
+    if config.output_png:
+        from trtkv.bench.plot import import_matplotlib
+
+        import_matplotlib()  # before the run: a missing extra fails now, not after it
     run = asyncio.run(run_benchmark(config, create_client(config, engine_config)))
     summary = summarize(run)
     print(format_table(run, summary))

@@ -112,8 +112,14 @@ def create_client(config: BenchConfig, engine_config: Any = None) -> BaseClient:
     Args:
         config: benchmark options.
         engine_config: `EngineConfig` for in-process mode; None = defaults.
+
+    Raises:
+        MissingExtraError: ``--url`` without aiohttp (the ``bench`` extra).
     """
     if config.url:
+        from trtkv._optional import require
+
+        require("aiohttp", "bench", "trtkv bench --url")
         from trtkv.bench.http_client import HttpClient
 
         return HttpClient(config.url, api_key=config.api_key, model_name=config.model_name,

@@ -1,6 +1,6 @@
 """The benchmark's PNG: latency distributions (CDFs) and throughput over time.
 
-Imports matplotlib lazily, with the Agg backend (no display needed).
+Imports matplotlib lazily (the ``bench`` extra), with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -11,16 +11,30 @@ from typing import Any
 
 import numpy as np
 
+from trtkv._optional import require
 from trtkv.bench.report import latency_samples, timeline
 from trtkv.bench.runner import BenchRun
 
 
+def import_matplotlib() -> Any:
+    """matplotlib set to the Agg backend.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed (the ``bench`` extra).
+    """
+    matplotlib = require("matplotlib", "bench", "trtkv bench --output-png")
+    matplotlib.use("Agg")
+    return matplotlib
+
+
 def write_png(path: str | Path, run: BenchRun, summary: dict[str, Any]) -> None:
     """Left: empirical CDFs of TTFT, ITL and e2e latency (log ms). Right: output tokens/s in
-    1 s windows, with the requests in flight."""
-    import matplotlib
+    1 s windows, with the requests in flight.
 
-    matplotlib.use("Agg")
+    Raises:
+        MissingExtraError: matplotlib is not installed (the ``bench`` extra).
+    """
+    import_matplotlib()
     import matplotlib.pyplot as plt
 
     fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)

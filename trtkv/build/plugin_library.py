@@ -15,7 +15,13 @@ from types import ModuleType
 from trtkv.errors import BackendUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PLUGINS_SOURCE_DIR = REPO_ROOT / "plugins"
+#: The CUDA/TensorRT sources: this checkout's ``plugins/``, else the copy an installed wheel
+#: ships as package data (``trtkv/_plugins``, copied from ``plugins/`` by setup.py at build time).
+PLUGINS_SOURCE_DIR = next(
+    (d for d in (REPO_ROOT / "plugins", Path(__file__).resolve().parents[1] / "_plugins")
+     if (d / "CMakeLists.txt").is_file()),
+    REPO_ROOT / "plugins",
+)
 DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "plugins"
 
 PLUGIN_LIBRARY_NAME = "libtrtkv_plugins.so"

@@ -1,18 +1,24 @@
 """Reading a Hugging Face checkpoint directory: config, architecture adapter, weights.
 
 Owns every check of the input directory, so bad checkpoints fail here with a message that
-says what is wrong and what is supported. Uses transformers' own config loading and the
-safetensors library (single file or sharded with ``model.safetensors.index.json``).
+says what is wrong and what is supported. Uses transformers' own config loading (no torch
+needed) and reads safetensors weights (single file or sharded with
+``model.safetensors.index.json``) into NumPy. Must not import torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import struct
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import ml_dtypes
+import numpy as np
 
 from trtkv.errors import CheckpointError
 
@@ -146,20 +152,68 @@ def _eos_ids(config: Any, hf_dir: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
+#: safetensors dtype names -> NumPy dtypes (bf16 and fp8 through ml_dtypes).
+_SAFETENSORS_DTYPES: dict[str, Any] = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class _TensorEntry:
+    """Where one tensor's bytes lie in a safetensors file."""
+
+    file: BinaryIO
+    dtype: Any
+    shape: tuple[int, ...]
+    start: int
+    num_bytes: int
+
+
+def _read_safetensors_header(path: Path, handle: BinaryIO) -> dict[str, _TensorEntry]:
+    """The tensors of one safetensors file (8-byte header length, JSON header, data), checked
+    against the file's size so a truncated file fails here, not halfway through an export."""
+    size = path.stat().st_size
+    raw_len = handle.read(8)
+    if len(raw_len) < 8:
+        raise ValueError("shorter than a safetensors header")
+    header_len = struct.unpack("<Q", raw_len)[0]
+    if header_len > size - 8:
+        raise ValueError(f"header of {header_len} bytes in a file of {size}")
+    header = json.loads(handle.read(header_len))
+    data_start = 8 + header_len
+    entries: dict[str, _TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(o) for o in info["data_offsets"])
+        if end - begin != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"tensor {name!r}: {end - begin} bytes for shape {list(shape)}")
+        if data_start + end > size:
+            raise ValueError(f"tensor {name!r} ends at byte {data_start + end}, past the file's {size}")
+        entries[name] = _TensorEntry(handle, dtype, shape, data_start + begin, end - begin)
+    return entries
+
+
 class WeightReader:
     """Named tensors of a checkpoint, read lazily from one or many safetensors files.
 
-    Use as a context manager; ``get(name)`` returns a torch tensor.
+    Use as a context manager; ``get(name)`` returns a NumPy array in the checkpoint's dtype
+    (bf16 as ``ml_dtypes.bfloat16``). Reads the format directly: safetensors' own NumPy
+    loader has no bf16, and export must not need torch.
     """
 
     def __init__(self, hf_dir: Path) -> None:
         self.hf_dir = hf_dir
         self._stack = ExitStack()
-        self._where: dict[str, Any] = {}
+        self._where: dict[str, _TensorEntry] = {}
 
     def __enter__(self) -> WeightReader:
-        from safetensors import safe_open
-
         index = self.hf_dir / "model.safetensors.index.json"
         if index.is_file():
             try:
@@ -179,14 +233,12 @@ class WeightReader:
             if not path.is_file():
                 raise CheckpointError(f"shard {name} listed in the index is missing from {self.hf_dir}")
             try:
-                handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-                keys = list(handle.keys())
+                handle = self._stack.enter_context(path.open("rb"))
+                self._where.update(_read_safetensors_header(path, handle))
             except Exception as exc:
                 raise CheckpointError(
                     f"{path} is corrupt or truncated ({exc}); re-download or re-save the checkpoint"
                 ) from exc
-            for key in keys:
-                self._where[key] = handle
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -195,11 +247,21 @@ class WeightReader:
     def has(self, name: str) -> bool:
         return name in self._where
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> np.ndarray:
+        """The tensor ``name``, shape as stored, dtype as stored.
+
+        Raises:
+            CheckpointError: the weight is missing or its bytes cannot be read.
+        """
         if name not in self._where:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint in {self.hf_dir}")
+        entry = self._where[name]
         try:
-            return self._where[name].get_tensor(name)
+            entry.file.seek(entry.start)
+            data = entry.file.read(entry.num_bytes)
+            if len(data) != entry.num_bytes:
+                raise ValueError(f"read {len(data)} of {entry.num_bytes} bytes")
+            return np.frombuffer(data, dtype=entry.dtype).reshape(entry.shape)
         except Exception as exc:
             raise CheckpointError(f"cannot read weight {name!r} ({exc}); the checkpoint is corrupt") from exc
 

@@ -1,14 +1,17 @@
-"""`trtkv export`: HF checkpoint directory -> model.onnx (+ external weights), manifest, tokenizer."""
+"""`trtkv export`: HF checkpoint directory -> model.onnx (+ external weights), manifest, tokenizer.
+
+Runs on the base install: NumPy and ml_dtypes convert the weights; must not import torch.
+"""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper
@@ -16,6 +19,7 @@ from onnx import helper
 from trtkv.errors import CheckpointError, ConfigError
 from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_config, load_hf_config
 from trtkv.export.llama_graph import COMPUTE_TYPES, LlamaGraph
+from trtkv.export.rope import inv_freq_from_rope
 from trtkv.manifest import ONNX_FILE, Manifest
 from trtkv.ops.onnx_functions import op_functions, op_opset_imports
 from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPES, QUANTIZED_KV_DTYPES
@@ -57,25 +61,17 @@ class ExportConfig:
         return self.dtype if self.kv_dtype == "auto" else self.kv_dtype
 
 
-def _rope_inv_freq(hf_config: Any) -> tuple[np.ndarray, float]:
-    """inv_freq [D/2] and attention scaling from transformers' own rotary embedding class."""
-    mt = hf_config.model_type
-    module = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
-    cls_name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[mt]
-    rotary = getattr(module, f"{cls_name}RotaryEmbedding")(config=hf_config)
-    return rotary.inv_freq.float().numpy().astype(np.float32), float(rotary.attention_scaling)
+#: Export dtype -> the NumPy dtype weights are rounded to (round to nearest even).
+_WEIGHT_DTYPES: dict[str, Any] = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 
 
 def _weight_fn(reader: WeightReader, dtype: str) -> Any:
-    import torch
-
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    """name -> the weight in ``dtype``, bf16 as its uint16 bit pattern (the graph's storage)."""
+    target = _WEIGHT_DTYPES[dtype]
 
     def get(name: str) -> np.ndarray:
-        t = reader.get(name).to(torch_dtype).contiguous()
-        if dtype == "bf16":
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
+        w = np.ascontiguousarray(reader.get(name).astype(target))
+        return w.view(np.uint16) if dtype == "bf16" else w
 
     return get
 
@@ -108,7 +104,7 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
     hf_config = load_hf_config(hf_dir)
     spec = arch_spec_from_config(hf_config, hf_dir)
     kv_dtype = config.resolved_kv_dtype
-    inv_freq, attention_scaling = _rope_inv_freq(hf_config)
+    inv_freq, attention_scaling = inv_freq_from_rope(spec.rope, spec.head_dim, spec.max_position_embeddings)
     default_scale = np.full(1, DEFAULT_KV_SCALES.get(kv_dtype, 1.0), np.float32)
     kv_scales = [(default_scale, default_scale) for _ in range(spec.num_layers)]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,5 +15,5 @@ Module map (each owns one thing):
   only inside Triton's stub).
 - ``cli``: the ``trtkv serve`` and ``trtkv triton-repo`` subcommands.
 
-Only ``app`` and ``server`` import aiohttp.
+Only ``app`` and ``server`` import aiohttp (the ``serve`` extra; ``cli`` checks for it first).
 """

@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from trtkv._optional import require
+
+    require("aiohttp", "serve", "trtkv serve")
     from trtkv.cli import dataclass_from_args
     from trtkv.runtime.config import EngineConfig
     from trtkv.serving.config import ServerConfig

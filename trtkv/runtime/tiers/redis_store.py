@@ -7,7 +7,7 @@ as a warning and turns the store off for ``retry_after_s`` (reads miss, writes a
 dropped), so a store that is down or slow costs at most one timeout, never a request.
 
 Implements `trtkv.runtime.kv.offload.RemoteBlockSource` (``fetch``). Imports ``redis``
-lazily (it is in the ``dev`` extra).
+lazily (the ``store`` extra).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from trtkv._optional import require
 from trtkv.errors import ConfigError
 from trtkv.runtime.tiers.block_codec import BlockFormat
 
@@ -40,17 +41,16 @@ class RedisKVStore:
         max_queue: most blocks waiting to be published; more are dropped.
 
     Raises:
-        ConfigError: the ``redis`` package is missing or the URL is malformed.
+        MissingExtraError: the ``redis`` package is missing (the ``store`` extra).
+        ConfigError: the URL is malformed.
     """
 
     def __init__(self, url: str, fmt: BlockFormat, *, ttl_s: float = 3600.0, max_blocks: int = 0,
                  timeout_s: float = 0.1, retry_after_s: float = 2.0, max_queue: int = 1024) -> None:
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError as exc:
-            raise ConfigError("--kv-store-url needs the redis package: pip install redis") from exc
+        redis = require("redis", "store", "--kv-store-url")
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         try:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,

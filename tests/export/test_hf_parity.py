@@ -81,22 +81,40 @@ def test_engine_greedy_matches_hf_with_chunking(family, checkpoint_factory, expo
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_half_precision_exports_stay_close_to_hf(dtype, checkpoint_factory, exported_factory, record_property):
+    """fp16 runs in fp16 on ONNX Runtime and is held to HF fp16 (logits and argmax).
+
+    bf16 runs in float32 from the bf16-rounded weights (ORT's CPU kernels lack bf16 compute;
+    documented), with a bf16 KV pool. Its logits stay within a bound of HF bf16; its exactness
+    is checked on an export with an fp32 pool against HF computing in float32 from the same
+    bf16 weights: the same math, so logits agree to float32 rounding. (Argmax against HF *in*
+    bf16, which rounds every activation, flips on this random model's near-tied logits: 28/32
+    with transformers 5.x, a fact about bf16, not about the export.)"""
     family = "llama"
     ckpt, model_dir = checkpoint_factory(family), exported_factory(family, dtype=dtype)
     prompts = _prompts(Manifest.load(model_dir).vocab_size)[:4]
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     hf = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch_dtype).eval()
-    outs, logits = _backend_greedy_with_logits(model_dir, prompts, 8)
-    worst, agree, total = 0.0, 0, 0
-    for prompt, out, lg in zip(prompts, outs, logits, strict=True):
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt + out[:-1]])).logits[0, len(prompt) - 1:].float().numpy()
-        worst = max(worst, float(np.abs(np.stack(lg) - ref).max()))
-        agree += sum(int(a == b) for a, b in zip(np.stack(lg).argmax(-1), ref.argmax(-1), strict=True))
-        total += len(out)
+
+    def compare(model_dir, reference) -> tuple[float, int, int]:
+        outs, logits = _backend_greedy_with_logits(model_dir, prompts, 8)
+        worst, agree, total = 0.0, 0, 0
+        for prompt, out, lg in zip(prompts, outs, logits, strict=True):
+            with torch.no_grad():
+                ref = reference(torch.tensor([prompt + out[:-1]])).logits[0, len(prompt) - 1:].float().numpy()
+            worst = max(worst, float(np.abs(np.stack(lg) - ref).max()))
+            agree += sum(int(a == b) for a, b in zip(np.stack(lg).argmax(-1), ref.argmax(-1), strict=True))
+            total += len(out)
+        return worst, agree, total
+
+    worst, agree, total = compare(model_dir, hf)
     record_property(f"{dtype}_max_abs_logit_diff", worst)
-    record_property(f"{dtype}_argmax_agreement", agree / total)
     print(f"{dtype}: max |logit - HF {dtype}| = {worst:.4f}, argmax agreement {agree}/{total}")
     # Logits of this model span about +-10; half-precision rounding differs by path.
     assert worst < {"fp16": 0.05, "bf16": 0.5}[dtype]
+    if dtype == "bf16":
+        same_math = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.bfloat16).float().eval()
+        worst, agree, total = compare(exported_factory(family, dtype="bf16", kv_dtype="fp32"), same_math)
+        print(f"bf16 weights, fp32 compute and pool: max |logit - HF| = {worst:.2e}, argmax {agree}/{total}")
+        assert worst < 1e-3
+    record_property(f"{dtype}_argmax_agreement", agree / total)
     assert agree / total >= 0.9

@@ -59,6 +59,11 @@ def test_rtx_builds_a_real_engine(exported_factory, tmp_path: Path) -> None:
     assert info["network_layers"]["MATRIX_MULTIPLY"] >= 7 * manifest.num_layers
     kinds = {layer["type"] for layer in info["engine_layers"]}
     assert info["engine_layers"] and "gemm" in kinds, info["engine_layers"][:5]
+    # The pools are read in place: each is an input of compute layers, none of a copy/reformat.
+    readers = {f"kv_cache.{i}": [layer["type"] for layer in info["engine_layers"] if f"kv_cache.{i}" in layer["inputs"]]
+               for i in range(manifest.num_layers)}
+    assert all(readers.values()), readers
+    assert not any(kind.lower() in ("reformat", "copy", "shuffle") for kinds_ in readers.values() for kind in kinds_)
     # Every graph input has a profile, and the pool keeps the export's dtype.
     assert set(info["profile"]) == set(info["inputs"])
     assert info["profile"]["block_tables"][2] == [8, 16]

@@ -255,15 +255,18 @@ def _pool_input_dtype(manifest: Manifest, attention: str) -> str:
     return manifest.kv_dtype
 
 
-def parse_engine_layers(text: str) -> list[dict[str, str]]:
-    """``[{"name", "type"}]`` of the built engine, from the verbose "Layers:" log block."""
-    layers = []
+def parse_engine_layers(text: str) -> list[dict[str, Any]]:
+    """``[{"name", "type", "inputs"}]`` of the built engine, from the verbose "Layers:" log block
+    (``inputs``: the names of the tensors each layer reads)."""
+    layers: list[dict[str, Any]] = []
     for line in text.splitlines():
         if not line.startswith("Name: "):
             continue
         name = line[len("Name: "):].split(", LayerType: ", 1)[0]
         kind = line.split("LayerType: ", 1)[1].split(",", 1)[0] if "LayerType: " in line else ""
-        layers.append({"name": name, "type": kind})
+        reads = line.split("Inputs: [", 1)[1].split("], Outputs: [", 1)[0] if "Inputs: [" in line else ""
+        inputs = [part.split(",", 1)[0].strip() for part in reads.split("{ Name: ")[1:]]
+        layers.append({"name": name, "type": kind, "inputs": inputs})
     return layers
 
 

@@ -75,6 +75,35 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     source: str = ""
 
+    def _type_problem(self) -> str:
+        """What is wrong with the field types or ranges ('' if nothing): a hand-edited manifest
+        must fail here, not as a wrong answer (``eos_token_ids: "1"``) or a crash later."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
+                     "max_position_embeddings", "block_size"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                return f"{name} must be a positive integer, got {value!r}"
+        if self.num_heads % self.num_kv_heads:
+            return f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
+        if not all(is_int(t) and 0 <= t < self.vocab_size for t in self.eos_token_ids):
+            return f"eos_token_ids must be a list of token ids below vocab_size, got {list(self.eos_token_ids)!r}"
+        if self.bos_token_id is not None and not is_int(self.bos_token_id):
+            return f"bos_token_id must be an integer or null, got {self.bos_token_id!r}"
+        for name in ("sliding_windows", "k_scales", "v_scales"):
+            if len(getattr(self, name)) != self.num_layers:
+                return f"{name} has {len(getattr(self, name))} entries for {self.num_layers} layers"
+        if not all(is_int(w) and w >= 0 for w in self.sliding_windows):
+            return f"sliding_windows must be integers >= 0, got {list(self.sliding_windows)!r}"
+        for name in ("k_scales", "v_scales"):
+            for scales in getattr(self, name):
+                if len(scales) not in (1, self.num_kv_heads) or not all(
+                        isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in scales):
+                    return f"{name} entries must be 1 or num_kv_heads positive numbers, got {list(scales)!r}"
+        return ""
+
     def kv_bytes_per_token(self) -> int:
         """Bytes of KV storage per token over all layers (scales excluded)."""
         elem = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[self.kv_dtype]
@@ -122,6 +151,9 @@ class Manifest:
             manifest = cls(**raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelDirError(f"{path} is corrupt ({exc}); re-export the model") from exc
+        problem = manifest._type_problem()
+        if problem:
+            raise ModelDirError(f"{path} is corrupt ({problem}); re-export the model")
         if manifest.format_version != FORMAT_VERSION:
             raise ModelDirError(
                 f"{path} has format_version {manifest.format_version}, this trtkv reads "

@@ -63,20 +63,43 @@ def load_hf_config(hf_dir: Path) -> Any:
             "(config.json + *.safetensors + tokenizer files)"
         )
     try:
-        model_type = json.loads(cfg_path.read_text()).get("model_type")
-    except ValueError as exc:
+        raw = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path} holds a JSON {type(raw).__name__}, not an object; pass a Hugging Face config.json")
+    model_type = raw.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(
             f"unsupported model_type {model_type!r} in {cfg_path}; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    _check_required_fields(raw, cfg_path)
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for bad configs
         raise CheckpointError(f"cannot read {cfg_path}: {exc}") from exc
+
+
+#: Fields every supported config.json must give itself: transformers would fill them with its
+#: class defaults (e.g. hidden_size 4096, vocab_size 32000), exporting a model that is not this one.
+REQUIRED_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                          "vocab_size", "max_position_embeddings")
+
+
+def _check_required_fields(raw: dict[str, Any], cfg_path: Path) -> None:
+    missing = [name for name in REQUIRED_CONFIG_FIELDS if name not in raw]
+    if missing:
+        raise CheckpointError(f"{cfg_path} lacks {', '.join(missing)}; a {raw.get('model_type')} config.json "
+                              "must give them (trtkv does not guess model dimensions)")
+    for name in (*REQUIRED_CONFIG_FIELDS, "num_key_value_heads", "head_dim"):
+        value = raw.get(name)
+        if value is None and name in ("num_key_value_heads", "head_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{cfg_path}: {name} must be a positive integer, got {value!r}")
 
 
 def arch_spec_from_config(config: Any, hf_dir: Path) -> ArchSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,24 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_config = load_hf_config(hf_dir)
     spec = arch_spec_from_config(hf_config, hf_dir)
+    _check_tokenizer(hf_dir)
+    _check_output_dir(hf_dir, out_dir)
+    final_dir, out_dir = out_dir, _staging_dir(out_dir)
+    try:
+        manifest = _export_into(hf_dir, out_dir, config, spec)
+        _publish(out_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -> Manifest:
+    """Write the export into ``out_dir`` (a fresh staging directory)."""
     kv_dtype = config.resolved_kv_dtype
     inv_freq, attention_scaling = inv_freq_from_rope(spec.rope, spec.head_dim, spec.max_position_embeddings)
     default_scale = np.full(1, DEFAULT_KV_SCALES.get(kv_dtype, 1.0), np.float32)
     kv_scales = [(default_scale, default_scale) for _ in range(spec.num_layers)]
-    out_dir.mkdir(parents=True, exist_ok=True)
     with WeightReader(hf_dir) as reader:
         _check_weights(reader, spec)
         graph_builder = LlamaGraph(spec, config.dtype, kv_dtype, _weight_fn(reader, config.dtype))
@@ -134,6 +148,57 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
 
         manifest = calibrate(out_dir, config.calibrate, config.kv_scales)
     return manifest
+
+
+def _check_tokenizer(hf_dir: Path) -> None:
+    """A tokenizer.json that does not load fails the export, not a later generate."""
+    path = hf_dir / "tokenizer.json"
+    if not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own Exception subclass for bad files
+        raise CheckpointError(f"{path} cannot be loaded ({str(exc).splitlines()[0][:160]}); fix or remove it") from exc
+
+
+def _check_output_dir(hf_dir: Path, out_dir: Path) -> None:
+    """Refuse outputs that would write into the checkpoint or cannot be a directory."""
+    out, src = out_dir.resolve(), hf_dir.resolve()
+    if out == src or src in out.parents:
+        raise ConfigError(f"-o {out_dir} is inside the checkpoint {hf_dir}; the checkpoint is never written to, "
+                          "choose another directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir} is a file; give a directory path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"-o {out_dir} lies under the file {parent}; give a directory path")
+            break
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A fresh sibling directory the export is written into, renamed at the end."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out_dir.parent} ({exc.strerror or exc}); choose a writable -o") from exc
+    staging.chmod(0o755)
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Swap the finished export in; an existing output directory is replaced only now."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
 
 
 def _progress(config: ExportConfig, spec: ArchSpec) -> Any:

@@ -153,6 +153,12 @@ class Engine:
                 raise InvalidRequestError(
                     f"{self.model_dir} has no tokenizer files; pass token ids instead of text"
                 )
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequestError(
+                    "the prompt is not valid UTF-8 text (it holds an undecodable byte or a lone surrogate); "
+                    "pass UTF-8 text or token ids") from None
             ids = list(self.tokenizer.encode(prompt, add_special_tokens=True))
         else:
             ids = [int(t) for t in prompt]

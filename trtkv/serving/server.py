@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from trtkv.errors import ConfigError
 from trtkv.runtime.async_engine import AsyncEngine
 from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.engine import Engine
@@ -47,7 +48,13 @@ async def run_server(server: OpenAIServer, *, stop: asyncio.Event | None = None,
                            lingering_time=1.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # a bad --host, a busy or privileged --port
+        await runner.cleanup()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {config.host}:{config.port} ({reason}); check --host and --port "
+                          "(is another server on that port?)") from None
     port = runner.addresses[0][1]
     if on_ready is not None:
         on_ready(port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,11 +36,13 @@ class BackendConfig:
             raise ConfigError(f"--num-blocks must be >= 0, got {self.num_blocks}")
         if self.block_size < 0 or (self.block_size & (self.block_size - 1)):
             raise ConfigError(f"--block-size must be a power of two, got {self.block_size}")
-        if self.kv_cache_gib <= 0:
-            raise ConfigError(f"--kv-cache-gib must be > 0, got {self.kv_cache_gib}")
+        if not (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0):
+            raise ConfigError(f"--kv-cache-gib must be a finite number > 0, got {self.kv_cache_gib}")
+        if self.num_threads < 0:
+            raise ConfigError(f"--num-threads must be >= 0 (0 = all cores), got {self.num_threads}")
         if self.num_host_blocks < 0:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if not (math.isfinite(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
     def resolve_manifest(self, manifest: Manifest) -> Manifest:
@@ -54,6 +58,22 @@ class BackendConfig:
             return self.num_blocks
         per_block = manifest.kv_bytes_per_token() * self.resolve_block_size(manifest)
         return max(1, int(self.kv_cache_gib * 2**30) // per_block)
+
+    def check_host_memory(self, pool_bytes: int) -> None:
+        """A host-memory pool must fit in this machine's RAM (else a MemoryError later).
+
+        Raises:
+            ConfigError: it does not; says how much there is.
+        """
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+        if pool_bytes > total:
+            raise ConfigError(
+                f"the KV pool needs {pool_bytes / 2**30:.1f} GiB but this machine has {total / 2**30:.1f} GiB of "
+                "memory; lower --kv-cache-gib / --num-blocks / --num-host-blocks"
+            )
 
 
 class BaseBackend(ABC):

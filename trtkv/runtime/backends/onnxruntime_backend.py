@@ -60,6 +60,8 @@ class OnnxRuntimeBackend(BaseBackend):
         m = manifest
         kv_np = KV_NUMPY_DTYPES[m.kv_dtype]
         shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
+        block_bytes = m.kv_bytes_per_token() * self.block_size
+        config.check_host_memory((self.num_blocks + self.num_host_blocks) * block_bytes)
         host_shape = (self.num_host_blocks, *shape[1:])
         self.pools = [np.zeros(shape, dtype=kv_np) for _ in range(m.num_layers)]  # lazily paged
         self.host_pools = [np.zeros(host_shape, dtype=kv_np) for _ in range(m.num_layers)]
@@ -142,10 +144,38 @@ def _load_model(model_dir: Path, manifest: Manifest) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:
         raise ModelDirError(f"cannot read {path} ({exc}); re-export the model") from exc
+    _check_graph_matches(model, manifest, path)
     if manifest.dtype == "bf16":
         _bf16_to_fp32_compute(model)
     _set_kv_format(model, manifest)
     return model
+
+
+def _check_graph_matches(model: onnx.ModelProto, manifest: Manifest, path: Path) -> None:
+    """The manifest and the graph describe the same model (a hand-edited or mismatched
+    manifest fails here with one line, not inside ONNX Runtime or as wrong output).
+
+    Raises:
+        ModelDirError: the number of KV inputs, their heads/head_dim or the vocabulary differ.
+    """
+    def dims(value: onnx.ValueInfoProto) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+    pools = [v for v in model.graph.input if v.name.startswith("kv_cache.")]
+    found: list[str] = []
+    if len(pools) != manifest.num_layers:
+        found.append(f"num_layers {manifest.num_layers} vs {len(pools)} kv_cache inputs")
+    for value in pools[:1]:
+        shape = dims(value)
+        if len(shape) == 5 and shape[3] != manifest.num_kv_heads:
+            found.append(f"num_kv_heads {manifest.num_kv_heads} vs {shape[3]}")
+        if len(shape) == 5 and shape[4] != manifest.head_dim:
+            found.append(f"head_dim {manifest.head_dim} vs {shape[4]}")
+    logits = [v for v in model.graph.output if v.name == LOGITS_OUTPUT]
+    if logits and isinstance(dims(logits[0])[-1], int) and dims(logits[0])[-1] != manifest.vocab_size:
+        found.append(f"vocab_size {manifest.vocab_size} vs {dims(logits[0])[-1]} logits")
+    if found:
+        raise ModelDirError(f"manifest.json disagrees with {path.name} ({'; '.join(found)}); re-export the model")
 
 
 def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from trtkv.atomic_dir import check_output_dir, publish, staging_dir
 from trtkv.build.config import DEFAULT_MAX_NUM_BLOCKS, BuildConfig
 from trtkv.build.network import (
     ATTENTION_WORKSPACE_INPUT,
@@ -119,7 +120,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = Manifest.load(onnx_dir)
     shapes = profile_shapes(manifest, config)
-    _check_output_dir(onnx_dir, out_dir)
+    check_output_dir(out_dir, source=onnx_dir, what="the exported model directory")
     trt = import_tensorrt(config.flavor)
     flavor = flavor_of(trt)
     attention = config.attention if config.attention != "auto" else ("lowered" if flavor == "rtx" else "plugin")
@@ -208,18 +209,6 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     return out_dir
 
 
-def _check_output_dir(onnx_dir: Path, out_dir: Path) -> None:
-    if out_dir.resolve() == onnx_dir.resolve():
-        raise ConfigError(f"-o {out_dir} is the exported model directory; give the engine its own, e.g. engines/NAME")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"-o {out_dir} is a file; give a directory path, e.g. engines/NAME")
-    for parent in out_dir.resolve().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"-o {out_dir} lies under the file {parent}; give a directory path")
-            break
-
-
 def _parse(parser: Any, model: onnx.ModelProto, onnx_dir: Path) -> bool:
     """Parse an in-memory model; past protobuf's 2 GiB, save it with external data first."""
     if model.ByteSize() < 2**31 - 2**20:
@@ -273,12 +262,7 @@ def parse_engine_layers(text: str) -> list[dict[str, Any]]:
 def _write_engine_dir(out_dir: Path, onnx_dir: Path, engine: bytes, builder_config: Any, cache_path: Path | None,
                       plugin_path: Path | None, info: dict[str, Any]) -> None:
     """Write everything into a sibling temporary directory, then swap it in."""
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        staging.chmod(0o755)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the engine directory {out_dir} ({exc.strerror or exc}); choose a writable path") from exc
+    staging = staging_dir(out_dir)
     try:
         (staging / ENGINE_FILE).write_bytes(engine)
         shutil.copy2(onnx_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
@@ -292,14 +276,7 @@ def _write_engine_dir(out_dir: Path, onnx_dir: Path, engine: bytes, builder_conf
             else:
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 cache_path.write_bytes(timing)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
+        publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from trtkv.atomic_dir import check_output_dir, publish, staging_dir
 from trtkv.errors import CheckpointError, ConfigError
 from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_config, load_hf_config
 from trtkv.export.llama_graph import COMPUTE_TYPES, LlamaGraph
@@ -105,11 +105,11 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
     hf_config = load_hf_config(hf_dir)
     spec = arch_spec_from_config(hf_config, hf_dir)
     _check_tokenizer(hf_dir)
-    _check_output_dir(hf_dir, out_dir)
-    final_dir, out_dir = out_dir, _staging_dir(out_dir)
+    check_output_dir(out_dir, source=hf_dir, what="the checkpoint")
+    final_dir, out_dir = out_dir, staging_dir(out_dir)
     try:
         manifest = _export_into(hf_dir, out_dir, config, spec)
-        _publish(out_dir, final_dir)
+        publish(out_dir, final_dir)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -161,44 +161,6 @@ def _check_tokenizer(hf_dir: Path) -> None:
         Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises its own Exception subclass for bad files
         raise CheckpointError(f"{path} cannot be loaded ({str(exc).splitlines()[0][:160]}); fix or remove it") from exc
-
-
-def _check_output_dir(hf_dir: Path, out_dir: Path) -> None:
-    """Refuse outputs that would write into the checkpoint or cannot be a directory."""
-    out, src = out_dir.resolve(), hf_dir.resolve()
-    if out == src or src in out.parents:
-        raise ConfigError(f"-o {out_dir} is inside the checkpoint {hf_dir}; the checkpoint is never written to, "
-                          "choose another directory")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"-o {out_dir} is a file; give a directory path")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"-o {out_dir} lies under the file {parent}; give a directory path")
-            break
-
-
-def _staging_dir(out_dir: Path) -> Path:
-    """A fresh sibling directory the export is written into, renamed at the end."""
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise ConfigError(f"cannot write to {out_dir.parent} ({exc.strerror or exc}); choose a writable -o") from exc
-    staging.chmod(0o755)
-    return staging
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Swap the finished export in; an existing output directory is replaced only now."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
 
 
 def _progress(config: ExportConfig, spec: ArchSpec) -> Any:

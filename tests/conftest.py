@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny random-weight HF checkpoints and their trtkv exports, made once."""
+"""Shared fixtures: tiny random-weight HF checkpoints and their trtkv exports, and an exported
+model with a tokenizer and chat template (`chat_model_dir`), made once."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,48 @@ def exported_factory(tmp_path_factory: pytest.TempPathFactory, checkpoint_factor
         return cache[key]
 
     return make
+
+
+# -- a model that chats: tokenizer + chat template ---------------------------------------
+# The shipped tiny-stdlib checkpoint when present; otherwise a random-weight tiny Llama with a
+# small byte-level BPE tokenizer trained here (no downloads either way).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+def _add_tokenizer(model_dir: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = [Path(__file__).read_text()] * 4 + ["def add(a, b):\n    return a + b\n"] * 20
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory, exported_factory) -> Path:
+    from trtkv.models import DEFAULT_MODEL_DIR
+
+    if (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():
+        from trtkv.export.exporter import ExportConfig, export
+
+        out = tmp_path_factory.mktemp("tiny_stdlib")
+        export(DEFAULT_MODEL_DIR, out, ExportConfig(progress=False))
+        return out
+    out = tmp_path_factory.mktemp("tiny_llama_tok")
+    shutil.copytree(exported_factory("llama"), out, dirs_exist_ok=True)
+    vocab = json.loads((out / "manifest.json").read_text()).get("vocab_size", 320)
+    _add_tokenizer(out, vocab)
+    return out
 
 
 ALL_FAMILIES = sorted(FAMILIES)

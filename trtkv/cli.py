@@ -1,4 +1,4 @@
-"""`trtkv` command line: export, generate, build, serve, triton-repo, bench.
+"""`trtkv` command line: export, generate, chat, build, serve, triton-repo, bench.
 
 Options come from the frozen config dataclasses (their field help is the option help). Every
 `TrtkvError` is printed as one line on stderr with a non-zero exit, never a traceback.
@@ -61,6 +61,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # -- generate ----------------------------------------------------------------------------
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from trtkv.chat_cli import generate_conversations
     from trtkv.runtime.config import EngineConfig
     from trtkv.runtime.llm import LLM
     from trtkv.runtime.sampling import SamplingParams
@@ -68,13 +69,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompts: list[str | list[int]] = [*args.prompt, *args.prompt_ids]
     if not prompts:
         raise TrtkvError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+    chat = generate_conversations(args)
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos, n=args.n,
         stop=tuple(args.stop),
     )
     llm = LLM(args.model_dir, dataclass_from_args(EngineConfig, args))
-    for out in llm.generate(prompts, params):
+    outs = llm.chat(chat[0], params, chat_template=chat[1]) if chat else llm.generate(prompts, params)
+    for out in outs:
         for comp in out.outputs:
             if args.json:
                 print(json.dumps({
@@ -101,6 +104,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trtkv import chat_cli
     from trtkv.export.exporter import ExportConfig
     from trtkv.runtime.config import EngineConfig
 
@@ -135,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="keep going past EOS")
     p.add_argument("--json", action="store_true", help="one JSON object per output per line")
     p.add_argument("--stats", action="store_true", help="print engine metrics to stderr at the end")
+    chat_cli.add_generate_chat_options(p)
     add_dataclass_options(p, EngineConfig)
     p.set_defaults(func=_cmd_generate)
 
@@ -144,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[Any], None]]:
-    """Subcommands that live with their feature (build, serve, triton-repo, bench)."""
+    """Subcommands that live with their feature (chat, build, serve, triton-repo, bench)."""
+    from trtkv import chat_cli
     from trtkv.bench import cli as bench_cli
     from trtkv.build import cli as build_cli
     from trtkv.serving import cli as serving_cli
 
-    return [build_cli.register, serving_cli.register, bench_cli.register]
+    return [chat_cli.register, build_cli.register, serving_cli.register, bench_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,11 @@
-"""Serving fixtures: an exported model with a tokenizer + chat template, and a live server.
-
-The model is the shipped tiny-stdlib checkpoint when present; otherwise a random-weight
-tiny Llama with a small byte-level BPE tokenizer trained here (no downloads either way).
+"""Serving fixtures: a live server over `chat_model_dir` (an exported model with a tokenizer
+and a chat template, from tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,46 +18,8 @@ from trtkv.serving.app import OpenAIServer
 from trtkv.serving.config import ServerConfig
 from trtkv.serving.server import create_server, run_server
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 API_KEY = "sk-test-123"
 MODEL_NAME = "tiny"
-
-
-def _add_tokenizer(model_dir: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    text = [Path(__file__).read_text()] * 4 + ["def add(a, b):\n    return a + b\n"] * 20
-    tok.train_from_iterator(text, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(model_dir))
-
-
-@pytest.fixture(scope="session")
-def chat_model_dir(tmp_path_factory: pytest.TempPathFactory, exported_factory) -> Path:
-    from trtkv.models import DEFAULT_MODEL_DIR
-
-    if (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEFAULT_MODEL_DIR / "tokenizer.json").is_file():
-        from trtkv.export.exporter import ExportConfig, export
-
-        out = tmp_path_factory.mktemp("tiny_stdlib")
-        export(DEFAULT_MODEL_DIR, out, ExportConfig(progress=False))
-        return out
-    out = tmp_path_factory.mktemp("tiny_llama_tok")
-    shutil.copytree(exported_factory("llama"), out, dirs_exist_ok=True)
-    vocab = json.loads((out / "manifest.json").read_text()).get("vocab_size", 320)
-    _add_tokenizer(out, vocab)
-    return out
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""`trtkv.LLM`: offline batch generation over the engine."""
+"""`trtkv.LLM`: offline batch generation (and chat) over the engine."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from trtkv.runtime.chat import Message, render_chat
 from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.outputs import RequestOutput
@@ -66,6 +67,33 @@ class LLM:
                 if out.finished:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
+
+    def chat(self, messages: Sequence[Message] | Sequence[Sequence[Message]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             chat_template: str | None = None, add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Answer one conversation or a batch of them, each rendered by the chat template.
+
+        Args:
+            messages: one conversation (a list of ``{"role", "content"}`` dicts, oldest first)
+                or a list of conversations.
+            sampling_params: as for `generate`.
+            chat_template: a Jinja template used instead of the tokenizer's own.
+            add_generation_prompt: end each prompt with the opening of an assistant turn.
+
+        Returns:
+            Final outputs, one per conversation, in order.
+
+        Raises:
+            InvalidRequestError: no tokenizer or chat template, malformed messages, or the
+                template rejects them (nothing is queued); otherwise as `generate`.
+        """
+        items = list(messages)
+        is_batch = bool(items) and not isinstance(items[0], dict)
+        conversations = cast(list[Sequence[Message]], items if is_batch else [items])
+        prompt_ids = [render_chat(self.tokenizer, conv, chat_template=chat_template,
+                                  add_generation_prompt=add_generation_prompt)
+                      for conv in conversations]
+        return self.generate(prompt_ids, sampling_params)
 
 
 def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

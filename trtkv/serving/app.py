@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
+from trtkv.runtime import chat
 from trtkv.runtime.async_engine import AsyncEngine, EngineClosedError, RequestStream
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.outputs import RequestOutput
@@ -203,21 +204,19 @@ class OpenAIServer:
 
 
 def render_chat(engine: Engine, messages: list[dict[str, Any]]) -> list[int]:
-    """Token ids of ``messages`` under the tokenizer's chat template (generation prompt added).
+    """Token ids of ``messages`` under the tokenizer's chat template (generation prompt added),
+    rendered by `trtkv.runtime.chat.render_chat`.
 
     Raises:
         ApiError: 400 when the model has no tokenizer or chat template, or the template fails.
     """
-    tok = engine.tokenizer
-    if tok is None or not getattr(tok, "chat_template", None):
-        raise ApiError(400, "this model has no chat template; use /v1/completions instead",
-                       code="no_chat_template")
     try:
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # jinja errors: roles the template refuses, missing fields
-        raise ApiError(400, f"the chat template rejected the messages: {exc}",
-                       param="messages") from None
-    return list(tok.encode(text, add_special_tokens=False))
+        return chat.render_chat(engine.tokenizer, messages)
+    except chat.NoChatTemplateError:
+        raise ApiError(400, "this model has no chat template; use /v1/completions instead",
+                       code="no_chat_template") from None
+    except InvalidRequestError as exc:  # jinja errors: roles the template refuses, missing fields
+        raise ApiError(400, str(exc), param="messages") from None
 
 
 #: Deepest nesting of arrays/objects a request body may have (OpenAI bodies need about 6).

@@ -47,3 +47,16 @@ def test_refusals(tmp_path: Path) -> None:
                           (dict(memory_gib=1, block_size=12), "power of two"), (dict(memory_gib=1, seq_len=-1), "seq-len")):
         with pytest.raises(ConfigError, match=match):
             estimate(dims, **kwargs)  # type: ignore[arg-type]
+
+
+def test_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_8B))
+    ok = subprocess.run([sys.executable, "-m", "trtkv", "estimate", str(tmp_path), "--memory-gib", "16", "--json"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["num_tokens"] == 131072, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "trtkv", "estimate", str(tmp_path / "nope"), "--memory-gib", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -103,6 +103,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- estimate ----------------------------------------------------------------------------
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from trtkv.estimate import as_json, estimate, format_estimate, read_dims
+
+    e = estimate(read_dims(args.model), memory_gib=args.memory_gib, kv_dtype=args.kv_dtype,
+                 block_size=args.block_size, seq_len=args.seq_len)
+    print(as_json(e) if args.json else format_estimate(e, args.memory_gib))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trtkv import chat_cli
     from trtkv.export.exporter import ExportConfig
@@ -123,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-scales", default="per-tensor", choices=("per-tensor", "per-head"),
                    help="one scale per layer, or one per KV head")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("estimate", help="KV bytes per token and what fits in a memory budget")
+    p.add_argument("model", help="exported model directory or Hugging Face checkpoint directory")
+    p.add_argument("--memory-gib", type=float, required=True, help="memory the KV pool may use, in GiB")
+    p.add_argument("--kv-dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16", "fp8", "int8"),
+                   help="KV pool dtype; auto = the model's")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--seq-len", type=int, default=0, help="sequence length to count; 0 = the model's maximum")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("generate", help="generate from an exported model (in-flight batching)")
     p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")

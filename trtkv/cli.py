@@ -113,12 +113,22 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trtkv")
+    except PackageNotFoundError:  # a source tree without an install
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trtkv import chat_cli
-    from trtkv.export.exporter import ExportConfig
+    from trtkv.export.config import ExportConfig
     from trtkv.runtime.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="trtkv", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"trtkv {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="HF checkpoint dir -> ONNX with trtkv ops + manifest")

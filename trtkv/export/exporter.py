@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,19 @@ import onnx
 from onnx import helper
 
 from trtkv.atomic_dir import check_output_dir, publish, staging_dir
-from trtkv.errors import CheckpointError, ConfigError
+from trtkv.errors import CheckpointError
 from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_config, load_hf_config
-from trtkv.export.llama_graph import COMPUTE_TYPES, LlamaGraph
+from trtkv.export.config import ExportConfig
+from trtkv.export.llama_graph import LlamaGraph
 from trtkv.export.rope import inv_freq_from_rope
 from trtkv.manifest import ONNX_FILE, Manifest
 from trtkv.ops.onnx_functions import op_functions, op_opset_imports
-from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPES, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import DEFAULT_KV_SCALES
 
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "generation_config.json",
 )
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Options of `trtkv export`."""
-
-    dtype: str = field(default="fp32", metadata={"help": "weight/compute dtype: fp32, fp16 or bf16"})
-    kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
-    block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
-    calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
-    kv_scales: str = field(default="per-tensor", metadata={"help": "calibrated KV scale granularity: per-tensor or per-head"})
-    external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
-
-    def __post_init__(self) -> None:
-        if self.dtype not in COMPUTE_TYPES:
-            raise ConfigError(f"--dtype {self.dtype!r} is not supported; use one of {', '.join(COMPUTE_TYPES)}")
-        if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
-            raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
-        if self.calibrate < 0:
-            raise ConfigError(f"--calibrate must be >= 0, got {self.calibrate}")
-        if self.calibrate and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
-            raise ConfigError("--calibrate applies to fp8/int8 KV pools; add --kv-dtype fp8 or int8")
-        if self.kv_scales not in ("per-tensor", "per-head"):
-            raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"--block-size must be a power of two >= 1, got {self.block_size}")
-
-    @property
-    def resolved_kv_dtype(self) -> str:
-        return self.dtype if self.kv_dtype == "auto" else self.kv_dtype
 
 
 #: Export dtype -> the NumPy dtype weights are rounded to (round to nearest even).
@@ -86,7 +55,7 @@ def _check_weights(reader: WeightReader, spec: ArchSpec) -> None:
         raise CheckpointError(f"checkpoint in {reader.hf_dir} lacks weights {missing}; it is incomplete")
 
 
-def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> Manifest:
+def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None) -> Manifest:
     """Export a Llama-family checkpoint to ``out_dir``.
 
     Args:
@@ -101,6 +70,7 @@ def export(hf_dir: str | Path, out_dir: str | Path, config: ExportConfig = Expor
         CheckpointError: missing/corrupt checkpoint or unsupported architecture.
         ConfigError: invalid options.
     """
+    config = config or ExportConfig()
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_config = load_hf_config(hf_dir)
     spec = arch_spec_from_config(hf_config, hf_dir)

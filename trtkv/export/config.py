@@ -1,0 +1,45 @@
+"""`trtkv export` options: one frozen dataclass whose field help is the CLI help.
+
+Light on purpose (no onnx, numpy or ml_dtypes): `trtkv --help` builds every option from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trtkv.errors import ConfigError
+from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES
+
+#: Weight/compute dtypes an export can have (trtkv.export.llama_graph.COMPUTE_TYPES maps them).
+COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of `trtkv export`."""
+
+    dtype: str = field(default="fp32", metadata={"help": "weight/compute dtype: fp32, fp16 or bf16"})
+    kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
+    block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
+    calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
+    kv_scales: str = field(default="per-tensor", metadata={"help": "calibrated KV scale granularity: per-tensor or per-head"})
+    external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
+
+    def __post_init__(self) -> None:
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r} is not supported; use one of {', '.join(COMPUTE_DTYPES)}")
+        if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
+        if self.calibrate < 0:
+            raise ConfigError(f"--calibrate must be >= 0, got {self.calibrate}")
+        if self.calibrate and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
+            raise ConfigError("--calibrate applies to fp8/int8 KV pools; add --kv-dtype fp8 or int8")
+        if self.kv_scales not in ("per-tensor", "per-head"):
+            raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"--block-size must be a power of two >= 1, got {self.block_size}")
+
+    @property
+    def resolved_kv_dtype(self) -> str:
+        return self.dtype if self.kv_dtype == "auto" else self.kv_dtype

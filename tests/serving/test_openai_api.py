@@ -99,7 +99,6 @@ BODY = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 2}
     ("/v1/completions", {**BODY, "presence_penalty": 3}, 400, "presence_penalty"),
     ("/v1/completions", {**BODY, "seed": -1}, 400, "seed"),
     ("/v1/completions", {**BODY, "prompt": [10**9]}, 400, None),
-    ("/v1/completions", {"prompt": "x"}, 400, "model"),
     ("/v1/completions", [1, 2], 400, None),
     ("/v1/completions", {**BODY, "model": "gpt-4"}, 404, "model"),
     ("/v1/chat/completions", {"model": MODEL_NAME, "messages": "hi"}, 400, "messages"),
@@ -213,3 +212,63 @@ def test_server_config_validation(kwargs, match) -> None:
 
     with pytest.raises(ConfigError, match=match):
         ServerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True,
+      "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto"}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "hi"}], "echo": True}, "echo"),
+    *[({"messages": [{"role": "user", "content": "hi"}], name: value}, name) for name, value in (
+        ("include_stop_str_in_output", True), ("guided_json", {"type": "object"}), ("guided_choice", ["a", "b"]),
+        ("prompt_logprobs", 1), ("truncate_prompt_tokens", 8), ("chat_template_kwargs", {"x": 1}),
+        ("continue_final_message", True))],
+])
+def test_parameters_we_would_ignore_are_refused(live_server: LiveServer, body, param) -> None:
+    code, _, reply = http(live_server.base_url, "POST", "/v1/chat/completions", {"model": MODEL_NAME, **body})
+    assert code == 400, reply
+    assert reply["error"]["param"] == param, reply
+
+
+def test_vllm_and_openai_conformance(client, live_server: LiveServer) -> None:
+    base = live_server.base_url
+    messages = [{"role": "user", "content": "def add(a, b):"}]
+    # model is optional; max_completion_tokens wins over max_tokens; usage has cached_tokens.
+    code, headers, reply = http(base, "POST", "/v1/chat/completions",
+                                {"messages": messages, "max_tokens": 9, "max_completion_tokens": 2, "ignore_eos": True})
+    assert code == 200, reply
+    assert reply["usage"]["completion_tokens"] == 2
+    assert reply["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert headers["X-Request-Id"].startswith("chatcmpl-")
+    # no-op values are accepted: response_format text, tool_choice none.
+    code, _, _ = http(base, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1,
+                                                              "response_format": {"type": "text"}, "tool_choice": "none"})
+    assert code == 200
+    # add_generation_prompt and chat_template are honoured (the prompt changes).
+    plain = http(base, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1})[2]
+    bare = http(base, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1,
+                                                       "add_generation_prompt": False})[2]
+    custom = http(base, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1,
+                                                         "chat_template": "{{ messages[0]['content'] }}"})[2]
+    assert bare["usage"]["prompt_tokens"] < plain["usage"]["prompt_tokens"]
+    assert custom["usage"]["prompt_tokens"] < bare["usage"]["prompt_tokens"]
+    # The client's X-Request-Id is echoed.
+    import urllib.request
+
+    req = urllib.request.Request(base + "/v1/completions", method="POST", data=json.dumps(
+        {"prompt": "x", "max_tokens": 1}).encode(), headers={"Content-Type": "application/json",
+                                                              "Authorization": f"Bearer {API_KEY}",
+                                                              "X-Request-Id": "trace-42"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.headers["X-Request-Id"] == "trace-42"
+    # Model card, version, ping; errors speak the client's parameter names.
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+    assert http(base, "GET", "/v1/models/other-model")[0] == 404
+    assert http(base, "GET", "/version")[2]["version"]
+    assert http(base, "GET", "/ping")[0] == 200
+    code, _, reply = http(base, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 0})
+    assert code == 400 and "max_new_tokens" not in reply["error"]["message"] and "max_tokens" in reply["error"]["message"]
+    assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0

@@ -57,6 +57,9 @@ class OpenAIServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model_id:.+}", self.model)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/ping", self.ping)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.on_shutdown.append(self._on_shutdown)
@@ -110,11 +113,28 @@ class OpenAIServer:
         return web.json_response({"status": "ok"})
 
     async def models(self, request: web.Request) -> web.Response:
-        max_len = self.engine.engine.scheduler.config.max_model_len
-        return web.json_response({"object": "list", "data": [{
-            "id": self.model_name, "object": "model", "created": self.created,
-            "owned_by": "trtkv", "max_model_len": max_len,
-        }]})
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        self._check_model(model_id)
+        return web.json_response(self._model_card())
+
+    async def version(self, request: web.Request) -> web.Response:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as package_version
+
+        try:
+            return web.json_response({"version": package_version("trtkv")})
+        except PackageNotFoundError:
+            return web.json_response({"version": "unknown"})
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return await self.health(request)
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "trtkv",
+                "max_model_len": self.engine.engine.scheduler.config.max_model_len}
 
     async def metrics(self, request: web.Request) -> web.Response:
         snapshot = await self.engine.call(prometheus.collect)
@@ -135,7 +155,8 @@ class OpenAIServer:
                                    self.config.default_chat_max_tokens)
         self._check_model(req.model)
         # The tokenizer is used by the engine's thread too: render there, between steps.
-        prompt_ids = await self.engine.call(lambda e: render_chat(e, messages))
+        prompt_ids = await self.engine.call(lambda e: render_chat(
+            e, messages, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt))
         params = req.params
         if req.cap_to_context:
             room = self.engine.engine.scheduler.config.max_model_len - len(prompt_ids)
@@ -144,13 +165,14 @@ class OpenAIServer:
                                     replace(req, prompt=prompt_ids, params=params))
 
     def _check_model(self, model: str) -> None:
-        if model != self.model_name:
+        if model and model != self.model_name:  # "" (not given): the served model
             raise ApiError(404, f"model {model!r} does not exist; this server serves "
                            f"{self.model_name!r}", param="model", code="model_not_found")
 
     async def _generate(self, request: web.Request, kind: str, prefix: str,
                         req: GenerateRequest) -> web.StreamResponse:
         request_id = f"{prefix}-{uuid.uuid4().hex}"
+        headers = {"X-Request-Id": _client_request_id(request) or request_id}
         try:
             stream = await self.engine.add_request(req.prompt, req.params, request_id=request_id,
                                                    priority=req.priority)
@@ -170,13 +192,13 @@ class OpenAIServer:
             finally:
                 await stream.aclose()
             assert final is not None
-            return web.json_response(builder.response(final))
-        return await self._stream(request, stream, builder, req.include_usage)
+            return web.json_response(builder.response(final), headers=headers)
+        return await self._stream(request, stream, builder, req.include_usage, headers)
 
     async def _stream(self, request: web.Request, stream: RequestStream, builder: ResponseBuilder,
-                      include_usage: bool) -> web.StreamResponse:
+                      include_usage: bool, headers: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+                                               "Cache-Control": "no-cache", **headers})
         self.num_active_streams += 1
         last: RequestOutput | None = None
         try:
@@ -203,20 +225,29 @@ class OpenAIServer:
         return response
 
 
-def render_chat(engine: Engine, messages: list[dict[str, Any]]) -> list[int]:
-    """Token ids of ``messages`` under the tokenizer's chat template (generation prompt added),
+def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template: str | None = None,
+                add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of ``messages`` under the tokenizer's chat template (or ``chat_template``),
     rendered by `trtkv.runtime.chat.render_chat`.
 
     Raises:
         ApiError: 400 when the model has no tokenizer or chat template, or the template fails.
     """
     try:
-        return chat.render_chat(engine.tokenizer, messages)
+        return chat.render_chat(engine.tokenizer, messages, chat_template=chat_template,
+                                add_generation_prompt=add_generation_prompt)
     except chat.NoChatTemplateError:
         raise ApiError(400, "this model has no chat template; use /v1/completions instead",
                        code="no_chat_template") from None
     except InvalidRequestError as exc:  # jinja errors: roles the template refuses, missing fields
         raise ApiError(400, str(exc), param="messages") from None
+
+
+def _client_request_id(request: web.Request) -> str | None:
+    """The client's X-Request-Id when it is a short printable token (echoed back), else None."""
+    value = request.headers.get("X-Request-Id", "")
+    ok = 0 < len(value) <= 128 and value.isprintable() and value.isascii() and " " not in value
+    return value if ok else None
 
 
 #: Deepest nesting of arrays/objects a request body may have (OpenAI bodies need about 6).

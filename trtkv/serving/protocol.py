@@ -45,6 +45,8 @@ class ApiError(Exception):
         message = str(exc)
         name = message.split("=", 1)[0] if "=" in message else ""
         param = _PARAM_NAMES.get(name, name) if name.isidentifier() else None
+        for ours, theirs in _PARAM_NAMES.items():  # say the names clients send
+            message = message.replace(ours, theirs)
         return cls(400, message, param=param)
 
 
@@ -61,9 +63,17 @@ class GenerateRequest:
     top_logprobs: int = 0
     cap_to_context: bool = False
     """max_tokens was not given: lower it to what the context has left."""
+    chat_template: str | None = None
+    """Chat only: a Jinja template used instead of the model's."""
+    add_generation_prompt: bool = True
+    """Chat only: end the rendered prompt with the assistant's turn header."""
 
 
-_UNSUPPORTED = ("suffix", "tools", "functions", "tool_choice", "function_call", "response_format")
+_UNSUPPORTED = ("suffix", "tools", "functions", "function_call", "guided_json", "guided_choice", "guided_regex",
+                "guided_grammar", "prompt_logprobs", "truncate_prompt_tokens", "chat_template_kwargs",
+                "continue_final_message", "include_stop_str_in_output", "structured_outputs", "logits_processors")
+#: Parameters whose value here means "nothing to do": accepted only with that value.
+_NO_OP_VALUES = {"response_format": ({"type": "text"},), "tool_choice": ("none",)}
 
 
 class _Body:
@@ -91,10 +101,15 @@ class _Body:
         return value
 
     def reject_unsupported(self) -> None:
+        """400 ``unsupported_parameter`` for every parameter this server would otherwise ignore."""
         for name in _UNSUPPORTED:
             if self.raw.get(name) not in (None, [], {}, ""):
                 raise ApiError(400, f"'{name}' is not supported by this server; remove it",
                                param=name, code="unsupported_parameter")
+        for name, allowed in _NO_OP_VALUES.items():
+            if self.raw.get(name) is not None and self.raw[name] not in allowed:
+                raise ApiError(400, f"'{name}' {self.raw[name]!r:.60} is not supported by this server; only "
+                               f"{' or '.join(map(repr, allowed))}", param=name, code="unsupported_parameter")
         if self.raw.get("logit_bias"):
             raise ApiError(400, "'logit_bias' is not supported; remove it", param="logit_bias",
                            code="unsupported_parameter")
@@ -141,13 +156,17 @@ def _sampling(body: _Body, max_tokens: int, logprobs: int | None) -> SamplingPar
 
 
 def _common(body: _Body) -> dict[str, Any]:
-    model = body.get("model", str, "")
-    if not model:
-        raise ApiError(400, "'model' is required; GET /v1/models lists the served model",
-                       param="model", code="missing_required_parameter")
+    model = body.get("model", str, "")  # "" = the served model (it is optional, as in vLLM)
     stream = body.get("stream", bool, False)
-    options = body.get("stream_options", dict, {}, what="an object")
-    include_usage = bool(options.get("include_usage", False)) if stream else False
+    options = body.get("stream_options", dict, None, what="an object")
+    if options is not None and not stream:
+        raise ApiError(400, "'stream_options' is only allowed with \"stream\": true", param="stream_options")
+    options = options or {}
+    for key in options:
+        if key != "include_usage":
+            raise ApiError(400, f"stream_options.{key} is not supported; only include_usage",
+                           param="stream_options", code="unsupported_parameter")
+    include_usage = bool(options.get("include_usage", False))
     return {"model": model, "stream": stream, "include_usage": include_usage,
             "priority": body.get("priority", int, 0)}
 
@@ -204,10 +223,19 @@ def parse_chat(raw: Any, default_max_tokens: int) -> tuple[GenerateRequest, list
                 raise ApiError(400, f"messages[{i}].content: only text parts are supported",
                                param="messages")
             messages[i] = {**m, "content": "".join(str(p.get("text", "")) for p in parts)}
-    max_tokens = body.get("max_tokens", int, body.get("max_completion_tokens", int, None))
-    top = body.get("top_logprobs", int, 0)
-    logprobs = top if body.get("logprobs", bool, False) else None
+    if body.raw.get("echo"):
+        raise ApiError(400, "'echo' is not supported on chat completions; remove it", param="echo",
+                       code="unsupported_parameter")
+    # OpenAI deprecated max_tokens for max_completion_tokens: the newer name wins.
+    max_tokens = body.get("max_completion_tokens", int, body.get("max_tokens", int, None))
+    wants_logprobs = body.get("logprobs", bool, False)
+    top = body.get("top_logprobs", int, None)
+    if top is not None and not wants_logprobs:
+        raise ApiError(400, "'top_logprobs' needs \"logprobs\": true", param="top_logprobs")
+    logprobs = (top or 0) if wants_logprobs else None
     params = _sampling(body, max_tokens or default_max_tokens, logprobs)
-    request = GenerateRequest(prompt="", params=params, top_logprobs=top,
-                              cap_to_context=max_tokens is None, **common)
+    request = GenerateRequest(prompt="", params=params, top_logprobs=top or 0,
+                              cap_to_context=max_tokens is None,
+                              chat_template=body.get("chat_template", str, None),
+                              add_generation_prompt=body.get("add_generation_prompt", bool, True), **common)
     return request, messages

@@ -111,8 +111,9 @@ class ResponseBuilder:
         }
 
 
-def usage(out: RequestOutput) -> dict[str, int]:
+def usage(out: RequestOutput) -> dict[str, Any]:
     completion = sum(len(c.token_ids) for c in out.outputs)
     prompt = len(out.prompt_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}

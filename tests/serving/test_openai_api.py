@@ -272,3 +272,27 @@ def test_vllm_and_openai_conformance(client, live_server: LiveServer) -> None:
     code, _, reply = http(base, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 0})
     assert code == 400 and "max_new_tokens" not in reply["error"]["message"] and "max_tokens" in reply["error"]["message"]
     assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0
+
+
+def test_metrics_parse_and_speak_vllm(live_server: LiveServer) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert http(live_server.base_url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+    with urllib.request.urlopen(live_server.base_url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:time_to_first_token_seconds",
+                 "vllm:cache_config_info", "vllm:generation_tokens", "process_resident_memory_bytes",
+                 "trtkv_kv_blocks_total", "trtkv_requests_rejected"):
+        assert name in families, name
+    info = families["vllm:cache_config_info"].samples[0]
+    assert info.labels["model_name"] == MODEL_NAME and info.labels["num_gpu_blocks"] == "256"
+    assert int(info.labels["block_size"]) > 0
+    ttft = [s for s in families["vllm:time_to_first_token_seconds"].samples if s.name.endswith("_count")]
+    assert ttft and ttft[0].labels == {"model_name": MODEL_NAME} and ttft[0].value >= 1
+    generated = families["vllm:generation_tokens"].samples[0]
+    assert generated.value >= 2
+    assert families["vllm:num_requests_running"].samples[0].value == 0  # nothing in flight now

@@ -320,6 +320,8 @@ class Engine:
         """Every metric as plain data (engine counters, histograms, scheduler, KV and store
         stats)."""
         snap = self.metrics.snapshot(self.scheduler.stats())
+        running = self.scheduler.num_running_requests()
+        snap["requests"] = {"running": running, "waiting": len(self._requests) - running}
         if self.tiers.store is not None:
             snap["kv_store"] = self.tiers.stats()
         return snap

@@ -141,7 +141,7 @@ class OpenAIServer:
         server = {"http_requests": dict(self.http_requests),
                   "client_disconnects": self.client_disconnects,
                   "active_streams": self.num_active_streams}
-        return web.Response(body=prometheus.render(snapshot, server).encode(),
+        return web.Response(body=prometheus.render(snapshot, server, self.model_name),
                             headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     # -- generation -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from trtkv._optional import require
 
     require("aiohttp", "serve", "trtkv serve")
+    require("prometheus_client", "serve", "trtkv serve")
     from trtkv.cli import dataclass_from_args
     from trtkv.runtime.config import EngineConfig
     from trtkv.serving.config import ServerConfig

@@ -196,6 +196,10 @@ class Scheduler:
     def num_swapped(self) -> int:
         return len(self._reg.swapped)
 
+    def num_running_requests(self) -> int:
+        """Requests with a running sequence (a request with n > 1 runs several)."""
+        return len({seq.request_id for seq in self._reg.running})
+
     def stats(self) -> SchedulerStats:
         c = self._counts
         return SchedulerStats(

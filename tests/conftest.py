@@ -4,7 +4,12 @@ model with a tokenizer and chat template (`chat_model_dir`), made once."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +112,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU visible to torch (CUDA build)"))
         if item.nodeid.startswith("tests/plugins/test_compile.py"):
             item.add_marker(pytest.mark.slow)
+
+
+# -- a real redis-server on a free loopback port (the shared KV store tier's tests) --------
+REDIS = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """(url, process) of a fresh redis-server; skips when the binary is absent."""
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (scripts/setup.sh installs it from Debian packages)")
+    port = _free_port()
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    url = f"redis://127.0.0.1:{port}/0"
+    url_proc = (url, proc)
+    yield url_proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,47 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REDIS
 from tests.runtime.test_prefix_engine import run_one_by_one, shared_prefix_prompts
 from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.tiers import BlockFormat, RedisKVStore
 
-REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed "
                                 "(scripts/setup.sh installs it from Debian packages)")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
-    url = f"redis://127.0.0.1:{port}/0"
-    url_proc = (url, proc)
-    yield url_proc
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(10)
 
 
 def _fmt(**kw) -> BlockFormat:

@@ -138,3 +138,25 @@ def test_n_never_exceeds_max_num_seqs_and_small_requests_still_run(exported_fact
     engine.kv.check_integrity()
     assert engine.kv.usage().num_used == 0
     assert engine.stats()["rejected_by_reason"] == {"too_many_seqs": 1}
+
+
+def test_counters_agree_between_engine_and_scheduler(exported_factory):
+    """One owner per count: rejections are counted once per request by engine and scheduler
+    alike; finished_by_reason counts completions (choices) whether a request ends or is aborted."""
+    from trtkv.errors import RequestRejectedError
+
+    engine = Engine(exported_factory("llama"), EngineConfig(num_blocks=64, block_size=16, max_model_len=64))
+    for prompt, max_new in ((list(range(3, 70)), 4), (list(range(3, 40)), 40)):  # fills the context / overflows it
+        with pytest.raises(RequestRejectedError):
+            engine.add_request(prompt, SamplingParams(max_new_tokens=max_new))
+    assert engine.stats()["rejected_by_reason"] == {"too_long": 2}
+    assert engine.scheduler.stats().num_rejected["too_long"] == 2
+    done = engine.add_request([5, 6, 7], SamplingParams(n=3, max_new_tokens=3, ignore_eos=True, seed=1))
+    _drain(engine)
+    assert engine.stats()["finished_by_reason"] == {"length": 3}
+    aborted = engine.add_request([5, 6, 8], SamplingParams(n=3, max_new_tokens=30, seed=2))
+    out = engine.abort(aborted)
+    assert out is not None and len(out.outputs) <= 3 and done != aborted
+    assert engine.stats()["finished_by_reason"] == {"length": 3, "abort": 3}
+    engine.kv.check_integrity()
+    assert engine.kv.usage().num_used == 0

@@ -133,11 +133,17 @@ class Engine:
         now = time.monotonic()
         req = _Request(request_id, prompt_ids, params, now)
         try:
-            first = self._new_seq_out(req, 0)  # validates against max_model_len first
+            # The scheduler is the one admission check (length, capacity, n, queue), so the
+            # engine's and the scheduler's rejection counts always agree.
             seq_id = self.scheduler.add_request(
                 request_id, prompt_ids, params.max_new_tokens, priority=priority,
                 arrival_time=now, cache_salt=cache_salt, n=params.n,
             )
+            try:
+                first = self._new_seq_out(req, 0)
+            except BaseException:
+                self.scheduler.abort_request(request_id)  # nothing is kept
+                raise
         except RequestRejectedError as exc:
             self.metrics.rejected_by_reason[exc.reason] += 1
             raise
@@ -188,7 +194,9 @@ class Engine:
         for seq in req.seqs.values():
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
-        self.metrics.finished_by_reason["abort"] += 1
+            self.metrics.finished_by_reason[seq.finish_reason] += 1
+        # Unit: completions (choices), as when a request finishes: forks not made yet count too.
+        self.metrics.finished_by_reason["abort"] += max(0, req.params.n - len(req.seqs))
         return self._output(req, finished=True)
 
     def has_unfinished(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trtkv.errors import ConfigError
-from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES, canonical_dtype
 
 #: Weight/compute dtypes an export can have (trtkv.export.llama_graph.COMPUTE_TYPES maps them).
 COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
@@ -27,6 +27,8 @@ class ExportConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # float16 -> fp16, ...
+        object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
         if self.dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r} is not supported; use one of {', '.join(COMPUTE_DTYPES)}")
         if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:

@@ -40,6 +40,14 @@ KV_LAYOUT = "NTBHD"  # [num_blocks, 2 (K,V), block_size, num_kv_heads, head_dim]
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 #: KV dtypes stored as quantized codes with scales.
 QUANTIZED_KV_DTYPES = ("fp8", "int8")
+#: Other spellings users bring from vLLM / PyTorch / TensorRT-LLM, mapped to ours.
+DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+                 "fp8_e4m3": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8"}
+
+
+def canonical_dtype(name: str) -> str:
+    """Our name of a dtype given in any usual spelling (unknown names come back unchanged)."""
+    return DTYPE_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
 FP8_E4M3_MAX = 448.0
 INT8_MAX = 127.0
 #: Scale used when a quantized pool has no calibrated scales: fp8 keeps E4M3's own range

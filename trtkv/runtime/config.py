@@ -7,6 +7,7 @@ from typing import Any
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
+from trtkv.ops.schema import canonical_dtype
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.scheduler.config import SchedulerConfig
 
@@ -42,6 +43,7 @@ class EngineConfig:
     kv_store_timeout_s: float = _opt(0.1, "timeout of each KV store call; a slow or down store is skipped for a while")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
         tiers = self.kv_offload_gib or self.kv_offload_blocks or self.kv_store_url
         if tiers and not self.enable_prefix_caching:
             raise ConfigError("--kv-offload-gib, --kv-offload-blocks and --kv-store-url keep "

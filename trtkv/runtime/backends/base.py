@@ -12,7 +12,7 @@ import numpy as np
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import KV_DTYPES
+from trtkv.ops.schema import KV_DTYPES, canonical_dtype
 from trtkv.runtime.plan import StepPlan
 
 
@@ -30,6 +30,7 @@ class BackendConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "fraction of GPU memory trtkv may use (tensorrt)"})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
         if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
         if self.num_blocks < 0:

@@ -14,7 +14,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q "torch==2.13.0"
-# dev: the test and lint tools plus the serve, bench and store extras (every feature is tested).
+# dev: the test and lint tools plus the serve, bench, store and gguf extras (every feature is tested).
 .venv/bin/python -m pip install -q -e ".[dev]"
 # tritonserver + its Python backend for the Triton tests (runs on CPU). --no-deps: the wheel
 # pins numpy<2, but only the server binary and backend are used, never its Python API.

@@ -85,11 +85,12 @@ class Conversation:
 
 def register(subparsers: Any) -> None:
     from trtkv.cli import add_dataclass_options
+    from trtkv.model_source import MODEL_HELP
     from trtkv.runtime.config import EngineConfig
 
     p = subparsers.add_parser("chat", help="chat with an exported model on the terminal "
                               f"(streams replies; {COMMANDS_HELP})")
-    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    p.add_argument("model_dir", help=MODEL_HELP)
     add_chat_options(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -106,6 +107,7 @@ def register(subparsers: Any) -> None:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from trtkv.cli import dataclass_from_args
+    from trtkv.model_source import resolve_model
     from trtkv.runtime.config import EngineConfig
     from trtkv.runtime.llm import LLM
     from trtkv.runtime.sampling import SamplingParams
@@ -113,7 +115,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     template = read_chat_template(args.chat_template) if args.chat_template else None
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
-    llm = LLM(args.model_dir, dataclass_from_args(EngineConfig, args))
+    llm = LLM(resolve_model(args.model_dir), dataclass_from_args(EngineConfig, args))
     try:
         tokenizer = llm.tokenizer
         check_chat_template(tokenizer, template)

@@ -50,10 +50,11 @@ def _parse_ids(text: str) -> list[int]:
 
 # -- export ------------------------------------------------------------------------------
 def _cmd_export(args: argparse.Namespace) -> int:
-    from trtkv.export.exporter import ExportConfig, export
+    from trtkv.export.config import ExportConfig
+    from trtkv.model_source import export_model
 
     config = dataclass_from_args(ExportConfig, args)
-    manifest = export(args.hf_dir, args.output, config)
+    manifest = export_model(args.hf_dir, args.output, config)
     print(f"exported {manifest.architecture} ({manifest.num_layers} layers, {manifest.dtype}, "
           f"KV {manifest.kv_dtype}) to {args.output}", file=sys.stderr)
     return 0
@@ -75,7 +76,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos, n=args.n,
         stop=tuple(args.stop),
     )
-    llm = LLM(args.model_dir, dataclass_from_args(EngineConfig, args))
+    from trtkv.model_source import resolve_model
+
+    llm = LLM(resolve_model(args.model_dir), dataclass_from_args(EngineConfig, args))
     outs = llm.chat(chat[0], params, chat_template=chat[1]) if chat else llm.generate(prompts, params)
     for out in outs:
         for comp in out.outputs:
@@ -125,6 +128,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from trtkv import chat_cli
     from trtkv.export.config import ExportConfig
+    from trtkv.model_source import MODEL_HELP
     from trtkv.runtime.config import EngineConfig
 
     parser = argparse.ArgumentParser(prog="trtkv", description=__doc__.splitlines()[0] if __doc__ else "")
@@ -132,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="HF checkpoint dir -> ONNX with trtkv ops + manifest")
-    p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer)")
+    p.add_argument("hf_dir", help="Hugging Face checkpoint directory (config.json, *.safetensors, "
+                   "tokenizer), hub id in the local HF cache (ORG/NAME) or .gguf file")
     p.add_argument("-o", "--output", required=True, help="output directory")
     add_dataclass_options(p, ExportConfig)
     p.set_defaults(func=_cmd_export)
@@ -155,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("generate", help="generate from an exported model (in-flight batching)")
-    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    p.add_argument("model_dir", help=MODEL_HELP)
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompt-ids", action="append", type=_parse_ids, default=[],
                    help="a prompt as comma-separated token ids (repeatable)")

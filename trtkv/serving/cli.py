@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 
 def register(subparsers: Any) -> None:
     from trtkv.cli import add_dataclass_options
+    from trtkv.model_source import MODEL_HELP
     from trtkv.runtime.config import EngineConfig
     from trtkv.serving.config import ServerConfig
 
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, "
                               "/v1/chat/completions, /metrics)")
-    p.add_argument("model_dir", help="exported model directory (trtkv export -o ...)")
+    p.add_argument("model_dir", help=MODEL_HELP)
     add_dataclass_options(p, ServerConfig)
     add_dataclass_options(p, EngineConfig)
     p.set_defaults(func=_cmd_serve)
@@ -35,12 +38,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     require("aiohttp", "serve", "trtkv serve")
     require("prometheus_client", "serve", "trtkv serve")
     from trtkv.cli import dataclass_from_args
+    from trtkv.model_source import model_name, resolve_model
     from trtkv.runtime.config import EngineConfig
     from trtkv.serving.config import ServerConfig
     from trtkv.serving.server import create_server, run_server
 
     config: ServerConfig = dataclass_from_args(ServerConfig, args)
-    server = create_server(args.model_dir, dataclass_from_args(EngineConfig, args), config)
+    model_dir = resolve_model(args.model_dir)
+    if model_dir != Path(args.model_dir) and not config.served_model_name:
+        config = dataclasses.replace(config, served_model_name=model_name(args.model_dir))
+    server = create_server(model_dir, dataclass_from_args(EngineConfig, args), config)
 
     def ready(port: int) -> None:
         print(f"trtkv serve: model {server.model_name!r} on http://{config.host}:{port}/v1",

@@ -23,16 +23,16 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequ
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         help_text = str(f.metadata.get("help", ""))
         default = f.default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         else:
             kind: Callable[[str], Any] = type(default) if default is not None else str
             choices = f.metadata.get("choices")
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
+            parser.add_argument(*flags, dest=f.name, type=kind, default=default, choices=choices,
                                 help=f"{help_text} (default: {default})")
 
 

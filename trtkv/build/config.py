@@ -20,7 +20,7 @@ DEFAULT_RTX_COMPUTE_CAPABILITIES = "80,86,89,120"
 class BuildConfig:
     """Options of `trtkv build` (ONNX + manifest -> TensorRT engine directory)."""
 
-    max_num_tokens: int = field(default=2048, metadata={"help": "most new tokens in one step (prefill chunks + decodes)"})
+    max_num_tokens: int = field(default=2048, metadata={"help": "most new tokens in one step (prefill chunks + decodes); the engine's --max-num-batched-tokens", "aliases": ("--max-num-batched-tokens",)})
     """Most new tokens in one step (the scheduler's max_num_batched_tokens)."""
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     """Most sequences in one step (the scheduler's max_num_seqs)."""

@@ -80,7 +80,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     llm = LLM(resolve_model(args.model_dir), dataclass_from_args(EngineConfig, args))
     outs = llm.chat(chat[0], params, chat_template=chat[1]) if chat else llm.generate(prompts, params)
-    for out in outs:
+    for i, out in enumerate(outs):
+        shown = _shown_prompt(prompts[i], chat[0][i] if chat else None)
         for comp in out.outputs:
             if args.json:
                 print(json.dumps({
@@ -90,11 +91,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     "num_cached_tokens": out.num_cached_tokens,
                 }), flush=True)
             else:
+                # The prompt, then its continuation (a chat reply on its own line).
                 print(f"--- {out.request_id}[{comp.index}] ({comp.finish_reason}, "
-                      f"{len(comp.token_ids)} tokens)\n{comp.text}", flush=True)
+                      f"{len(comp.token_ids)} tokens)\n{shown}{comp.text}", flush=True)
     if args.stats:
         print(json.dumps(llm.engine.stats(), default=str, indent=1), file=sys.stderr)
     return 0
+
+
+def _shown_prompt(prompt: str | list[int], conversation: list[dict[str, str]] | None) -> str:
+    """What the text output prints before a continuation: the prompt as given."""
+    if conversation is not None:
+        return f"> {conversation[-1]['content']}\n"
+    return prompt if isinstance(prompt, str) else f"{prompt} -> "
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from trtkv.manifest import Manifest
 from trtkv.ops.schema import canonical_dtype
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.scheduler.config import SchedulerConfig
+from trtkv.runtime.scheduler.policy import POLICIES
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -34,6 +35,15 @@ class EngineConfig:
     max_num_queued_requests: int = _opt(1024, "most waiting requests; more are rejected (queue_full)")
     enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
     preemption_mode: str = _opt("recompute", "when KV runs out: recompute or swap (needs --num-host-blocks)")
+    scheduling_policy: str = field(default="priority", metadata={
+        "help": "admission order: priority (priority, then arrival), fcfs (arrival only) or "
+                "short-first (least prompt + max_new_tokens first, aged by --aging-tokens-per-s)",
+        "choices": POLICIES})
+    aging_tokens_per_s: float = _opt(1000.0, "short-first: a waiting request's cost drops this many tokens per "
+                                     "second, so one arriving cost/rate seconds later never goes first")
+    long_prefill_threshold: int = _opt(0, "prompts longer than this (tokens) are long prefills; 0 = no throttle")
+    max_long_prefills: int = _opt(1, "most long prefills (see --long-prefill-threshold) at once; others wait")
+    max_new_tokens_cap: int = _opt(0, "lower every request's max_new_tokens to this; 0 = no cap")
     enable_prefix_caching: bool = _opt(False, "reuse KV blocks of shared prompt prefixes")
     kv_offload_gib: float = _opt(0.0, "host memory (GiB) keeping KV blocks evicted from the pool for reuse (needs --enable-prefix-caching)")
     kv_offload_blocks: int = _opt(0, "host offload tier size in blocks; overrides --kv-offload-gib")
@@ -53,6 +63,9 @@ class EngineConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.kv_store_ttl_s <= 0 or self.kv_store_timeout_s <= 0:
             raise ConfigError("--kv-store-ttl-s and --kv-store-timeout-s must be > 0")
+        if not isinstance(self.max_new_tokens_cap, int) or self.max_new_tokens_cap < 0:
+            raise ConfigError(f"--max-new-tokens-cap must be an integer >= 0 (0 = no cap), "
+                              f"got {self.max_new_tokens_cap!r}")
 
     def resolve_offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
         """Host offload blocks: explicit, from --kv-offload-gib, or (a store without a host
@@ -86,4 +99,8 @@ class EngineConfig:
             max_num_queued_requests=self.max_num_queued_requests,
             enable_chunked_prefill=self.enable_chunked_prefill,
             preemption_mode=self.preemption_mode,  # type: ignore[arg-type]
+            scheduling_policy=self.scheduling_policy,  # type: ignore[arg-type]
+            aging_tokens_per_s=self.aging_tokens_per_s,
+            long_prefill_threshold=self.long_prefill_threshold,
+            max_long_prefills=self.max_long_prefills,
         )

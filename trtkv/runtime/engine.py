@@ -68,6 +68,8 @@ class _Request:
     first_token_time: float | None = None
     first_scheduled_time: float | None = None
     num_cached_tokens: int = 0
+    is_capped: bool = False
+    """``max_new_tokens_cap`` lowered ``params.max_new_tokens``."""
     fork_generators: list[np.random.Generator] = field(default_factory=list)
 
     @property
@@ -120,18 +122,23 @@ class Engine:
                     cache_salt: str | None = None) -> str:
         """Queue a request (text or token ids). Returns its id.
 
+        ``max_new_tokens`` above ``EngineConfig.max_new_tokens_cap`` is lowered to the cap; an
+        output the cap ends says so (``CompletionOutput.capped``).
+
         Raises:
             InvalidRequestError: empty prompt, token ids out of range, text without a tokenizer.
             RequestRejectedError: can never be served (``too_long``, ``kv_capacity``) or the
                 queue is full (``queue_full``); nothing is kept.
         """
         params = params or SamplingParams()
+        requested = params.max_new_tokens
+        params = params.with_max_new_tokens_cap(self.config.max_new_tokens_cap)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_ids = self.encode(prompt)
         now = time.monotonic()
-        req = _Request(request_id, prompt_ids, params, now)
+        req = _Request(request_id, prompt_ids, params, now, is_capped=params.max_new_tokens < requested)
         try:
             # The scheduler is the one admission check (length, capacity, n, queue), so the
             # engine's and the scheduler's rejection counts always agree.
@@ -292,6 +299,8 @@ class Engine:
                 new_token_ids=tuple(seq.new_ids), new_text=seq.new_text,
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
                 logprobs=tuple(seq.logprobs) if req.params.logprobs is not None else None,
+                capped=req.is_capped and seq.finish_reason == "length"
+                and len(seq.output_ids) >= req.params.max_new_tokens,
             ))
             seq.new_ids, seq.new_text = [], ""
         timings = {"arrival": req.arrival}

@@ -17,6 +17,8 @@ class CompletionOutput:
         finish_reason: None while running, else "stop", "length" or "abort".
         stop_reason: the stop token id or stop string, when finish_reason == "stop".
         logprobs: per output token (token_id, logprob, [(top_id, top_logprob), ...]).
+        capped: finish_reason is "length" because the server's max_new_tokens_cap cut the
+            request's max_new_tokens (it would otherwise have gone on).
     """
 
     index: int
@@ -27,6 +29,7 @@ class CompletionOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] | None = None
+    capped: bool = False
 
 
 @dataclass(frozen=True)

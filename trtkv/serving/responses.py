@@ -114,6 +114,9 @@ class ResponseBuilder:
 def usage(out: RequestOutput) -> dict[str, Any]:
     completion = sum(len(c.token_ids) for c in out.outputs)
     prompt = len(out.prompt_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+    body: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion,
+                            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+    if any(c.capped for c in out.outputs):  # the server's --max-new-tokens-cap cut max_tokens
+        body["max_tokens_capped"] = True
+    return body

@@ -7,7 +7,7 @@ tensorrt.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from trtkv.errors import InvalidRequestError
 
@@ -131,6 +131,15 @@ class SamplingParams:
                 raise InvalidRequestError(
                     f"{name}={getattr(self, name)!r} is invalid: give True or False"
                 )
+
+    def with_max_new_tokens_cap(self, cap: int) -> SamplingParams:
+        """These params with max_new_tokens (and min_tokens) lowered to ``cap``; 0 = no cap.
+
+        Returns ``self`` when the cap does not cut the request.
+        """
+        if not cap or self.max_new_tokens <= cap:
+            return self
+        return replace(self, max_new_tokens=cap, min_tokens=min(self.min_tokens, cap))
 
     def as_dict(self) -> dict[str, object]:
         """The fields as a plain dict (for logging and the serving layer)."""

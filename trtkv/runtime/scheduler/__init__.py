@@ -5,6 +5,8 @@ Module map:
     scheduler.py: `Scheduler`, admission, budgets, chunked prefill, preemption, forks.
     sequence.py: `Sequence` (internal state), `SeqView` (read-only snapshot), `SeqStatus`.
     queue.py: `SeqQueue`, the priority queue of waiting / swapped sequences.
+    policy.py: `SchedulingPolicy` (fcfs, priority, short-first with aging: the sort key),
+        the long-prefill throttle predicate.
     registry.py: `SeqRegistry`, which set (waiting, running, swapped) each sequence is in.
     inflight.py: `InflightBlocks`, block keys running prefills have not cached yet.
     stats.py: `SchedulerStats`, counters for metrics.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trtkv.errors import ConfigError
+from trtkv.runtime.scheduler.policy import POLICIES, PolicyName
 
 PreemptionMode = Literal["recompute", "swap"]
 
@@ -42,6 +43,26 @@ class SchedulerConfig:
         default="recompute",
     )
     """How to evict a running sequence when KV blocks run out: 'recompute' or 'swap'."""
+    scheduling_policy: PolicyName = field(default="priority", metadata={
+        "help": "Admission order: priority (priority, then arrival), fcfs (arrival only) or "
+                "short-first (least prompt + max_new_tokens first, aged).",
+        "choices": POLICIES})
+    """Admission order: priority (priority, then arrival), fcfs (arrival only) or short-first
+    (least prompt + max_new_tokens first, aged); see `policy`."""
+    aging_tokens_per_s: float = _help(
+        "short-first: a waiting request's cost drops this many tokens per second waited.",
+        default=1000.0,
+    )
+    """short-first: a waiting request's cost drops this many tokens per second waited, so a
+    request arriving more than cost / aging_tokens_per_s seconds later never goes first."""
+    long_prefill_threshold: int = _help(
+        "Prompts longer than this (tokens) are long prefills, throttled; 0 = off.", default=0
+    )
+    """Prompts longer than this (tokens) are long prefills, throttled; 0 = off."""
+    max_long_prefills: int = _help(
+        "Most long prefills (see long_prefill_threshold) running at once; others wait.", default=1
+    )
+    """Most long prefills (see long_prefill_threshold) running at once; others wait."""
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
@@ -56,6 +77,17 @@ class SchedulerConfig:
             raise ConfigError(
                 f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}"
             )
+        if self.scheduling_policy not in POLICIES:
+            raise ConfigError(f"scheduling_policy must be one of {', '.join(POLICIES)}, "
+                              f"got {self.scheduling_policy!r}")
+        if not self.aging_tokens_per_s > 0:  # also refuses NaN
+            raise ConfigError(f"aging_tokens_per_s must be > 0, got {self.aging_tokens_per_s}")
+        if not isinstance(self.long_prefill_threshold, int) or self.long_prefill_threshold < 0:
+            raise ConfigError(f"long_prefill_threshold must be an integer >= 0 (0 = off), "
+                              f"got {self.long_prefill_threshold!r}")
+        if not isinstance(self.max_long_prefills, int) or self.max_long_prefills < 1:
+            raise ConfigError(f"max_long_prefills must be an integer >= 1, "
+                              f"got {self.max_long_prefills!r}")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "

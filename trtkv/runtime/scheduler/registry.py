@@ -32,20 +32,24 @@ class SeqRegistry:
         self._next_arrival = 0
 
     def new_seq(self, request_id: str, prompt_ids: list[int], max_new_tokens: int,
-                priority: int, arrival_time: float, cache_salt: str | None) -> SeqState:
-        """Register a new request's sequence and queue it as waiting."""
+                priority: int, rank: tuple[int, float], cache_salt: str | None) -> SeqState:
+        """Register a new request's sequence and queue it as waiting.
+
+        ``rank`` is the policy's (class, time) for it (`SchedulingPolicy.rank`); the arrival
+        order and the seq id complete its `SortKey`.
+        """
         seq = self._create(request_id, prompt_ids, len(prompt_ids), max_new_tokens, priority,
-                           (arrival_time, self._next_arrival), cache_salt)
+                           (*rank, self._next_arrival), cache_salt)
         self._next_arrival += 1
         self.waiting.push(seq)
         return seq
 
     def fork(self, parent: SeqState, token: int) -> SeqState:
-        """A running child of ``parent`` with its tokens plus ``token`` (same priority/arrival)."""
-        _, arrival_time, arrival, _ = parent.key
+        """A running child of ``parent`` with its tokens plus ``token`` (same rank/arrival)."""
+        rank_class, rank_time, arrival, _ = parent.key
         child = self._create(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
-                             parent.max_new_tokens, parent.priority, (arrival_time, arrival),
-                             parent.cache_salt)
+                             parent.max_new_tokens, parent.priority,
+                             (rank_class, rank_time, arrival), parent.cache_salt)
         child.num_computed = parent.num_computed
         child.num_cached_tokens = parent.num_cached_tokens
         child.block_keys = list(parent.block_keys)
@@ -91,13 +95,13 @@ class SeqRegistry:
         return (waiting, self.waiting) if waiting is not None else None
 
     def _create(self, request_id: str, token_ids: list[int], prompt_len: int,
-                max_new_tokens: int, priority: int, arrival: tuple[float, int],
+                max_new_tokens: int, priority: int, order: tuple[int, float, int],
                 cache_salt: str | None) -> SeqState:
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         seq = SeqState(seq_id=seq_id, request_id=request_id, token_ids=token_ids,
                        prompt_len=prompt_len, max_new_tokens=max_new_tokens, priority=priority,
-                       key=(priority, arrival[0], arrival[1], seq_id), cache_salt=cache_salt)
+                       key=(*order, seq_id), cache_salt=cache_salt)
         self.seqs[seq_id] = seq
         self.requests.setdefault(request_id, []).append(seq_id)
         return seq

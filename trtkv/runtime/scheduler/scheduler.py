@@ -8,13 +8,15 @@ it for blocks. Must not import torch, onnx, onnxruntime or tensorrt.
 Each `schedule()` builds one `StepPlan` in three passes:
   1. decodes of running sequences (one token each, so a decode never starves);
   2. the next prefill chunk of running sequences still in prefill;
-  3. admissions, swapped and waiting sequences merged in priority order, skipped in a step
+  3. admissions, swapped and waiting sequences merged in policy order, skipped in a step
      that preempted (admitting then would only cause more preemption). Admission stops at
      the first sequence that does not fit, so a large request is not overtaken forever
-     (a request deferred by in-flight prefix de-duplication, below, does not stop it).
-Priority: a LOWER number is served first; ties go to the earlier arrival. A preemption
-victim is the running sequence not yet scheduled this step with the highest number, then
-the latest arrival. A decode that cannot grow preempts victims (itself last); a prefill
+     (a request deferred by in-flight prefix de-duplication, below, or by the long-prefill
+     throttle, `policy`, does not stop it).
+Order (``scheduling_policy``, see `policy`): by default a LOWER priority number is served
+first and ties go to the earlier arrival; fcfs ignores priorities; short-first serves the
+least aged cost first. A preemption victim is the running sequence not yet scheduled this
+step that ranks last (by default: the highest number, then the latest arrival). A decode that cannot grow preempts victims (itself last); a prefill
 chunk that cannot grow only preempts sequences that rank below it, else waits a step.
 A waiting request never preempts a running one.
 
@@ -54,6 +56,8 @@ from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks
+from trtkv.runtime.scheduler.policy import SchedulingPolicy, is_long_prefill
+from trtkv.runtime.scheduler.queue import SeqQueue
 from trtkv.runtime.scheduler.registry import SeqRegistry
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
 from trtkv.runtime.scheduler.stats import SchedulerStats
@@ -89,9 +93,10 @@ class Scheduler:
         self._reg = SeqRegistry()
         self._in_flight: StepPlan | None = None
         self._inflight_blocks = InflightBlocks(kv.block_size)
+        self._policy = SchedulingPolicy(config.scheduling_policy, config.aging_tokens_per_s)
         self._counts = dict.fromkeys(
             ("recompute", "swap", "too_long", "kv_capacity", "too_many_seqs", "queue_full", "chunked", "steps",
-             "prefix_queries", "prefix_query", "prefix_hit", "prefix_deferred"), 0,
+             "prefix_queries", "prefix_query", "prefix_hit", "prefix_deferred", "long_deferred"), 0,
         )
 
     # -- requests -------------------------------------------------------------------------
@@ -113,8 +118,9 @@ class Scheduler:
             request_id: unique among unfinished requests.
             prompt_ids: the prompt's token ids (non-empty).
             max_new_tokens: the most tokens the engine will sample for it (>= 1).
-            priority: lower numbers are served first and preempted last.
-            arrival_time: orders equal priorities (default: now, ``time.monotonic()``).
+            priority: lower numbers are served first and preempted last (policy ``priority``).
+            arrival_time: orders equal priorities and ages short-first (default: now,
+                ``time.monotonic()``).
             cache_salt: separates prefix-cache namespaces (e.g. per tenant).
             n: sequences the request forks into after its prompt (parallel sampling); it is
                 admitted only when n of ``max_num_seqs`` are free.
@@ -150,8 +156,9 @@ class Scheduler:
                          "retry later")
         if arrival_time is None:
             arrival_time = time.monotonic()
-        seq = self._reg.new_seq(request_id, list(prompt_ids), max_new_tokens, priority,
-                                arrival_time, cache_salt)
+        rank = self._policy.rank(priority, arrival_time, len(prompt_ids), max_new_tokens)
+        seq = self._reg.new_seq(request_id, list(prompt_ids), max_new_tokens, priority, rank,
+                                cache_salt)
         seq.num_samples = n
         return seq.seq_id
 
@@ -211,7 +218,7 @@ class Scheduler:
             num_prefix_queries=c["prefix_queries"], num_prefix_query_tokens=c["prefix_query"],
             num_prefix_hit_tokens=c["prefix_hit"],
             kv=self.kv.usage(), num_prefix_deferrals=c["prefix_deferred"],
-            num_rejected_too_many_seqs=c["too_many_seqs"],
+            num_rejected_too_many_seqs=c["too_many_seqs"], num_long_prefill_deferrals=c["long_deferred"],
         )
 
     # -- one step -------------------------------------------------------------------------
@@ -234,7 +241,8 @@ class Scheduler:
             if seq.status is _RUNNING:  # not preempted earlier in this step
                 self._schedule_prefill(seq, step)
         if not step.preempted:
-            self._admit(step)
+            threshold = self.config.long_prefill_threshold
+            self._admit(step, sum(s.prompt_len > threshold for s in prefilling) if threshold else 0)
         offload_out, offload_in = self.kv.take_moves()
         step.swap_out += offload_out
         step.swap_in += offload_in
@@ -342,16 +350,19 @@ class Scheduler:
             if copies is not None:
                 return copies
 
-    def _admit(self, step: _Step) -> None:
-        deferred: list[SeqState] = []
+    def _admit(self, step: _Step, num_long: int) -> None:
+        """Admit what fits; ``num_long``: long prefills running (see `policy`)."""
+        deferred: list[tuple[SeqState, SeqQueue]] = []
         try:
-            self._admit_until_full(step, deferred)
+            self._admit_until_full(step, num_long, deferred)
         finally:
-            for seq in deferred:  # same keys, so their order in the queue is unchanged
-                self._reg.waiting.push(seq)
+            for seq, queue in deferred:  # same keys, so their order in the queue is unchanged
+                queue.push(seq)
 
-    def _admit_until_full(self, step: _Step, deferred: list[SeqState]) -> None:
+    def _admit_until_full(self, step: _Step, num_long: int,
+                          deferred: list[tuple[SeqState, SeqQueue]]) -> None:
         caching = self.kv.enable_prefix_caching
+        threshold = self.config.long_prefill_threshold
         # Slots promised to running sequences that will fork (n > 1) once their prompt is done.
         reserved = sum(s.num_samples - 1 for s in self._reg.running if s.num_samples > 1)
         while step.token_budget > 0 and len(self._reg.running) + reserved < self.config.max_num_seqs:
@@ -362,6 +373,12 @@ class Scheduler:
             seq_id = seq.seq_id
             if len(self._reg.running) + reserved + seq.num_samples > self.config.max_num_seqs:
                 return  # its forks would not fit: wait until enough sequences finish
+            is_long = threshold > 0 and is_long_prefill(seq, threshold)
+            if is_long and num_long >= self.config.max_long_prefills:
+                queue.pop()
+                deferred.append((seq, queue))
+                self._counts["long_deferred"] += 1
+                continue
             if seq.status is SeqStatus.SWAPPED:
                 num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
                 if num_tokens == 0 or not self.kv.can_swap_in(seq_id, num_tokens):
@@ -381,7 +398,7 @@ class Scheduler:
                     hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt, keys)
                     if hit.num_blocks < len(keys) and keys[hit.num_blocks] in self._inflight_blocks:
                         queue.pop()
-                        deferred.append(seq)
+                        deferred.append((seq, queue))
                         self._counts["prefix_deferred"] += 1
                         continue
                 else:
@@ -399,6 +416,7 @@ class Scheduler:
                     self._counts["prefix_query"] += seq.num_tokens
                     self._counts["prefix_hit"] += start
             reserved += seq.num_samples - 1
+            num_long += is_long
             self._reg.add_running(seq)
             self._add_to_step(seq, num_tokens, seq.is_decoding, step)
 

@@ -11,7 +11,9 @@ import enum
 from dataclasses import dataclass, field
 
 SortKey = tuple[int, float, int, int]
-"""(priority, arrival_time, arrival order, seq_id): smaller sorts first and is served first."""
+"""(class, time, arrival order, seq_id): smaller sorts first and is served first. Class and
+time come from the scheduling policy (`policy.SchedulingPolicy.rank`): (priority,
+arrival_time) by default."""
 
 
 class SeqStatus(enum.Enum):

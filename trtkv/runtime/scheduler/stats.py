@@ -41,6 +41,8 @@ class SchedulerStats:
     request's next uncached block (in-flight prefix de-duplication)."""
     num_rejected_too_many_seqs: int = 0
     """Requests refused because their n exceeds max_num_seqs."""
+    num_long_prefill_deferrals: int = 0
+    """Admission attempts deferred a step because max_long_prefills long prefills ran."""
 
     @property
     def num_preemptions(self) -> int:

@@ -22,7 +22,9 @@ class EngineConfig:
     """Options of the runtime engine (backend, KV pool, batching)."""
 
     backend: str = _opt("onnxruntime", "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)")
-    kv_dtype: str = _opt("auto", "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8")
+    kv_dtype: str = field(default="auto", metadata={
+        "help": "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8 (float16/bfloat16 too)",
+        "aliases": ("--kv-cache-dtype",)})
     num_blocks: int = _opt(0, "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
     block_size: int = _opt(0, "tokens per KV block; 0 = the manifest's (export --block-size)")
     kv_cache_gib: float = _opt(0.5, "KV pool size in GiB when --num-blocks is 0")

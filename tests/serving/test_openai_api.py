@@ -296,3 +296,30 @@ def test_metrics_parse_and_speak_vllm(live_server: LiveServer) -> None:
     generated = families["vllm:generation_tokens"].samples[0]
     assert generated.value >= 2
     assert families["vllm:num_requests_running"].samples[0].value == 0  # nothing in flight now
+
+
+def test_batch_prompts_on_completions(client, live_server: LiveServer) -> None:
+    """A list of prompts (strings or token ids) is a batch: choice i of prompt k has index
+    k * n + i, each equal to the prompt sent alone; usage is summed; streaming too."""
+    prompts = ["def add(a, b):", "import os", "class Foo:"]
+    alone = [client.completions.create(model=MODEL_NAME, prompt=p, max_tokens=6, temperature=0) for p in prompts]
+    batch = client.completions.create(model=MODEL_NAME, prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in batch.choices] == list(range(6))
+    for k, single in enumerate(alone):
+        for i in range(2):
+            assert batch.choices[k * 2 + i].text == single.choices[0].text
+    assert batch.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)  # once per prompt
+    assert batch.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)
+    texts: dict[int, str] = {}
+    for chunk in client.completions.create(model=MODEL_NAME, prompt=[[5, 6, 7], [9, 10]], max_tokens=4,
+                                           temperature=0, stream=True, extra_body={"ignore_eos": True}):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert sorted(texts) == [0, 1]
+    code, _, reply = http(live_server.base_url, "POST", "/v1/completions",
+                          {"prompt": ["x"] * 65, "max_tokens": 1})
+    assert code == 400 and reply["error"]["param"] == "prompt"
+    code, _, reply = http(live_server.base_url, "POST", "/v1/completions",
+                          {"prompt": ["x", [10**9]], "max_tokens": 1})  # one bad prompt: none admitted
+    assert code == 400
+    assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0

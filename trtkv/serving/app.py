@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -27,7 +27,7 @@ from trtkv.runtime.outputs import RequestOutput
 from trtkv.serving import prometheus
 from trtkv.serving.config import ServerConfig
 from trtkv.serving.protocol import ApiError, GenerateRequest, parse_chat, parse_completion
-from trtkv.serving.responses import ResponseBuilder
+from trtkv.serving.responses import ResponseBuilder, sum_usage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS_CLIENT_GONE = 499  # nginx's convention for "client closed the request"
@@ -148,6 +148,8 @@ class OpenAIServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_completion(await _read_json(request, self.config.request_timeout_s))
         self._check_model(req.model)
+        if req.batch:
+            return await self._generate_batch(request, req)
         return await self._generate(request, "completion", "cmpl", req)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -195,12 +197,55 @@ class OpenAIServer:
             return web.json_response(builder.response(final), headers=headers)
         return await self._stream(request, stream, builder, req.include_usage, headers)
 
-    async def _stream(self, request: web.Request, stream: RequestStream, builder: ResponseBuilder,
+    async def _generate_batch(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
+        """Several prompts in one completion request: one engine request each, all admitted or
+        none; choice i of prompt k gets index k * n + i, usage is summed."""
+        response_id = f"cmpl-{uuid.uuid4().hex}"
+        headers = {"X-Request-Id": _client_request_id(request) or response_id}
+        if len(req.batch) * req.params.n > self.engine.engine.scheduler.config.max_num_seqs:
+            raise ApiError(400, f"{len(req.batch)} prompts x n={req.params.n} exceed --max-num-seqs "
+                           f"({self.engine.engine.scheduler.config.max_num_seqs}); send fewer prompts",
+                           param="prompt")
+        streams: list[RequestStream] = []
+        try:
+            for k, prompt in enumerate(req.batch):
+                streams.append(await self.engine.add_request(prompt, req.params, request_id=f"{response_id}-{k}",
+                                                             priority=req.priority))
+        except (InvalidRequestError, RequestRejectedError, EngineClosedError) as exc:
+            for stream in streams:
+                await stream.aclose()
+            if isinstance(exc, EngineClosedError):
+                raise ApiError(503, str(exc), type="service_unavailable") from None
+            raise ApiError.from_engine(exc) from None
+        builders = [ResponseBuilder("completion", response_id, self.model_name, self.engine.engine.tokenizer,
+                                    req.top_logprobs, index_offset=k * req.params.n) for k in range(len(streams))]
+        if req.stream:
+            merged = _merge_streams(streams)
+            return await self._stream(request, merged, _BatchBuilder(builders), req.include_usage, headers)
+        try:
+            finals = []
+            for stream in streams:
+                final = None
+                async for out in stream:
+                    final = out
+                assert final is not None
+                finals.append(final)
+        except EngineClosedError as exc:
+            raise ApiError(503, str(exc), type="service_unavailable") from None
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        bodies = [b.response(f) for b, f in zip(builders, finals, strict=True)]
+        body = {**bodies[0], "choices": [c for b in bodies for c in b["choices"]],
+                "usage": sum_usage([b["usage"] for b in bodies])}
+        return web.json_response(body, headers=headers)
+
+    async def _stream(self, request: web.Request, stream: Any, builder: Any,
                       include_usage: bool, headers: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache", **headers})
         self.num_active_streams += 1
-        last: RequestOutput | None = None
+        last: Any = None  # a RequestOutput, or a _BatchItem of a batched completion
         try:
             await response.prepare(request)
             try:
@@ -241,6 +286,78 @@ def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template
                        code="no_chat_template") from None
     except InvalidRequestError as exc:  # jinja errors: roles the template refuses, missing fields
         raise ApiError(400, str(exc), param="messages") from None
+
+
+class _MergedStream:
+    """Outputs of several request streams as one async iterator: ``(k, output)`` pairs as they
+    come; ends when every stream has finished. Closing it closes (aborts) them all."""
+
+    def __init__(self, streams: list[RequestStream]) -> None:
+        self.streams = streams
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.is_finished = False
+        self._tasks = [asyncio.ensure_future(self._pump(k, s)) for k, s in enumerate(streams)]
+        self._open = len(streams)
+
+    async def _pump(self, k: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                await self._queue.put((k, out))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            await self._queue.put((k, exc))
+        await self._queue.put((k, None))
+
+    def __aiter__(self) -> _MergedStream:
+        return self
+
+    async def __anext__(self) -> _BatchItem:
+        while self._open:
+            k, item = await self._queue.get()
+            if item is None:
+                self._open -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return _BatchItem(k, item, self._open == 1 and item.finished)
+        self.is_finished = True
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for stream in self.streams:
+            await stream.aclose()
+
+
+class _BatchItem(NamedTuple):
+    """One output of prompt ``k`` of a batch; ``finished``: the whole batch is done."""
+
+    k: int
+    out: RequestOutput
+    finished: bool
+
+
+def _merge_streams(streams: list[RequestStream]) -> _MergedStream:
+    return _MergedStream(streams)
+
+
+class _BatchBuilder:
+    """Chunks of a batched completion stream: each ``(k, output)`` through prompt k's builder;
+    the usage chunk sums the finished outputs."""
+
+    def __init__(self, builders: list[ResponseBuilder]) -> None:
+        self.builders = builders
+        self.finals: dict[int, Any] = {}
+
+    def chunks(self, item: _BatchItem) -> list[dict[str, Any]]:
+        k, out = item.k, item.out
+        if out.finished:
+            self.finals[k] = out
+        return self.builders[k].chunks(out)
+
+    def usage_chunk(self, last: Any) -> dict[str, Any]:
+        parts = [self.builders[k].usage_chunk(out) for k, out in sorted(self.finals.items())]
+        return {**parts[0], "usage": sum_usage([p["usage"] for p in parts])}
 
 
 def _client_request_id(request: web.Request) -> str | None:

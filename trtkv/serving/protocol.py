@@ -65,6 +65,9 @@ class GenerateRequest:
     """max_tokens was not given: lower it to what the context has left."""
     chat_template: str | None = None
     """Chat only: a Jinja template used instead of the model's."""
+    batch: tuple[str | list[int], ...] = ()
+    """Completions with several prompts: all of them (``prompt`` is the first); choice i of
+    prompt k has index k * n + i, as OpenAI numbers them."""
     add_generation_prompt: bool = True
     """Chat only: end the rendered prompt with the assistant's turn header."""
 
@@ -183,20 +186,39 @@ def parse_completion(raw: Any) -> GenerateRequest:
         raise ApiError(400, "'echo' is not supported; remove it", param="echo",
                        code="unsupported_parameter")
     common = _common(body)
-    prompt = body.raw.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        prompt = list(prompt)
-    elif not isinstance(prompt, str):
-        raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per "
-                       "request; send several requests for a batch)", param="prompt",
-                       code="invalid_type")
-    if not prompt:
-        raise ApiError(400, "'prompt' is empty; give at least one token", param="prompt")
+    prompts = _prompts(body.raw.get("prompt"))
     logprobs = body.get("logprobs", int, None)
     params = _sampling(body, body.get("max_tokens", int, 16), logprobs)
-    return GenerateRequest(prompt=prompt, params=params, top_logprobs=logprobs or 0, **common)
+    return GenerateRequest(prompt=prompts[0], params=params, top_logprobs=logprobs or 0,
+                           batch=tuple(prompts) if len(prompts) > 1 else (), **common)
+
+
+#: Most prompts one /v1/completions request may carry (each is an engine request).
+MAX_BATCH_PROMPTS = 64
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    """`prompt` as OpenAI allows it: a string, token ids, or a batch of either."""
+    if prompt == []:
+        raise ApiError(400, "'prompt' is empty; give at least one token", param="prompt")
+    if isinstance(prompt, str) or _is_ids(prompt):
+        items: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_ids(p) for p in prompt):
+        items = list(prompt)
+    else:
+        raise ApiError(400, "'prompt' must be a string, a list of token ids, or a list of those (a batch)",
+                       param="prompt", code="invalid_type")
+    if len(items) > MAX_BATCH_PROMPTS:
+        raise ApiError(400, f"'prompt' holds {len(items)} prompts; at most {MAX_BATCH_PROMPTS} per request",
+                       param="prompt")
+    if any(not p for p in items):
+        raise ApiError(400, "'prompt' is empty; give at least one token", param="prompt")
+    return [p if isinstance(p, str) else list(p) for p in items]
 
 
 def parse_chat(raw: Any, default_max_tokens: int) -> tuple[GenerateRequest, list[dict[str, Any]]]:

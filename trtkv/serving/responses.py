@@ -27,8 +27,10 @@ class ResponseBuilder:
     """
 
     def __init__(self, kind: str, response_id: str, model: str, tokenizer: Any,
-                 top_logprobs: int = 0) -> None:
+                 top_logprobs: int = 0, index_offset: int = 0) -> None:
         self.kind, self.id, self.model = kind, response_id, model
+        self.index_offset = index_offset
+        """Added to every choice index (prompt k of a batch: k * n)."""
         self.tokenizer = tokenizer
         self.top_logprobs = top_logprobs
         self.created = int(time.time())
@@ -43,7 +45,7 @@ class ResponseBuilder:
                 choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
                                 "logprobs": lps, "finish_reason": c.finish_reason})
             else:
-                choices.append({"index": c.index, "text": c.text, "logprobs": lps,
+                choices.append({"index": c.index + self.index_offset, "text": c.text, "logprobs": lps,
                                 "finish_reason": c.finish_reason})
         return {**self._head(chunk=False), "choices": choices, "usage": usage(out)}
 
@@ -72,7 +74,7 @@ class ResponseBuilder:
                 delta["role"] = "assistant"
             return {"index": c.index, "delta": delta, "logprobs": lps,
                     "finish_reason": c.finish_reason}
-        return {"index": c.index, "text": c.new_text, "logprobs": lps,
+        return {"index": c.index + self.index_offset, "text": c.new_text, "logprobs": lps,
                 "finish_reason": c.finish_reason}
 
     def _head(self, chunk: bool) -> dict[str, Any]:
@@ -120,3 +122,16 @@ def usage(out: RequestOutput) -> dict[str, Any]:
     if any(c.capped for c in out.outputs):  # the server's --max-new-tokens-cap cut max_tokens
         body["max_tokens_capped"] = True
     return body
+
+
+def sum_usage(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Usage of a batch: the parts' counts added (cached tokens too); flags kept if any is set."""
+    total: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
+    for part in parts:
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            total[key] += part[key]
+        total["prompt_tokens_details"]["cached_tokens"] += part["prompt_tokens_details"]["cached_tokens"]
+        if part.get("max_tokens_capped"):
+            total["max_tokens_capped"] = True
+    return total

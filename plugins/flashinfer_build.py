@@ -143,7 +143,10 @@ def build_flashinfer_library(
         *gencode_flags(archs, ptx=ptx), *extra_flags,
     ]
     header_bytes = b"".join(p.name.encode() + p.read_bytes() for p in headers())
-    common = (" ".join(flags).encode(), header_bytes, flashinfer_version().encode(), str(includes[3]).encode())
+    # The key names the FlashInfer version, not where its wheel is installed: a checkout in
+    # another folder (CI's fresh clone, its own .venv) reuses the same objects.
+    portable = [f for f in flags if not f.startswith("-I")]
+    common = (" ".join(portable).encode(), header_bytes, flashinfer_version().encode())
     cache = _cache_dir()
     objects: list[tuple[Path, Path]] = []
     for src in sources():

@@ -63,12 +63,9 @@ def read_dims(model: str | Path) -> ModelDims:
     if not config.is_file():
         raise ModelDirError(f"{path} has neither manifest.json (a trtkv export) nor config.json (a Hugging Face "
                             "checkpoint); pass one of those directories")
-    try:
-        raw = json.loads(config.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{config} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ModelDirError(f"{config} holds a JSON {type(raw).__name__}, not an object")
+    from trtkv.export.checkpoint import read_config_json
+
+    raw = read_config_json(config)
     raw = raw.get("text_config", raw) if "num_hidden_layers" not in raw else raw
     missing = [k for k in ("num_hidden_layers", "num_attention_heads", "hidden_size", "max_position_embeddings")
                if not isinstance(raw.get(k), int) or raw.get(k, 0) < 1]

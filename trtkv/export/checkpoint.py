@@ -50,6 +50,17 @@ class ArchSpec:
     bos_token_id: int | None
 
 
+def read_config_json(cfg_path: Path) -> dict[str, Any]:
+    """A config.json as a dict, or a CheckpointError saying why it is not one."""
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path} holds a JSON {type(raw).__name__}, not an object; pass a Hugging Face config.json")
+    return raw
+
+
 def load_hf_config(hf_dir: Path) -> Any:
     """transformers' config for ``hf_dir``, or a CheckpointError that says what is wrong."""
     if not hf_dir.exists():
@@ -62,12 +73,7 @@ def load_hf_config(hf_dir: Path) -> Any:
             f"{hf_dir} has no config.json; pass a Hugging Face checkpoint directory "
             "(config.json + *.safetensors + tokenizer files)"
         )
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{cfg_path} holds a JSON {type(raw).__name__}, not an object; pass a Hugging Face config.json")
+    raw = read_config_json(cfg_path)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(

@@ -113,8 +113,10 @@ def test_outputs_with_prefix_caching_match_reference(
     usage = sched.kv.usage()
     assert usage.num_used == 0 and usage.num_host_used == 0
     # Whether a random workload on a tiny pool hits at all depends on evictions; that hits
-    # happen (and change the work done) is asserted by the deterministic test below.
-    assert sched.stats().num_prefix_queries > 0
+    # happen (and change the work done) is asserted by the deterministic test below. Every
+    # admitted request looked the cache up at least once (re-admissions after preemption again).
+    admitted = [r for r in reqs if r.request_id not in res.rejected]
+    assert sched.stats().num_prefix_queries >= len(admitted) - len(res.aborted)
 
 
 def test_caching_on_and_off_give_the_same_outputs(simkit: SimpleNamespace) -> None:

@@ -26,7 +26,7 @@ from trtkv.runtime.tiers import BlockFormat, RedisKVStore
 
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed "
                                 "(scripts/setup.sh installs it from Debian packages)")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _fmt(**kw) -> BlockFormat:

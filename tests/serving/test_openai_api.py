@@ -323,3 +323,16 @@ def test_batch_prompts_on_completions(client, live_server: LiveServer) -> None:
                           {"prompt": ["x", [10**9]], "max_tokens": 1})  # one bad prompt: none admitted
     assert code == 400
     assert live_server.stats()["scheduler"]["kv"]["num_used"] == 0
+
+
+def test_streamed_text_offset_counts_from_the_start(client) -> None:
+    whole = client.completions.create(model=MODEL_NAME, prompt="def f(x):", max_tokens=8, temperature=0,
+                                      logprobs=1, extra_body={"ignore_eos": True})
+    offsets: list[int] = []
+    for chunk in client.completions.create(model=MODEL_NAME, prompt="def f(x):", max_tokens=8, temperature=0,
+                                           logprobs=1, stream=True, extra_body={"ignore_eos": True}):
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                offsets += choice.logprobs.text_offset
+    assert offsets == whole.choices[0].logprobs.text_offset and len(offsets) == 8
+    assert offsets == sorted(offsets) and offsets[0] == 0

@@ -35,6 +35,8 @@ class ResponseBuilder:
         self.top_logprobs = top_logprobs
         self.created = int(time.time())
         self._sent_role: set[int] = set()
+        self._streamed: dict[int, int] = {}
+        """Completions: characters of logprob tokens already streamed per choice (text_offset)."""
 
     # -- whole responses ------------------------------------------------------------------
     def response(self, out: RequestOutput) -> dict[str, Any]:
@@ -66,7 +68,9 @@ class ResponseBuilder:
     def _choice_delta(self, c: CompletionOutput) -> dict[str, Any]:
         lps = None
         if c.logprobs is not None and c.new_token_ids:
-            lps = self._logprobs(c.logprobs[-len(c.new_token_ids):])
+            lps = self._logprobs(c.logprobs[-len(c.new_token_ids):], start=self._streamed.get(c.index, 0))
+            if self.kind != "chat":  # text_offset counts from the start of the completion
+                self._streamed[c.index] = self._streamed.get(c.index, 0) + sum(len(t) for t in lps["tokens"])
         if self.kind == "chat":
             delta: dict[str, Any] = {"content": c.new_text}
             if c.index not in self._sent_role:
@@ -90,7 +94,7 @@ class ResponseBuilder:
             return f"token_id:{token_id}"
         return str(self.tokenizer.decode([token_id]))
 
-    def _logprobs(self, entries: Sequence[LogprobEntry]) -> dict[str, Any]:
+    def _logprobs(self, entries: Sequence[LogprobEntry], start: int = 0) -> dict[str, Any]:
         if self.kind == "chat":
             return {"content": [{
                 "token": self._token(tid), "logprob": lp,
@@ -100,7 +104,7 @@ class ResponseBuilder:
                                  for t, v in top[:self.top_logprobs]],
             } for tid, lp, top in entries]}
         tokens = [self._token(tid) for tid, _, _ in entries]
-        offsets, pos = [], 0
+        offsets, pos = [], start
         for t in tokens:
             offsets.append(pos)
             pos += len(t)

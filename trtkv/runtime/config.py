@@ -21,7 +21,8 @@ def _opt(default: Any, help: str) -> Any:
 class EngineConfig:
     """Options of the runtime engine (backend, KV pool, batching)."""
 
-    backend: str = _opt("onnxruntime", "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)")
+    backend: str = field(default="onnxruntime", metadata={
+        "help": "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)", "choices": ("onnxruntime", "tensorrt")})
     kv_dtype: str = field(default="auto", metadata={
         "help": "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8 (float16/bfloat16 too)",
         "aliases": ("--kv-cache-dtype",)})
@@ -36,7 +37,8 @@ class EngineConfig:
     max_num_batched_tokens: int = _opt(2048, "most tokens computed in one step (token budget)")
     max_num_queued_requests: int = _opt(1024, "most waiting requests; more are rejected (queue_full)")
     enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
-    preemption_mode: str = _opt("recompute", "when KV runs out: recompute or swap (needs --num-host-blocks)")
+    preemption_mode: str = field(default="recompute", metadata={
+        "help": "when KV runs out: recompute or swap (needs --num-host-blocks)", "choices": ("recompute", "swap")})
     scheduling_policy: str = field(default="priority", metadata={
         "help": "admission order: priority (priority, then arrival), fcfs (arrival only) or "
                 "short-first (least prompt + max_new_tokens first, aged by --aging-tokens-per-s)",

@@ -84,7 +84,7 @@ def make_logger(trt: Any, verbose: bool = False) -> Any:
         def log(self, severity: Any, msg: str) -> None:
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(msg)
-            if msg.startswith("Layers:\n") or msg.startswith("Layers:"):
+            if msg.startswith("Layers:"):
                 self.engine_layers = msg  # the built engine's layer list (verbose, detailed profiling)
             if verbose or severity <= trt.ILogger.Severity.WARNING:
                 print(f"[TensorRT] {msg}", file=sys.stderr)

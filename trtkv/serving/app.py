@@ -220,7 +220,7 @@ class OpenAIServer:
         builders = [ResponseBuilder("completion", response_id, self.model_name, self.engine.engine.tokenizer,
                                     req.top_logprobs, index_offset=k * req.params.n) for k in range(len(streams))]
         if req.stream:
-            merged = _merge_streams(streams)
+            merged = _MergedStream(streams)
             return await self._stream(request, merged, _BatchBuilder(builders), req.include_usage, headers)
         try:
             finals = []
@@ -335,10 +335,6 @@ class _BatchItem(NamedTuple):
     k: int
     out: RequestOutput
     finished: bool
-
-
-def _merge_streams(streams: list[RequestStream]) -> _MergedStream:
-    return _MergedStream(streams)
 
 
 class _BatchBuilder:

@@ -95,6 +95,13 @@ class SimResult:
     num_mixed_steps: int = 0
     """Plans holding both decodes and prefill chunks."""
 
+    def assert_completed_match_reference(self, reqs: Sequence[SimRequest]) -> None:
+        """Every request that was neither aborted nor rejected produced the reference outputs."""
+        for r in reqs:
+            if r.request_id not in self.aborted and r.request_id not in self.rejected:
+                want = reference_outputs(r.prompt, r.max_new_tokens, r.n)
+                assert sorted(self.outputs[r.request_id]) == want, r.request_id
+
 
 def _is_decode(sched: Scheduler, seq_id: int) -> bool:
     view = sched.get_seq(seq_id)

@@ -31,7 +31,6 @@ from trtkv.build.network import (
     load_for_tensorrt,
     report_layers,
     require_creators,
-    trtkv_node_names,
 )
 from trtkv.build.plugin_library import PLUGIN_LIBRARY_NAME, find_plugin_library
 from trtkv.build.tensorrt_env import (
@@ -139,10 +138,9 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
         load_plugin_library(trt, plugin_path)
         require_creators(trt, plugin_path)
 
-    model = load_for_tensorrt(onnx_dir, manifest, attention)
+    model, expected_nodes = load_for_tensorrt(onnx_dir, manifest, attention)
     if attention == "plugin":  # the runtime sizes it (FlashInfer's plan for the step's shapes)
         shapes[ATTENTION_WORKSPACE_INPUT] = ((1,), (1 << 16,), (1 << 32,))
-    expected_nodes = trtkv_node_names(onnx.load(str(onnx_dir / manifest.onnx_file), load_external_data=False))
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     onnx_path = onnx_dir / manifest.onnx_file

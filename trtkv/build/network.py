@@ -53,8 +53,9 @@ class LayerReport:
     """Names of the plugin layers of namespace ``trtkv``."""
 
 
-def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> onnx.ModelProto:
-    """The exported model, prepared for ``attention`` (see module docstring).
+def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The exported model, prepared for ``attention`` (see module docstring), and the names of
+    its trtkv nodes as exported (read before lowering inlines them).
 
     Raises:
         ModelDirError: the ONNX file cannot be read or holds no trtkv nodes.
@@ -64,13 +65,14 @@ def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> onn
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:
         raise ModelDirError(f"cannot read {path} ({exc}); re-export the model with `trtkv export`") from exc
-    if not trtkv_node_names(model):
+    nodes = trtkv_node_names(model)
+    if not nodes:
         raise ModelDirError(f"{path} holds no trtkv::PagedAttention / KVAppend node; export it with `trtkv export`")
     if attention == "lowered":
         _lower(model, manifest)
     else:
         _add_attention_workspace(model)
-    return model
+    return model, nodes
 
 
 def _add_attention_workspace(model: onnx.ModelProto) -> None:

@@ -114,10 +114,7 @@ def test_random_shared_workloads_match_reference_and_never_starve(
     # the scheduler stops making progress.
     res, sched = simkit.run_sim(reqs, config, num_blocks=num_blocks, block_size=2,
                                 num_host_blocks=8, prefix_caching=True)
-    for r in reqs:
-        if r.request_id not in res.aborted and r.request_id not in res.rejected:
-            want = simkit.reference_outputs(r.prompt, r.max_new_tokens, r.n)
-            assert sorted(res.outputs[r.request_id]) == want, r.request_id
+    res.assert_completed_match_reference(reqs)
     assert not sched.has_unfinished() and sched.kv.usage().num_used == 0
 
 
@@ -135,8 +132,6 @@ def test_caching_off_plans_keep_the_limits_and_never_defer(simkit: SimpleNamespa
     for plan in res.plans:
         assert sum(len(s.token_ids) for s in plan.seqs) <= config.max_num_batched_tokens
         assert len(plan.seqs) <= config.max_num_seqs
-    for r in reqs:
-        if r.request_id not in res.aborted and r.request_id not in res.rejected:
-            assert sorted(res.outputs[r.request_id]) == simkit.reference_outputs(r.prompt, r.max_new_tokens, r.n)
+    res.assert_completed_match_reference(reqs)
     assert sched.stats().num_prefix_queries == 0
     assert sched.stats().num_preemptions > 0 and sched.stats().num_prefix_deferrals == 0

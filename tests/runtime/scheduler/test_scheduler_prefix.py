@@ -106,10 +106,7 @@ def test_outputs_with_prefix_caching_match_reference(
                              preemption_mode=mode)
     res, sched = simkit.run_sim(reqs, config, num_blocks=num_blocks, block_size=2,
                                 num_host_blocks=8, prefix_caching=True)
-    for r in reqs:
-        if r.request_id not in res.aborted and r.request_id not in res.rejected:
-            want = simkit.reference_outputs(r.prompt, r.max_new_tokens, r.n)
-            assert sorted(res.outputs[r.request_id]) == want, r.request_id
+    res.assert_completed_match_reference(reqs)
     usage = sched.kv.usage()
     assert usage.num_used == 0 and usage.num_host_used == 0
     # Whether a random workload on a tiny pool hits at all depends on evictions; that hits

@@ -24,14 +24,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """`trtkv bench ...` through the real entry point, with bench registered if it is not yet."""
-    import trtkv.cli as cli
-    from trtkv.bench.cli import register
+    """`trtkv bench ...` through the real entry point."""
+    from trtkv.cli import main
 
-    registered = cli._extra_commands()
-    if not any(getattr(f, "__module__", "") == "trtkv.bench.cli" for f in registered):
-        monkeypatch.setattr(cli, "_extra_commands", lambda: [*registered, register])
-    return cli.main(["bench", *argv])
+    return main(["bench", *argv])
 
 
 def check_document(path: Path, num_requests: int) -> dict:

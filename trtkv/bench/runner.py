@@ -7,15 +7,13 @@ business, what the measurements mean is `report`'s.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import dataclass
-
-from tqdm import tqdm
 
 from trtkv.bench.clients import BaseClient, RequestRecord, TargetInfo
 from trtkv.bench.config import BenchConfig
 from trtkv.bench.workload import RequestSpec, arrival_times, create_workload
+from trtkv.progress import Counter
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,7 @@ async def _send_all(config: BenchConfig, client: BaseClient,
     times = arrival_times(len(specs), config.request_rate, config.seed)
     limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     records = [RequestRecord.for_spec(s) for s in specs]
-    bar = tqdm(total=len(specs), desc="trtkv bench", unit="req", file=sys.stderr,
-               disable=not config.progress, dynamic_ncols=True)
+    bar = Counter(len(specs), "trtkv bench", enabled=config.progress)
     num_not_ok = 0
     start = time.perf_counter()
 
@@ -71,10 +68,9 @@ async def _send_all(config: BenchConfig, client: BaseClient,
         else:
             async with limit:
                 await client.send(spec, record, clock)
-        bar.update(1)
         if not record.is_ok:
             num_not_ok += 1
-            bar.set_postfix_str(f"{num_not_ok} rejected or failed", refresh=False)
+        bar.advance(f"{num_not_ok} rejected or failed" if num_not_ok else None)
 
     tasks = []
     try:

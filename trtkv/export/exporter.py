@@ -6,7 +6,6 @@ Runs on the base install: NumPy and ml_dtypes convert the weights; must not impo
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +135,9 @@ def _check_tokenizer(hf_dir: Path) -> None:
 def _progress(config: ExportConfig, spec: ArchSpec) -> Any:
     if not config.progress:
         return iter
-    from tqdm import tqdm
+    from trtkv.progress import track
 
-    return lambda it: tqdm(it, total=spec.num_layers, desc="export layers", unit="layer", file=sys.stderr)
+    return lambda it: track(it, spec.num_layers, "export layers")
 
 
 def _save_onnx(model: onnx.ModelProto, out_dir: Path, external_min_mib: float) -> None:

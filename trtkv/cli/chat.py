@@ -1,55 +1,28 @@
-"""`trtkv chat` (an interactive conversation) and the ``--chat`` options of `trtkv generate`.
+"""`trtkv chat MODEL`: an interactive conversation on the terminal (streams replies).
 
-Owns the chat command's options, its read-reply loop and the conversation history (kept
-within the context window). Rendering is `trtkv.runtime.chat`'s; stepping is the engine's.
-Registered into the main CLI by `trtkv.cli` (it calls `register`).
+Owns the read-reply loop and the conversation history (kept within the context window, with a
+note when the oldest turns are dropped). Rendering is `trtkv.runtime.chat`'s; stepping is the
+engine's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
+import typer
+
+from trtkv.cli import app
+from trtkv.cli._args import ChatTemplate, Model, Seed, Stop, System, Temperature, TopK, TopP
+from trtkv.cli._options import command
 from trtkv.errors import TrtkvError
 from trtkv.runtime.chat import Message, check_chat_template, read_chat_template, render_chat
+from trtkv.runtime.config import EngineConfig
 
 COMMANDS_HELP = "/reset clears the history, /exit (or end of input) quits"
-
-
-def add_chat_options(p: argparse.ArgumentParser) -> None:
-    """``--system`` and ``--chat-template``, shared by `trtkv chat` and `trtkv generate --chat`."""
-    p.add_argument("--system", default=None, metavar="TEXT",
-                   help="a system message, first in every conversation")
-    p.add_argument("--chat-template", default=None, metavar="FILE",
-                   help="a Jinja chat template file used instead of the model's own")
-
-
-def add_generate_chat_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chat", action="store_true",
-                   help="each --prompt is a user message, rendered by the chat template")
-    add_chat_options(p)
-
-
-def generate_conversations(args: argparse.Namespace) -> tuple[list[list[Message]], str | None] | None:
-    """`generate --chat`: one conversation per ``--prompt`` and the template text; None
-    without ``--chat``.
-
-    Raises:
-        TrtkvError: chat options without ``--chat``, ``--prompt-ids`` with it, or a template
-            file that cannot be read.
-    """
-    if not args.chat:
-        if args.system is not None or args.chat_template is not None:
-            raise TrtkvError("--system and --chat-template apply to chat prompts; add --chat")
-        return None
-    if args.prompt_ids:
-        raise TrtkvError("--chat renders text messages: give --prompt TEXT, not --prompt-ids")
-    template = read_chat_template(args.chat_template) if args.chat_template else None
-    return [Conversation(args.system).messages(p) for p in args.prompt], template
 
 
 @dataclass
@@ -83,52 +56,44 @@ class Conversation:
             num_dropped += 1
 
 
-def register(subparsers: Any) -> None:
-    from trtkv.cli import add_dataclass_options
-    from trtkv.model_source import MODEL_HELP
-    from trtkv.runtime.config import EngineConfig
-
-    p = subparsers.add_parser("chat", help="chat with an exported model on the terminal "
-                              f"(streams replies; {COMMANDS_HELP})")
-    p.add_argument("model_dir", help=MODEL_HELP)
-    add_chat_options(p)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per reply")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--seed", type=int, default=None, help="per-reply seed (reproducible sampling)")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--json", action="store_true",
-                   help="no streaming: one JSON object per reply (prompt_ids, output_ids, text, "
-                        "finish_reason, num_dropped_turns)")
-    add_dataclass_options(p, EngineConfig)
-    p.set_defaults(func=_cmd_chat)
-
-
-def _cmd_chat(args: argparse.Namespace) -> int:
-    from trtkv.cli import dataclass_from_args
+@command(app, "chat", help=f"chat with a model on the terminal (streams replies; {COMMANDS_HELP})",
+         rich_help_panel="Run")
+def chat(
+    model: Model,
+    engine: EngineConfig,
+    system: System = None,
+    chat_template: ChatTemplate = None,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens per reply",
+                                                rich_help_panel="Sampling")] = 256,
+    temperature: Temperature = 0.0,
+    top_k: TopK = 0,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    stop: Stop = None,
+    json_out: Annotated[bool, typer.Option("--json", help=(
+        "no streaming: one JSON object per reply (prompt_ids, output_ids, text, finish_reason, "
+        "num_dropped_turns)"))] = False,
+) -> None:
     from trtkv.model_source import resolve_model
-    from trtkv.runtime.config import EngineConfig
     from trtkv.runtime.llm import LLM
     from trtkv.runtime.sampling import SamplingParams
 
-    template = read_chat_template(args.chat_template) if args.chat_template else None
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
-    llm = LLM(resolve_model(args.model_dir), dataclass_from_args(EngineConfig, args))
+    template = read_chat_template(chat_template) if chat_template else None
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, stop=tuple(stop or ()))
+    llm = LLM(resolve_model(model), engine)
     try:
         tokenizer = llm.tokenizer
         check_chat_template(tokenizer, template)
-        conv = Conversation(args.system)
+        conv = Conversation(system)
 
         def render(messages: list[Message]) -> list[int]:
             return render_chat(tokenizer, messages, chat_template=template)
 
         render(conv.messages("hi"))  # a template that cannot render this chat fails now, not later
-        _ChatLoop(llm.engine, conv, render, params, args.json).run(sys.stdin)
+        _ChatLoop(llm.engine, conv, render, params, json_out).run(sys.stdin)
     finally:
         llm.engine.close()
-    return 0
 
 
 class _ChatLoop:

@@ -1,0 +1,98 @@
+"""`trtkv generate MODEL --prompt ...`: batch generation (in-flight batching), text or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from trtkv.cli import app
+from trtkv.cli._args import ChatTemplate, Json, Model, Seed, Stop, System, Temperature, TopK, TopP
+from trtkv.cli._options import command
+from trtkv.errors import TrtkvError
+from trtkv.runtime.config import EngineConfig
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise TrtkvError(f"--prompt-ids wants comma-separated integers, got {text!r}") from None
+
+
+@command(app, "generate", help="generate from a model (in-flight batching); prints each prompt "
+         "and its continuation", rich_help_panel="Run")
+def generate(
+    model: Model,
+    engine: EngineConfig,
+    prompt: Annotated[list[str] | None, typer.Option(help="a text prompt (repeatable)",
+                                                     show_default=False)] = None,
+    prompt_ids: Annotated[list[str] | None, typer.Option(
+        metavar="IDS", show_default=False, help="a prompt as comma-separated token ids (repeatable)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate per prompt",
+                                                rich_help_panel="Sampling")] = 32,
+    temperature: Temperature = 0.0,
+    top_k: TopK = 0,
+    top_p: TopP = 1.0,
+    seed: Seed = None,
+    n: Annotated[int, typer.Option("--n", help="completions per prompt (share prompt KV blocks)",
+                                   rich_help_panel="Sampling")] = 1,
+    stop: Stop = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="keep going past EOS",
+                                             rich_help_panel="Sampling")] = False,
+    chat: Annotated[bool, typer.Option("--chat", rich_help_panel="Chat", help=(
+        "each --prompt is a user message, rendered by the chat template"))] = False,
+    system: System = None,
+    chat_template: ChatTemplate = None,
+    json_out: Json = False,
+    stats: Annotated[bool, typer.Option("--stats", help="print engine metrics to stderr at the end")] = False,
+) -> None:
+    from trtkv.model_source import resolve_model
+    from trtkv.runtime.chat import Message, read_chat_template
+    from trtkv.runtime.llm import LLM
+    from trtkv.runtime.sampling import SamplingParams
+
+    texts, id_prompts = list(prompt or ()), [parse_ids(t) for t in prompt_ids or ()]
+    prompts: list[str | list[int]] = [*texts, *id_prompts]
+    if not prompts:
+        raise TrtkvError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+    conversations: list[list[Message]] | None = None
+    if chat:
+        if id_prompts:
+            raise TrtkvError("--chat renders text messages: give --prompt TEXT, not --prompt-ids")
+        from trtkv.cli.chat import Conversation
+
+        conversations = [Conversation(system).messages(p) for p in texts]
+    elif system is not None or chat_template is not None:
+        raise TrtkvError("--system and --chat-template apply to chat prompts; add --chat")
+    template = read_chat_template(chat_template) if chat_template else None
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()))
+    llm = LLM(resolve_model(model), engine)
+    outs = (llm.chat(conversations, params, chat_template=template) if conversations is not None
+            else llm.generate(prompts, params))
+    for i, out in enumerate(outs):
+        shown = _shown_prompt(prompts[i], conversations[i] if conversations is not None else None)
+        for comp in out.outputs:
+            if json_out:
+                print(json.dumps({
+                    "request_id": out.request_id, "index": comp.index,
+                    "prompt_ids": list(out.prompt_ids), "output_ids": list(comp.token_ids),
+                    "text": comp.text, "finish_reason": comp.finish_reason,
+                    "num_cached_tokens": out.num_cached_tokens,
+                }), flush=True)
+            else:
+                # The prompt, then its continuation (a chat reply on its own line).
+                print(f"--- {out.request_id}[{comp.index}] ({comp.finish_reason}, "
+                      f"{len(comp.token_ids)} tokens)\n{shown}{comp.text}", flush=True)
+    if stats:
+        print(json.dumps(llm.engine.stats(), default=str, indent=1), file=sys.stderr)
+
+
+def _shown_prompt(prompt: str | list[int], conversation: list[Any] | None) -> str:
+    """What the text output prints before a continuation: the prompt as given."""
+    if conversation is not None:
+        return f"> {conversation[-1]['content']}\n"
+    return prompt if isinstance(prompt, str) else f"{prompt} -> "

@@ -93,7 +93,9 @@ def built_in_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("aiohttp", ["bench", "--url", "http://127.0.0.1:9"], "bench", "trtkv bench --url"),
     ("redis", ["generate", "{model}", "--prompt-ids", "1,2", "--enable-prefix-caching",
                "--kv-store-url", "redis://127.0.0.1:9/0"], "store", "--kv-store-url"),
-], ids=["serve", "bench-png", "bench-url", "store"])
+    ("llguidance", ["generate", "{model}", "--prompt", "x", "--guided-regex", "[a-z]+"], "guided",
+     "structured output (response_format, guided_*)"),
+], ids=["serve", "bench-png", "bench-url", "store", "guided"])
 def test_missing_extra_is_one_line(modules: str, args: list[str], extra: str, what: str,
                                    built_in_export: Path, tmp_path: Path) -> None:
     argv = [a.format(model=built_in_export, tmp=tmp_path) for a in args]

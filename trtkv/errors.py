@@ -20,7 +20,15 @@ class ConfigError(TrtkvError):
 
 
 class InvalidRequestError(TrtkvError):
-    """A request is malformed (bad sampling parameters, empty prompt, unknown token ids)."""
+    """A request is malformed (bad sampling parameters, empty prompt, unknown token ids).
+
+    Attributes:
+        param: the request parameter at fault, as the client named it, when known.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RequestRejectedError(TrtkvError):

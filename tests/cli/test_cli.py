@@ -82,3 +82,23 @@ def test_bad_generate_inputs(cli_export, tmp_path):
     _one_line_error(_run("generate", str(out), "--prompt-ids", "1,99999"), "outside the vocabulary")
     _one_line_error(_run("generate", str(out), "--prompt", "hi"), "no tokenizer")
     _one_line_error(_run("generate", str(out), "--prompt-ids", "1", "--temperature", "-1"), "temperature")
+
+
+def test_generate_structured_output_options(chat_model_dir, tmp_path):
+    import re
+
+    pytest.importorskip("llguidance")
+    r = _run("generate", str(chat_model_dir), "--prompt", "x =", "--json", "--n", "2", "--temperature", "0.8",
+             "--seed", "1", "--max-new-tokens", "24", "--guided-regex", r"[0-9]{1,3}\.[0-9]")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(re.fullmatch(r"[0-9]{1,3}\.[0-9]", row["text"]) for row in rows), rows
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                  "required": ["ok"], "additionalProperties": False}))
+    r = _run("generate", str(chat_model_dir), "--prompt", "x", "--json", "--guided-json", str(schema))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(json.loads(r.stdout)["text"]) in ({"ok": True}, {"ok": False})
+    _one_line_error(_run("generate", str(chat_model_dir), "--prompt", "x", "--guided-regex", "(a"), "does not compile")
+    _one_line_error(_run("generate", str(chat_model_dir), "--prompt", "x", "--guided-regex", "a",
+                         "--guided-choice", "b"), "one structured-output option")

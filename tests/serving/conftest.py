@@ -82,6 +82,14 @@ def live_server(chat_model_dir: Path) -> Iterator[LiveServer]:
     live.shutdown()
 
 
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer):
+    """The official openai client on the live server."""
+    import openai
+
+    return openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+
+
 def http(base_url: str, method: str, path: str, body: object = None, *, raw: bytes | None = None,
          api_key: str | None = API_KEY) -> tuple[int, dict, dict | str]:
     """One plain HTTP request; returns (status, headers, JSON body or text)."""

@@ -11,11 +11,6 @@ from tests.serving.conftest import API_KEY, MODEL_NAME, LiveServer, http
 openai = pytest.importorskip("openai")
 
 
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer):
-    return openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=API_KEY, max_retries=0)
-
-
 def _greedy(**kw):
     return dict(model=MODEL_NAME, temperature=0, max_tokens=8, extra_body={"ignore_eos": True}, **kw)
 
@@ -219,11 +214,11 @@ def test_server_config_validation(kwargs, match) -> None:
     ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, "stream_options"),
     ({"messages": [{"role": "user", "content": "hi"}], "stream": True,
       "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options"),
-    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "xml"}}, "response_format"),
     ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto"}, "tool_choice"),
     ({"messages": [{"role": "user", "content": "hi"}], "echo": True}, "echo"),
     *[({"messages": [{"role": "user", "content": "hi"}], name: value}, name) for name, value in (
-        ("include_stop_str_in_output", True), ("guided_json", {"type": "object"}), ("guided_choice", ["a", "b"]),
+        ("include_stop_str_in_output", True), ("guided_whitespace_pattern", " "),
         ("prompt_logprobs", 1), ("truncate_prompt_tokens", 8), ("chat_template_kwargs", {"x": 1}),
         ("continue_final_message", True))],
 ])

@@ -46,6 +46,17 @@ def generate(
         "each --prompt is a user message, rendered by the chat template"))] = False,
     system: System = None,
     chat_template: ChatTemplate = None,
+    guided_json: Annotated[str | None, typer.Option(metavar="SCHEMA", rich_help_panel="Structured output",
+                                                    show_default=False, help=(
+        "the output is JSON following this schema (JSON text, or a .json file); '{}' = any object"))] = None,
+    guided_regex: Annotated[str | None, typer.Option(metavar="REGEX", rich_help_panel="Structured output",
+                                                     show_default=False, help="the output matches this regex")] = None,
+    guided_choice: Annotated[list[str] | None, typer.Option(
+        metavar="TEXT", rich_help_panel="Structured output", show_default=False,
+        help="the output is one of these strings (repeatable)")] = None,
+    guided_grammar: Annotated[str | None, typer.Option(metavar="FILE", rich_help_panel="Structured output",
+                                                       show_default=False,
+                                                       help="the output follows this Lark or GBNF grammar file")] = None,
     json_out: Json = False,
     stats: Annotated[bool, typer.Option("--stats", help="print engine metrics to stderr at the end")] = False,
 ) -> None:
@@ -68,8 +79,10 @@ def generate(
     elif system is not None or chat_template is not None:
         raise TrtkvError("--system and --chat-template apply to chat prompts; add --chat")
     template = read_chat_template(chat_template) if chat_template else None
+    guided = _constraint(guided_json, guided_regex, guided_choice, guided_grammar)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()))
+                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()),
+                            guided=guided)
     llm = LLM(resolve_model(model), engine)
     outs = (llm.chat(conversations, params, chat_template=template) if conversations is not None
             else llm.generate(prompts, params))
@@ -89,6 +102,36 @@ def generate(
                       f"{len(comp.token_ids)} tokens)\n{shown}{comp.text}", flush=True)
     if stats:
         print(json.dumps(llm.engine.stats(), default=str, indent=1), file=sys.stderr)
+
+
+def _constraint(schema: str | None, regex: str | None, choice: list[str] | None,
+                grammar: str | None) -> Any:
+    """The ``--guided-*`` options as one `GuidedDecoding` (None without any)."""
+    from trtkv.runtime.sampling import GuidedDecoding
+
+    given = [name for name, v in (("--guided-json", schema), ("--guided-regex", regex),
+                                  ("--guided-choice", choice), ("--guided-grammar", grammar)) if v]
+    if len(given) > 1:
+        raise TrtkvError(f"give one structured-output option, not {' and '.join(given)}")
+    if schema:
+        if schema.endswith(".json"):
+            schema = _read(schema, "--guided-json")
+        return GuidedDecoding.json_schema(schema if schema.strip() != "{}" else '{"type": "object"}')
+    if regex:
+        return GuidedDecoding.regex(regex)
+    if choice:
+        return GuidedDecoding.choice(list(choice))
+    if grammar:
+        return GuidedDecoding.grammar(_read(grammar, "--guided-grammar"))
+    return None
+
+
+def _read(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrtkvError(f"{option} {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
 
 
 def _shown_prompt(prompt: str | list[int], conversation: list[Any] | None) -> str:

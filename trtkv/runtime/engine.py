@@ -25,6 +25,7 @@ from trtkv.runtime.metrics import EngineMetrics
 from trtkv.runtime.outputs import CompletionOutput, RequestOutput
 from trtkv.runtime.plan import StepPlan
 from trtkv.runtime.sampling import (
+    GrammarCompiler,
     IncrementalDetokenizer,
     Sampler,
     SampleRow,
@@ -32,6 +33,7 @@ from trtkv.runtime.sampling import (
     StopChecker,
     make_generator,
 )
+from trtkv.runtime.sampling.guided import Guide
 from trtkv.runtime.scheduler.scheduler import Scheduler
 from trtkv.runtime.tiers.transfer import TierTransfer, create_store
 
@@ -44,6 +46,7 @@ class _SeqOut:
     generator: np.random.Generator
     stop: StopChecker
     detok: IncrementalDetokenizer | None
+    guide: Guide | None = None
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
     new_ids: list[int] = field(default_factory=list)
@@ -111,6 +114,7 @@ class Engine:
         self.eos_token_ids = self.manifest.eos_token_ids
         self.sampler = Sampler(self.eos_token_ids)
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.grammars = GrammarCompiler(self.tokenizer, self.manifest.vocab_size, self.eos_token_ids)
         self.metrics = EngineMetrics()
         self._requests: dict[str, _Request] = {}
         self._seq_owner: dict[int, str] = {}
@@ -184,12 +188,15 @@ class Engine:
             raise InvalidRequestError("the prompt is empty; give at least one token")
         return ids
 
-    def _new_seq_out(self, req: _Request, index: int) -> _SeqOut:
+    def _new_seq_out(self, req: _Request, index: int, guide: Guide | None = None) -> _SeqOut:
+        """A sequence's sampling and text state; ``guide``: a forked grammar state (n > 1)."""
         detok = (IncrementalDetokenizer(self.tokenizer, req.prompt_ids, req.params.skip_special_tokens)
                  if self.tokenizer is not None else None)
         stop = StopChecker(req.params, self.eos_token_ids, num_prompt_tokens=len(req.prompt_ids),
                            max_model_len=self.scheduler.config.max_model_len)
-        return _SeqOut(index, make_generator(req.params.seed, index), stop, detok)
+        if guide is None and req.params.guided is not None:
+            guide = self.grammars.guide(req.params.guided)
+        return _SeqOut(index, make_generator(req.params.seed, index), stop, detok, guide)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Abort a request in any state, freeing its KV blocks. Unknown ids return None."""
@@ -239,7 +246,7 @@ class Engine:
             if len(req.seqs) < req.params.n and not seq.output_ids:  # n > 1: fork now
                 req.fork_generators = [make_generator(req.params.seed, i) for i in range(1, req.params.n)]
                 gens += req.fork_generators
-            rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens))
+            rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens, seq.guide))
             seq_ids.append(s.seq_id)
         results = self.sampler.sample(logits, rows) if rows else []
         sampled = {sid: list(r.token_ids) for sid, r in zip(seq_ids, results, strict=True)}
@@ -254,7 +261,9 @@ class Engine:
             parent = req.seqs[seq_id]
             lps = results[seq_id].logprobs
             for i, child_id in enumerate(forks.get(seq_id, ()), start=1):
-                child = req.seqs[child_id] = self._new_seq_out(req, i)
+                # A child starts from the parent's grammar state before the parent's token.
+                guide = parent.guide.fork() if parent.guide is not None else None
+                child = req.seqs[child_id] = self._new_seq_out(req, i, guide)
                 child.generator = req.fork_generators[i - 1]
                 self._seq_owner[child_id] = req.request_id
                 self._append(req, child_id, child, tokens[i], lps[i] if lps else None, now)
@@ -279,15 +288,21 @@ class Engine:
         seq.new_ids.append(token)
         if lp is not None:
             seq.logprobs.append((lp.token_id, lp.logprob, tuple(lp.top)))
+        if seq.guide is not None:
+            seq.guide.consume(token)
         delta = seq.detok.push(token) if seq.detok is not None else ""
         update = seq.stop.update(token, delta)
         seq.new_text += update.text_delta
         self.metrics.counters["generation_tokens"] += 1
-        if update.is_finished:
-            if seq.detok is not None and update.finish_reason == "length":
+        reason, stop_reason = update.finish_reason, update.stop_reason
+        if reason is None and seq.guide is not None and seq.guide.is_done:
+            reason = "stop"  # the grammar is complete: nothing but EOS may follow
+            seq.new_text += seq.stop.complete()
+        if reason is not None:
+            if seq.detok is not None and (reason == "length" or update.finish_reason is None):
                 seq.tail = seq.detok.flush()
                 seq.new_text += seq.tail
-            seq.finish_reason, seq.stop_reason = update.finish_reason, update.stop_reason
+            seq.finish_reason, seq.stop_reason = reason, stop_reason
             self.scheduler.finish(seq_id)
             self._seq_owner.pop(seq_id, None)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
-from trtkv.runtime.sampling import SamplingParams
+from trtkv.runtime.sampling import GuidedDecoding, SamplingParams
 
 #: HTTP status per engine rejection reason. A full queue is back-pressure (retry later: 429);
 #: a request that can never fit is the client's to change (400, like OpenAI's
@@ -45,6 +45,8 @@ class ApiError(Exception):
         message = str(exc)
         name = message.split("=", 1)[0] if "=" in message else ""
         param = _PARAM_NAMES.get(name, name) if name.isidentifier() else None
+        if isinstance(exc, InvalidRequestError) and exc.param:
+            param = exc.param
         for ours, theirs in _PARAM_NAMES.items():  # say the names clients send
             message = message.replace(ours, theirs)
         return cls(400, message, param=param)
@@ -72,11 +74,11 @@ class GenerateRequest:
     """Chat only: end the rendered prompt with the assistant's turn header."""
 
 
-_UNSUPPORTED = ("suffix", "tools", "functions", "function_call", "guided_json", "guided_choice", "guided_regex",
-                "guided_grammar", "prompt_logprobs", "truncate_prompt_tokens", "chat_template_kwargs",
-                "continue_final_message", "include_stop_str_in_output", "structured_outputs", "logits_processors")
+_UNSUPPORTED = ("suffix", "tools", "functions", "function_call", "prompt_logprobs", "truncate_prompt_tokens",
+                "chat_template_kwargs", "continue_final_message", "include_stop_str_in_output",
+                "logits_processors", "guided_whitespace_pattern")
 #: Parameters whose value here means "nothing to do": accepted only with that value.
-_NO_OP_VALUES = {"response_format": ({"type": "text"},), "tool_choice": ("none",)}
+_NO_OP_VALUES = {"tool_choice": ("none",)}
 
 
 class _Body:
@@ -130,6 +132,65 @@ def _stop(body: _Body) -> tuple[str, ...]:
                    code="invalid_type")
 
 
+#: vLLM's structured-output parameters (``guided_*`` and the newer ``structured_outputs``
+#: object's keys) -> our constraint kinds.
+_GUIDED_PARAMS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                  "guided_grammar": "grammar"}
+
+
+def _constraint(kind: str, value: Any, param: str) -> GuidedDecoding:
+    try:
+        if kind == "json" and isinstance(value, dict | str):
+            return GuidedDecoding.json_schema(value, param)
+        if kind == "choice" and isinstance(value, list):
+            return GuidedDecoding.choice(value, param)
+        if kind in ("regex", "grammar") and isinstance(value, str):
+            return GuidedDecoding(kind, value, param)
+    except InvalidRequestError as exc:
+        raise ApiError(400, f"'{param}': {exc}", param=param) from None
+    expected = {"json": "a JSON schema (object or string)", "choice": "a list of strings"}.get(kind, "a string")
+    raise ApiError(400, f"'{param}' must be {expected}", param=param, code="invalid_type")
+
+
+def _guided(body: _Body) -> GuidedDecoding | None:
+    """The request's structured-output constraint: ``response_format`` (OpenAI) or vLLM's
+    ``guided_*`` / ``structured_outputs``; at most one."""
+    found: list[tuple[str, GuidedDecoding]] = []
+    fmt = body.raw.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "json_object":
+            found.append(("response_format", GuidedDecoding.json_object("response_format")))
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object",
+                               param="response_format")
+            found.append(("response_format", _constraint("json", schema, "response_format")))
+        elif kind != "text":
+            raise ApiError(400, "response_format.type must be text, json_object or json_schema",
+                           param="response_format")
+    for name, kind in _GUIDED_PARAMS.items():
+        if body.raw.get(name) is not None:
+            found.append((name, _constraint(kind, body.raw[name], name)))
+    outputs = body.raw.get("structured_outputs")
+    if outputs is not None:
+        if not isinstance(outputs, dict):
+            raise ApiError(400, "'structured_outputs' must be an object", param="structured_outputs")
+        for key, value in outputs.items():
+            kind = key if key in ("json", "regex", "choice", "grammar") else None
+            if kind is None:
+                raise ApiError(400, f"structured_outputs.{key} is not supported; give json, regex, "
+                               "choice or grammar", param="structured_outputs", code="unsupported_parameter")
+            found.append((f"structured_outputs.{key}", _constraint(kind, value, "structured_outputs")))
+    if len(found) > 1:
+        names = ", ".join(name for name, _ in found)
+        raise ApiError(400, f"give one structured-output constraint, not several ({names})",
+                       param=found[1][0])
+    return found[0][1] if found else None
+
+
 def _sampling(body: _Body, max_tokens: int, logprobs: int | None) -> SamplingParams:
     n = body.get("n", int, 1)
     best_of = body.get("best_of", int, n)
@@ -153,6 +214,7 @@ def _sampling(body: _Body, max_tokens: int, logprobs: int | None) -> SamplingPar
             ignore_eos=body.get("ignore_eos", bool, False),
             min_tokens=body.get("min_tokens", int, 0),
             skip_special_tokens=body.get("skip_special_tokens", bool, True),
+            guided=_guided(body),
         )
     except InvalidRequestError as exc:
         raise ApiError.from_engine(exc) from None

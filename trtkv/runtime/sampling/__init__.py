@@ -7,6 +7,7 @@ Module map:
     sampler      `Sampler`, `SampleRow`, `SampleResult`, `make_generator`
     stop         `StopChecker` (finish reasons, stop strings, stream hold-back)
     detokenizer  `IncrementalDetokenizer` (token ids -> stable UTF-8 text deltas)
+    guided       `GuidedDecoding`, `GrammarCompiler`, `Guide` (structured output as a mask)
 
 numpy only: must not import torch, onnxruntime or tensorrt.
 """
@@ -14,6 +15,7 @@ numpy only: must not import torch, onnxruntime or tensorrt.
 from __future__ import annotations
 
 from trtkv.runtime.sampling.detokenizer import IncrementalDetokenizer
+from trtkv.runtime.sampling.guided import GrammarCompiler, GuidedDecoding
 from trtkv.runtime.sampling.params import SamplingParams
 from trtkv.runtime.sampling.sampler import (
     Sampler,
@@ -26,6 +28,8 @@ from trtkv.runtime.sampling.stop import FinishReason, StopChecker, StopUpdate
 
 __all__ = [
     "FinishReason",
+    "GrammarCompiler",
+    "GuidedDecoding",
     "IncrementalDetokenizer",
     "SampleResult",
     "SampleRow",

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 from trtkv.errors import InvalidRequestError
+from trtkv.runtime.sampling.guided import GuidedDecoding
 
 MAX_LOGPROBS = 20
 #: Caps on stop conditions: each stop string is searched in every new piece of text, so an
@@ -66,6 +67,8 @@ class SamplingParams:
     """Tokens generated before EOS, stop token ids or stop strings may end the output."""
     skip_special_tokens: bool = True
     """Leave special tokens out of the detokenized text."""
+    guided: GuidedDecoding | None = None
+    """Structured output: the text must follow this JSON schema / regex / choice / grammar."""
 
     def __post_init__(self) -> None:
         for name in ("stop", "stop_token_ids"):
@@ -126,6 +129,8 @@ class SamplingParams:
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, low=0,
                        hint=" for every entry (token ids are ints >= 0)")
+        if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
+            raise InvalidRequestError(f"guided={self.guided!r:.60} is invalid: give a GuidedDecoding")
         for name in ("ignore_eos", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(

@@ -1,6 +1,6 @@
 """`Sampler`: turns one step's logits into next tokens (and optional logprobs) per sequence.
 
-Pipeline per row, in order: min_tokens masking of EOS / stop token ids, repetition penalty,
+Pipeline per row, in order: the grammar mask (structured output), min_tokens masking of EOS / stop token ids, repetition penalty,
 presence / frequency penalties, then either argmax (temperature 0) or temperature scaling,
 top-k, top-p, min-p and one random draw.
 
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trtkv.runtime.sampling import processors as proc
+from trtkv.runtime.sampling.guided import Guide
 from trtkv.runtime.sampling.params import SamplingParams
 
 
@@ -54,12 +55,15 @@ class SampleRow:
             sequence's own). When a request's prefill just finished and ``n > 1`` completions
             will be forked from this row, pass the ``n`` children's generators: each child's
             first token is drawn independently with its own generator.
+        guide: the sequence's grammar state when the request asks for structured output;
+            tokens it forbids are never drawn.
     """
 
     params: SamplingParams
     prompt_ids: Sequence[int]
     output_ids: Sequence[int]
     generators: Sequence[np.random.Generator]
+    guide: Guide | None = None
 
     def __post_init__(self) -> None:
         assert len(self.generators) >= 1, "a SampleRow needs at least one generator"
@@ -152,6 +156,8 @@ class Sampler:
 
     def _process_row(self, row: proc.FloatArray, sample_row: SampleRow) -> None:
         params = sample_row.params
+        if sample_row.guide is not None:
+            sample_row.guide.apply(row)
         if len(sample_row.output_ids) < params.min_tokens:
             eos = () if params.ignore_eos else self.eos_token_ids
             proc.mask_tokens(row, (*eos, *params.stop_token_ids))

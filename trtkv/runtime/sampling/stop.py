@@ -111,6 +111,12 @@ class StopChecker:
         end = len(self._pending) - self._held_back_len()
         return StopUpdate(self._emit(end))
 
+    def complete(self) -> str:
+        """Finish with ``stop`` now (a structured-output grammar is complete); returns the
+        held-back text, released."""
+        assert self.finish_reason is None, "complete() called on a finished sequence"
+        return self._finish("stop", None, len(self._pending)).text_delta
+
     def _emit(self, end: int) -> str:
         delta, self._pending = self._pending[:end], self._pending[end:]
         if delta:

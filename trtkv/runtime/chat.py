@@ -36,7 +36,7 @@ def check_chat_template(tokenizer: Any, chat_template: str | None = None) -> Non
 
 
 def render_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True) -> list[int]:
+                add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of ``messages`` under the chat template.
 
     The template writes any special tokens it wants (BOS included), so the rendered text is
@@ -47,6 +47,7 @@ def render_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template: s
         messages: the conversation, oldest first; each a dict with string ``role`` and ``content``.
         chat_template: a Jinja template used instead of the tokenizer's own.
         add_generation_prompt: end with the template's opening of an assistant turn.
+        tools: OpenAI-style tool definitions, for templates that describe tools to the model.
 
     Returns:
         The prompt's token ids.
@@ -64,7 +65,7 @@ def render_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template: s
                                       f"'content', got {m!r:.80}")
     try:
         text = tokenizer.apply_chat_template(list(messages), chat_template=chat_template, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+                                             add_generation_prompt=add_generation_prompt, tools=tools)
     except Exception as exc:  # jinja errors: syntax, roles the template refuses, missing fields
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InvalidRequestError(f"the chat template rejected the messages: {detail}") from None

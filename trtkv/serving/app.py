@@ -154,11 +154,14 @@ class OpenAIServer:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req, messages = parse_chat(await _read_json(request, self.config.request_timeout_s),
-                                   self.config.default_chat_max_tokens)
+                                   self.config.default_chat_max_tokens, tool_parser=self.config.tool_call_parser,
+                                   auto_tools=self.config.enable_auto_tool_choice)
+        tools = req.tools.tools if req.tools is not None else None
         self._check_model(req.model)
         # The tokenizer is used by the engine's thread too: render there, between steps.
         prompt_ids = await self.engine.call(lambda e: render_chat(
-            e, messages, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt))
+            e, messages, chat_template=req.chat_template, add_generation_prompt=req.add_generation_prompt,
+            tools=tools))
         params = req.params
         if req.cap_to_context:
             room = self.engine.engine.scheduler.config.max_model_len - len(prompt_ids)
@@ -183,7 +186,8 @@ class OpenAIServer:
         except EngineClosedError as exc:
             raise ApiError(503, str(exc), type="service_unavailable") from None
         builder = ResponseBuilder(kind, request_id, self.model_name, self.engine.engine.tokenizer,
-                                  req.top_logprobs)
+                                  req.top_logprobs, tools=req.tools,
+                                  max_tool_calls=None if req.parallel_tool_calls else 1)
         if not req.stream:
             try:
                 final = None
@@ -271,7 +275,7 @@ class OpenAIServer:
 
 
 def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True) -> list[int]:
+                add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of ``messages`` under the tokenizer's chat template (or ``chat_template``),
     rendered by `trtkv.runtime.chat.render_chat`.
 
@@ -280,7 +284,7 @@ def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template
     """
     try:
         return chat.render_chat(engine.tokenizer, messages, chat_template=chat_template,
-                                add_generation_prompt=add_generation_prompt)
+                                add_generation_prompt=add_generation_prompt, tools=tools)
     except chat.NoChatTemplateError:
         raise ApiError(400, "this model has no chat template; use /v1/completions instead",
                        code="no_chat_template") from None

@@ -25,6 +25,11 @@ class ServerConfig:
     drain_timeout_s: float = _opt(10.0, "on shutdown, seconds in-flight requests may finish before abort")
     request_timeout_s: float = _opt(30.0, "seconds a client may take to send a request body (408 and close after)")
     default_chat_max_tokens: int = _opt(256, "chat max_tokens when the client gives none (capped by the context)")
+    enable_auto_tool_choice: bool = _opt(False, 'allow tool_choice "auto": the model decides, '
+                                         "--tool-call-parser reads its calls")
+    tool_call_parser: str = field(default="none", metadata={
+        "help": "how tool calls are read from the model's text: hermes (<tool_call> JSON </tool_call>) "
+                "or llama3_json (a JSON object)", "choices": ("none", "hermes", "llama3_json")})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -35,5 +40,9 @@ class ServerConfig:
             raise ConfigError(f"--default-chat-max-tokens must be >= 1, got {self.default_chat_max_tokens}")
         if not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s >= 0):
             raise ConfigError(f"--drain-timeout-s must be a finite number >= 0, got {self.drain_timeout_s}")
+        if self.tool_call_parser not in ("none", "hermes", "llama3_json"):
+            raise ConfigError(f"--tool-call-parser must be none, hermes or llama3_json, got {self.tool_call_parser!r}")
+        if self.enable_auto_tool_choice and self.tool_call_parser == "none":
+            raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser hermes|llama3_json")
         if not (math.isfinite(self.request_timeout_s) and self.request_timeout_s > 0):
             raise ConfigError(f"--request-timeout-s must be a finite number > 0, got {self.request_timeout_s}")

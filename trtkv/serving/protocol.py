@@ -7,11 +7,12 @@ and render `ApiError.body()` with `ApiError.status`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.sampling import GuidedDecoding, SamplingParams
+from trtkv.serving.tools import ToolError, ToolPlan, plan_tools, template_messages
 
 #: HTTP status per engine rejection reason. A full queue is back-pressure (retry later: 429);
 #: a request that can never fit is the client's to change (400, like OpenAI's
@@ -72,6 +73,10 @@ class GenerateRequest:
     prompt k has index k * n + i, as OpenAI numbers them."""
     add_generation_prompt: bool = True
     """Chat only: end the rendered prompt with the assistant's turn header."""
+    tools: ToolPlan | None = None
+    """Chat only: the request's tools and what its tool_choice asks for."""
+    parallel_tool_calls: bool = True
+    """Chat only: False keeps the first tool call of a choice."""
 
 
 _UNSUPPORTED = ("suffix", "tools", "functions", "function_call", "prompt_logprobs", "truncate_prompt_tokens",
@@ -105,16 +110,19 @@ class _Body:
                            param=name, code="invalid_type")
         return value
 
-    def reject_unsupported(self) -> None:
-        """400 ``unsupported_parameter`` for every parameter this server would otherwise ignore."""
+    def reject_unsupported(self, allowed: tuple[str, ...] = ()) -> None:
+        """400 ``unsupported_parameter`` for every parameter this server would otherwise ignore
+        (``allowed``: the ones this endpoint handles itself)."""
         for name in _UNSUPPORTED:
+            if name in allowed:
+                continue
             if self.raw.get(name) not in (None, [], {}, ""):
                 raise ApiError(400, f"'{name}' is not supported by this server; remove it",
                                param=name, code="unsupported_parameter")
-        for name, allowed in _NO_OP_VALUES.items():
-            if self.raw.get(name) is not None and self.raw[name] not in allowed:
+        for name, values in _NO_OP_VALUES.items():
+            if name not in allowed and self.raw.get(name) is not None and self.raw[name] not in values:
                 raise ApiError(400, f"'{name}' {self.raw[name]!r:.60} is not supported by this server; only "
-                               f"{' or '.join(map(repr, allowed))}", param=name, code="unsupported_parameter")
+                               f"{' or '.join(map(repr, values))}", param=name, code="unsupported_parameter")
         if self.raw.get("logit_bias"):
             raise ApiError(400, "'logit_bias' is not supported; remove it", param="logit_bias",
                            code="unsupported_parameter")
@@ -283,22 +291,28 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     return [p if isinstance(p, str) else list(p) for p in items]
 
 
-def parse_chat(raw: Any, default_max_tokens: int) -> tuple[GenerateRequest, list[dict[str, Any]]]:
+def parse_chat(raw: Any, default_max_tokens: int, *, tool_parser: str = "none",
+               auto_tools: bool = False) -> tuple[GenerateRequest, list[dict[str, Any]]]:
     """Validate a `/v1/chat/completions` body; returns the request (prompt still empty) and
     the messages for the chat template.
+
+    Args:
+        tool_parser: the server's ``--tool-call-parser`` (``tool_choice: "auto"`` output).
+        auto_tools: the server's ``--enable-auto-tool-choice``.
 
     Raises:
         ApiError: 400 naming the offending parameter.
     """
     body = _Body(raw)
-    body.reject_unsupported()
+    body.reject_unsupported(allowed=("tools", "tool_choice"))
     common = _common(body)
     messages = body.get("messages", list, None, what="a list of messages")
     if not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
     for i, m in enumerate(messages):
+        calls_only = isinstance(m, dict) and m.get("content") is None and m.get("tool_calls")
         if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str | list)):
+                and (isinstance(m.get("content"), str | list) or calls_only)):
             raise ApiError(400, f"messages[{i}] must be an object with a string 'role' and "
                            "'content'", param="messages", code="invalid_type")
         if isinstance(m["content"], list):  # content parts: keep the text ones
@@ -310,6 +324,13 @@ def parse_chat(raw: Any, default_max_tokens: int) -> tuple[GenerateRequest, list
     if body.raw.get("echo"):
         raise ApiError(400, "'echo' is not supported on chat completions; remove it", param="echo",
                        code="unsupported_parameter")
+    try:
+        parallel = body.get("parallel_tool_calls", bool, True)
+        tools = plan_tools(body.raw.get("tools"), body.raw.get("tool_choice"), parser=tool_parser,
+                           auto_enabled=auto_tools, parallel=parallel)
+        messages = template_messages(messages)
+    except ToolError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
     # OpenAI deprecated max_tokens for max_completion_tokens: the newer name wins.
     max_tokens = body.get("max_completion_tokens", int, body.get("max_tokens", int, None))
     wants_logprobs = body.get("logprobs", bool, False)
@@ -318,8 +339,15 @@ def parse_chat(raw: Any, default_max_tokens: int) -> tuple[GenerateRequest, list
         raise ApiError(400, "'top_logprobs' needs \"logprobs\": true", param="top_logprobs")
     logprobs = (top or 0) if wants_logprobs else None
     params = _sampling(body, max_tokens or default_max_tokens, logprobs)
+    if tools is not None and tools.constraint is not None:
+        if params.guided is not None:
+            raise ApiError(400, "a forced tool_choice is a structured-output constraint already; "
+                           "drop response_format / guided_*", param="tool_choice")
+        params = replace(params, guided=tools.constraint)
     request = GenerateRequest(prompt="", params=params, top_logprobs=top or 0,
                               cap_to_context=max_tokens is None,
                               chat_template=body.get("chat_template", str, None),
-                              add_generation_prompt=body.get("add_generation_prompt", bool, True), **common)
+                              add_generation_prompt=body.get("add_generation_prompt", bool, True),
+                              tools=tools, parallel_tool_calls=parallel,
+                              **common)
     return request, messages

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trtkv.runtime.outputs import CompletionOutput, RequestOutput
+from trtkv.serving.tools import ToolCall, ToolPlan
 
 LogprobEntry = tuple[int, float, tuple[tuple[int, float], ...]]
 
@@ -24,10 +25,14 @@ class ResponseBuilder:
         model: the served model name.
         tokenizer: HF tokenizer for logprob token strings, or None ("token_id:N" strings).
         top_logprobs: how many alternatives each logprob entry lists.
+        tools: chat with tools: finished choices are parsed into ``tool_calls``; streamed text
+            that may be a tool call is held back until the choice finishes.
+        max_tool_calls: most calls kept per choice (1 when ``parallel_tool_calls`` is false).
     """
 
     def __init__(self, kind: str, response_id: str, model: str, tokenizer: Any,
-                 top_logprobs: int = 0, index_offset: int = 0) -> None:
+                 top_logprobs: int = 0, index_offset: int = 0, *, tools: ToolPlan | None = None,
+                 max_tool_calls: int | None = None) -> None:
         self.kind, self.id, self.model = kind, response_id, model
         self.index_offset = index_offset
         """Added to every choice index (prompt k of a batch: k * n)."""
@@ -37,6 +42,19 @@ class ResponseBuilder:
         self._sent_role: set[int] = set()
         self._streamed: dict[int, int] = {}
         """Completions: characters of logprob tokens already streamed per choice (text_offset)."""
+        self.tools = tools
+        self.max_tool_calls = max_tool_calls
+        self._text: dict[int, str] = {}
+        """Chat with tools: each choice's text so far, and how much of it was streamed."""
+        self._sent: dict[int, int] = {}
+
+    def _tool_calls(self, c: CompletionOutput, text: str) -> tuple[str | None, list[ToolCall]]:
+        """A finished chat choice's (content, tool calls); no calls without tools or when the
+        output was cut short (a partial call is returned as content)."""
+        if self.tools is None or c.finish_reason != "stop":
+            return text, []
+        content, calls = self.tools.extract(text)
+        return content, calls[: self.max_tool_calls]
 
     # -- whole responses ------------------------------------------------------------------
     def response(self, out: RequestOutput) -> dict[str, Any]:
@@ -44,8 +62,12 @@ class ResponseBuilder:
         for c in out.outputs:
             lps = self._logprobs(c.logprobs) if c.logprobs is not None else None
             if self.kind == "chat":
-                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                "logprobs": lps, "finish_reason": c.finish_reason})
+                content, calls = self._tool_calls(c, c.text)
+                message: dict[str, Any] = {"role": "assistant", "content": content}
+                if calls:
+                    message["tool_calls"] = [call.as_dict() for call in calls]
+                choices.append({"index": c.index, "message": message, "logprobs": lps,
+                                "finish_reason": "tool_calls" if calls else c.finish_reason})
             else:
                 choices.append({"index": c.index + self.index_offset, "text": c.text, "logprobs": lps,
                                 "finish_reason": c.finish_reason})
@@ -73,13 +95,31 @@ class ResponseBuilder:
                 self._streamed[c.index] = self._streamed.get(c.index, 0) + sum(len(t) for t in lps["tokens"])
         if self.kind == "chat":
             delta: dict[str, Any] = {"content": c.new_text}
+            finish = c.finish_reason
+            if self.tools is not None:
+                delta, finish = self._tool_delta(c)
             if c.index not in self._sent_role:
                 self._sent_role.add(c.index)
                 delta["role"] = "assistant"
-            return {"index": c.index, "delta": delta, "logprobs": lps,
-                    "finish_reason": c.finish_reason}
+            return {"index": c.index, "delta": delta, "logprobs": lps, "finish_reason": finish}
         return {"index": c.index + self.index_offset, "text": c.new_text, "logprobs": lps,
                 "finish_reason": c.finish_reason}
+
+    def _tool_delta(self, c: CompletionOutput) -> tuple[dict[str, Any], str | None]:
+        """A streamed chat delta with tools: text streams until it may be a tool call; the
+        calls come whole in the finishing chunk."""
+        text = self._text[c.index] = self._text.get(c.index, "") + c.new_text
+        sent = self._sent.get(c.index, 0)
+        assert self.tools is not None
+        if c.finish_reason is None:
+            if self.tools.may_be_call(text):
+                return {"content": ""}, None
+            self._sent[c.index] = len(text)
+            return {"content": text[sent:]}, None
+        content, calls = self._tool_calls(c, text)
+        if not calls:
+            return {"content": text[sent:]}, c.finish_reason
+        return {"content": None, "tool_calls": [call.as_dict(index=k) for k, call in enumerate(calls)]}, "tool_calls"
 
     def _head(self, chunk: bool) -> dict[str, Any]:
         if self.kind == "chat":

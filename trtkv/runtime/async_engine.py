@@ -89,6 +89,8 @@ class AsyncEngine:
         self._aborts_lock = threading.Lock()
         self._wakeup: asyncio.Event | None = None
         self._driver: asyncio.Task[None] | None = None
+        self._stepping = False
+        """The driver has a step in flight or outputs not yet handed to their streams."""
         self._closed = False
         self.error: BaseException | None = None
         """The exception that stopped the driver, if a step failed."""
@@ -182,7 +184,9 @@ class AsyncEngine:
         await self.call(lambda e: e.has_unfinished())  # waits for queued work
         if self._driver is not None:
             self._kick()
-            while self.engine.has_unfinished() or self._pending_aborts:
+            # Until the aborts' outputs are in their streams: the engine may be empty while
+            # the driver still holds the outputs of the step that emptied it.
+            while self._has_work() or self._stepping:
                 if self._driver.done():
                     break
                 await asyncio.sleep(0.01)
@@ -224,15 +228,18 @@ class AsyncEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            self._stepping = True
             try:
                 outputs = await loop.run_in_executor(self._executor, self._step)
             except Exception as exc:  # a failed step leaves the engine unusable
+                self._stepping = False
                 self._fail(exc)
                 return
             for out in outputs:
                 stream = self._streams.get(out.request_id)
                 if stream is not None:
                     stream.put(out)
+            self._stepping = False
 
     def _step(self) -> list[RequestOutput]:
         """Worker thread: apply queued aborts, then one engine step."""

@@ -27,7 +27,7 @@ from trtkv.runtime.outputs import RequestOutput
 from trtkv.serving import prometheus
 from trtkv.serving.config import ServerConfig
 from trtkv.serving.protocol import ApiError, GenerateRequest, parse_chat, parse_completion
-from trtkv.serving.responses import ResponseBuilder, sum_usage
+from trtkv.serving.responses import ResponseBuilder, sum_usage, was_aborted
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS_CLIENT_GONE = 499  # nginx's convention for "client closed the request"
@@ -198,6 +198,8 @@ class OpenAIServer:
             finally:
                 await stream.aclose()
             assert final is not None
+            if was_aborted(final):
+                raise _shutting_down()
             return web.json_response(builder.response(final), headers=headers)
         return await self._stream(request, stream, builder, req.include_usage, headers)
 
@@ -239,6 +241,8 @@ class OpenAIServer:
         finally:
             for stream in streams:
                 await stream.aclose()
+        if any(was_aborted(f) for f in finals):
+            raise _shutting_down()
         bodies = [b.response(f) for b, f in zip(builders, finals, strict=True)]
         body = {**bodies[0], "choices": [c for b in bodies for c in b["choices"]],
                 "usage": sum_usage([b["usage"] for b in bodies])}
@@ -257,7 +261,9 @@ class OpenAIServer:
                     last = out
                     for chunk in builder.chunks(out):
                         await response.write(_sse(chunk))
-                if include_usage and last is not None:
+                if builder.aborted:
+                    await response.write(_sse(_shutting_down().body()))
+                elif include_usage and last is not None:
                     await response.write(_sse(builder.usage_chunk(last)))
             except EngineClosedError as exc:
                 await response.write(_sse(ApiError(503, str(exc), type="service_unavailable").body()))
@@ -272,6 +278,11 @@ class OpenAIServer:
             self.num_active_streams -= 1
             await stream.aclose()  # aborts the request unless it finished
         return response
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down and stopped this request before it finished; "
+                    "retry on another replica", type="service_unavailable", code="shutting_down")
 
 
 def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template: str | None = None,
@@ -354,6 +365,10 @@ class _BatchBuilder:
         if out.finished:
             self.finals[k] = out
         return self.builders[k].chunks(out)
+
+    @property
+    def aborted(self) -> bool:
+        return any(b.aborted for b in self.builders)
 
     def usage_chunk(self, last: Any) -> dict[str, Any]:
         parts = [self.builders[k].usage_chunk(out) for k, out in sorted(self.finals.items())]

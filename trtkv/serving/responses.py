@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from trtkv.runtime.outputs import CompletionOutput, RequestOutput
@@ -44,6 +45,9 @@ class ResponseBuilder:
         """Completions: characters of logprob tokens already streamed per choice (text_offset)."""
         self.tools = tools
         self.max_tool_calls = max_tool_calls
+        self.aborted = False
+        """A streamed choice ended with "abort" (the server shut down): the stream must end
+        with an error event, not with that finish_reason, which is not an OpenAI value."""
         self._text: dict[int, str] = {}
         """Chat with tools: each choice's text so far, and how much of it was streamed."""
         self._sent: dict[int, int] = {}
@@ -88,6 +92,9 @@ class ResponseBuilder:
         return {**self._head(chunk=True), "choices": [], "usage": usage(out)}
 
     def _choice_delta(self, c: CompletionOutput) -> dict[str, Any]:
+        if c.finish_reason == "abort":
+            self.aborted = True
+            c = replace(c, finish_reason=None)
         lps = None
         if c.logprobs is not None and c.new_token_ids:
             lps = self._logprobs(c.logprobs[-len(c.new_token_ids):], start=self._streamed.get(c.index, 0))
@@ -155,6 +162,11 @@ class ResponseBuilder:
                              for _, _, top in entries],
             "text_offset": offsets,
         }
+
+
+def was_aborted(out: RequestOutput) -> bool:
+    """Some choice of ``out`` was stopped by the server (shutdown) before it finished."""
+    return any(c.finish_reason == "abort" for c in out.outputs)
 
 
 def usage(out: RequestOutput) -> dict[str, Any]:

@@ -17,8 +17,11 @@ fi
 # dev: the test and lint tools plus the serve, bench, store and gguf extras (every feature is tested).
 .venv/bin/python -m pip install -q -e ".[dev]"
 # tritonserver + its Python backend for the Triton tests (runs on CPU). --no-deps: the wheel
-# pins numpy<2, but only the server binary and backend are used, never its Python API.
+# pins numpy<2, but only the server binary and backend are used, never its Python API. Its
+# Python backend stub is built against numpy 1, so the tests run the stub in a venv that sees
+# this one's packages but numpy 1 first (tests/serving/test_triton.py): numpy 1 goes here.
 .venv/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+.venv/bin/python -m pip install -q --target .venv/triton-stub-numpy "numpy<2"
 # TensorRT for RTX (real libraries on PyPI; builds engines with no GPU present): `trtkv build
 # --flavor rtx` and its CI tests. The `rtx` extra of the package.
 .venv/bin/python -m pip install -q -e ".[rtx]"

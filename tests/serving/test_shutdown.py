@@ -55,10 +55,10 @@ def test_shutdown_mid_stream_ends_every_stream_cleanly(chat_model_dir) -> None:
             if not streamed:
                 started[i].set()
 
-            def reader(i: int = i, sock: socket.socket = sock) -> None:
+            def reader(i: int, sock: socket.socket, replies: list[bytes], started: list[threading.Event]) -> None:
                 replies[i] = _read_all(sock, started[i])
 
-            threads.append(threading.Thread(target=reader, daemon=True))
+            threads.append(threading.Thread(target=reader, args=(i, sock, replies, started), daemon=True))
             threads[-1].start()
         for event in started:
             assert event.wait(30)

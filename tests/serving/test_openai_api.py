@@ -331,3 +331,23 @@ def test_streamed_text_offset_counts_from_the_start(client) -> None:
                 offsets += choice.logprobs.text_offset
     assert offsets == whole.choices[0].logprobs.text_offset and len(offsets) == 8
     assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+def test_tokenize_detokenize_and_stop_reason(client, live_server: LiveServer) -> None:
+    base = live_server.base_url
+    code, _, tok = http(base, "POST", "/tokenize", {"prompt": "def add(a, b):"})
+    assert code == 200 and tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] > 0
+    code, _, detok = http(base, "POST", "/detokenize", {"tokens": tok["tokens"]})
+    assert code == 200 and "def add(a, b):" in detok["prompt"]
+    code, _, chat_tok = http(base, "POST", "/tokenize", {"messages": [{"role": "user", "content": "hi"}]})
+    assert code == 200 and chat_tok["count"] > 1
+    assert http(base, "POST", "/detokenize", {"tokens": [10**9]})[0] == 400
+    assert http(base, "POST", "/tokenize", {"prompt": 5})[0] == 400
+    # stop_reason: the stop string that ended a choice; null for length.
+    greedy = client.completions.create(**_greedy(prompt="def f(x):"))
+    text = greedy.choices[0].text
+    stop = text[3:5]
+    cut = client.completions.create(model=MODEL_NAME, prompt="def f(x):", temperature=0, max_tokens=12,
+                                    stop=[stop], extra_body={"ignore_eos": True})
+    assert cut.choices[0].finish_reason == "stop" and cut.choices[0].model_extra["stop_reason"] == stop
+    assert greedy.choices[0].model_extra["stop_reason"] is None

@@ -62,6 +62,8 @@ class OpenAIServer:
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -132,6 +134,47 @@ class OpenAIServer:
     async def ping(self, request: web.Request) -> web.Response:
         return await self.health(request)
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: ``prompt`` (text) or ``messages`` (chat) -> token ids and count."""
+        body = await _read_json(request, self.config.request_timeout_s)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        self._check_model(body.get("model") or "")
+        add_special = body.get("add_special_tokens", True)
+        if not isinstance(add_special, bool):
+            raise ApiError(400, "'add_special_tokens' must be a boolean", param="add_special_tokens")
+        if "messages" in body:
+            req, messages = parse_chat({"messages": body["messages"]}, self.config.default_chat_max_tokens)
+            gen_prompt = body.get("add_generation_prompt", True)
+            ids = await self.engine.call(lambda e: render_chat(
+                e, messages, chat_template=body.get("chat_template") if isinstance(body.get("chat_template"), str)
+                else None, add_generation_prompt=bool(gen_prompt)))
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                raise ApiError(400, "give 'prompt' (a non-empty string) or 'messages'", param="prompt")
+            ids = await self.engine.call(lambda e: _encode(e, prompt, add_special))
+        return web.json_response({"count": len(ids), "max_model_len": self.engine.engine.scheduler.config.max_model_len,
+                                  "tokens": ids})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /detokenize: token ids -> text."""
+        body = await _read_json(request, self.config.request_timeout_s)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        self._check_model(body.get("model") or "")
+        tokens = body.get("tokens")
+        vocab = self.engine.engine.manifest.vocab_size
+        if not (isinstance(tokens, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)):
+            raise ApiError(400, "'tokens' must be a list of token ids", param="tokens", code="invalid_type")
+        if any(not 0 <= t < vocab for t in tokens):
+            raise ApiError(400, f"'tokens' holds ids outside the vocabulary [0, {vocab})", param="tokens")
+        tokenizer = self.engine.engine.tokenizer
+        if tokenizer is None:
+            raise ApiError(400, "this model has no tokenizer; it cannot detokenize", code="no_tokenizer")
+        text = await self.engine.call(lambda e: e.tokenizer.decode(tokens))
+        return web.json_response({"prompt": text})
+
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "trtkv",
                 "max_model_len": self.engine.engine.scheduler.config.max_model_len}
@@ -169,6 +212,10 @@ class OpenAIServer:
         return await self._generate(request, "chat", "chatcmpl",
                                     replace(req, prompt=prompt_ids, params=params))
 
+    def _eos_ids(self, req: GenerateRequest) -> tuple[int, ...]:
+        """EOS ids that a request did not also ask for as stop_token_ids (stop_reason null)."""
+        return tuple(t for t in self.engine.engine.eos_token_ids if t not in req.params.stop_token_ids)
+
     def _check_model(self, model: str) -> None:
         if model and model != self.model_name:  # "" (not given): the served model
             raise ApiError(404, f"model {model!r} does not exist; this server serves "
@@ -187,7 +234,8 @@ class OpenAIServer:
             raise ApiError(503, str(exc), type="service_unavailable") from None
         builder = ResponseBuilder(kind, request_id, self.model_name, self.engine.engine.tokenizer,
                                   req.top_logprobs, tools=req.tools,
-                                  max_tool_calls=None if req.parallel_tool_calls else 1)
+                                  max_tool_calls=None if req.parallel_tool_calls else 1,
+                                  eos_token_ids=self._eos_ids(req))
         if not req.stream:
             try:
                 final = None
@@ -224,7 +272,8 @@ class OpenAIServer:
                 raise ApiError(503, str(exc), type="service_unavailable") from None
             raise ApiError.from_engine(exc) from None
         builders = [ResponseBuilder("completion", response_id, self.model_name, self.engine.engine.tokenizer,
-                                    req.top_logprobs, index_offset=k * req.params.n) for k in range(len(streams))]
+                                    req.top_logprobs, index_offset=k * req.params.n, eos_token_ids=self._eos_ids(req))
+                    for k in range(len(streams))]
         if req.stream:
             merged = _MergedStream(streams)
             return await self._stream(request, merged, _BatchBuilder(builders), req.include_usage, headers)
@@ -278,6 +327,16 @@ class OpenAIServer:
             self.num_active_streams -= 1
             await stream.aclose()  # aborts the request unless it finished
         return response
+
+
+def _encode(engine: Engine, prompt: str, add_special_tokens: bool) -> list[int]:
+    if engine.tokenizer is None:
+        raise ApiError(400, "this model has no tokenizer; it cannot tokenize text", code="no_tokenizer")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "'prompt' is not valid UTF-8 text", param="prompt") from None
+    return list(engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
 
 
 def _shutting_down() -> ApiError:

@@ -29,11 +29,13 @@ class ResponseBuilder:
         tools: chat with tools: finished choices are parsed into ``tool_calls``; streamed text
             that may be a tool call is held back until the choice finishes.
         max_tool_calls: most calls kept per choice (1 when ``parallel_tool_calls`` is false).
+        eos_token_ids: the model's EOS ids: a choice ended by EOS has ``stop_reason`` null (as
+            in vLLM); one ended by a stop string or a requested stop token id names it.
     """
 
     def __init__(self, kind: str, response_id: str, model: str, tokenizer: Any,
                  top_logprobs: int = 0, index_offset: int = 0, *, tools: ToolPlan | None = None,
-                 max_tool_calls: int | None = None) -> None:
+                 max_tool_calls: int | None = None, eos_token_ids: Sequence[int] = ()) -> None:
         self.kind, self.id, self.model = kind, response_id, model
         self.index_offset = index_offset
         """Added to every choice index (prompt k of a batch: k * n)."""
@@ -45,6 +47,7 @@ class ResponseBuilder:
         """Completions: characters of logprob tokens already streamed per choice (text_offset)."""
         self.tools = tools
         self.max_tool_calls = max_tool_calls
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.aborted = False
         """A streamed choice ended with "abort" (the server shut down): the stream must end
         with an error event, not with that finish_reason, which is not an OpenAI value."""
@@ -71,10 +74,11 @@ class ResponseBuilder:
                 if calls:
                     message["tool_calls"] = [call.as_dict() for call in calls]
                 choices.append({"index": c.index, "message": message, "logprobs": lps,
-                                "finish_reason": "tool_calls" if calls else c.finish_reason})
+                                "finish_reason": "tool_calls" if calls else c.finish_reason,
+                                "stop_reason": self._stop_reason(c)})
             else:
                 choices.append({"index": c.index + self.index_offset, "text": c.text, "logprobs": lps,
-                                "finish_reason": c.finish_reason})
+                                "finish_reason": c.finish_reason, "stop_reason": self._stop_reason(c)})
         return {**self._head(chunk=False), "choices": choices, "usage": usage(out)}
 
     # -- streaming ------------------------------------------------------------------------
@@ -108,9 +112,19 @@ class ResponseBuilder:
             if c.index not in self._sent_role:
                 self._sent_role.add(c.index)
                 delta["role"] = "assistant"
-            return {"index": c.index, "delta": delta, "logprobs": lps, "finish_reason": finish}
-        return {"index": c.index + self.index_offset, "text": c.new_text, "logprobs": lps,
-                "finish_reason": c.finish_reason}
+            choice = {"index": c.index, "delta": delta, "logprobs": lps, "finish_reason": finish}
+        else:
+            choice = {"index": c.index + self.index_offset, "text": c.new_text, "logprobs": lps,
+                      "finish_reason": c.finish_reason}
+        if c.finish_reason is not None:
+            choice["stop_reason"] = self._stop_reason(c)
+        return choice
+
+    def _stop_reason(self, c: CompletionOutput) -> int | str | None:
+        """vLLM's ``stop_reason``: the stop string or stop token id; null for EOS and length."""
+        if c.finish_reason != "stop" or c.stop_reason in self.eos_token_ids:
+            return None
+        return c.stop_reason
 
     def _tool_delta(self, c: CompletionOutput) -> tuple[dict[str, Any], str | None]:
         """A streamed chat delta with tools: text streams until it may be a tool call; the

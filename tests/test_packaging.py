@@ -87,7 +87,7 @@ def built_in_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("modules, args, extra, what", [
-    ("aiohttp", ["serve", "{model}"], "serve", "trtkv serve"),
+    ("fastapi", ["serve", "{model}"], "serve", "trtkv serve"),
     ("matplotlib", ["bench", "--url", "http://127.0.0.1:9", "--output-png", "{tmp}/b.png"],
      "bench", "trtkv bench --output-png"),
     ("aiohttp", ["bench", "--url", "http://127.0.0.1:9"], "bench", "trtkv bench --url"),

@@ -103,9 +103,9 @@ def http(base_url: str, method: str, path: str, body: object = None, *, raw: byt
     request = urllib.request.Request(base_url + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
-            status, hdrs, text = resp.status, dict(resp.headers), resp.read().decode()
+            status, hdrs, text = resp.status, resp.headers, resp.read().decode()  # case-insensitive
     except urllib.error.HTTPError as exc:
-        status, hdrs, text = exc.code, dict(exc.headers), exc.read().decode()
+        status, hdrs, text = exc.code, exc.headers, exc.read().decode()
     try:
         return status, hdrs, json.loads(text)
     except ValueError:

@@ -185,11 +185,16 @@ def test_half_sent_bodies_time_out(chat_model_dir) -> None:
                         ServerConfig(port=0, served_model_name=MODEL_NAME, request_timeout_s=1.0))
     try:
         head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 5000000\r\n\r\n{\"")
+                b"Content-Length: 5000\r\n\r\n{\"")
         started = time.monotonic()
         reply = _raw_http(live.port, head, wait_s=20)
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b"request_timeout" in reply and time.monotonic() - started < 10
+        # A declared length over --max-request-bytes is refused at once, before any body.
+        huge = head.replace(b"Content-Length: 5000", b"Content-Length: 5000000")
+        started = time.monotonic()
+        reply = _raw_http(live.port, huge, wait_s=20)
+        assert reply.startswith(b"HTTP/1.1 413") and time.monotonic() - started < 1.0, reply[:200]
         code, _, _ = http(live.base_url, "POST", "/v1/completions", BODY, api_key=None)
         assert code == 200
     finally:
@@ -351,3 +356,22 @@ def test_tokenize_detokenize_and_stop_reason(client, live_server: LiveServer) ->
                                     stop=[stop], extra_body={"ignore_eos": True})
     assert cut.choices[0].finish_reason == "stop" and cut.choices[0].model_extra["stop_reason"] == stop
     assert greedy.choices[0].model_extra["stop_reason"] is None
+
+
+def test_malformed_http_gets_a_json_error_and_the_schema_is_published(live_server: LiveServer) -> None:
+    reply = _raw_http(live_server.port, b"NOT HTTP AT ALL\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), reply[:300]
+    assert json.loads(body)["error"]["code"] == "bad_http_request"
+    code, _, doc = http(live_server.base_url, "GET", "/openapi.json")
+    assert code == 200
+    for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
+    chat = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert "messages" in chat["required"] and "tools" in chat["properties"]
+    # Unknown routes and methods answer in the OpenAI error shape too.
+    code, _, reply = http(live_server.base_url, "GET", "/v1/nope")
+    assert code == 404 and reply["error"]["code"] == "not_found"
+    code, _, reply = http(live_server.base_url, "GET", "/v1/completions")
+    assert code == 405 and reply["error"]["code"] == "method_not_allowed"

@@ -92,8 +92,8 @@ def test_vllm_guided_parameters(client, live_server: LiveServer) -> None:
 @pytest.mark.parametrize("extra,param,needle", [
     ({"guided_regex": "(unclosed"}, "guided_regex", "does not compile"),
     ({"guided_json": "{not json"}, "guided_json", "invalid"),
-    ({"guided_choice": []}, "guided_choice", "non-empty strings"),
-    ({"guided_choice": "yes"}, "guided_choice", "list of strings"),
+    ({"guided_choice": []}, "guided_choice", "at least 1 item"),
+    ({"guided_choice": "yes"}, "guided_choice", "valid list"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "schema"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice", "one structured-output constraint"),
     ({"structured_outputs": {"xml": "<a/>"}}, "structured_outputs", "not supported"),

@@ -18,7 +18,8 @@ from trtkv.serving.config import ServerConfig
 def serve(model: Model, server_config: ServerConfig, engine: EngineConfig) -> None:
     from trtkv._optional import require
 
-    require("aiohttp", "serve", "trtkv serve")
+    require("fastapi", "serve", "trtkv serve")
+    require("uvicorn", "serve", "trtkv serve")
     require("prometheus_client", "serve", "trtkv serve")
     from trtkv.model_source import model_name, resolve_model
     from trtkv.serving.server import create_server, run_server

@@ -3,8 +3,8 @@
 Owns the driver task and the per-request output streams; the `Engine` still owns requests,
 scheduling and KV blocks. Every call into the engine (add, abort, step, stats) runs on one
 worker thread, so they are serialised: adds and aborts land between steps, never during one,
-and the event loop stays free while a step computes. Must not import aiohttp or other
-serving code.
+and the event loop stays free while a step computes. Must not import HTTP libraries or
+other serving code.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The OpenAI-compatible HTTP application (aiohttp) over an `AsyncEngine`.
+"""The OpenAI-compatible HTTP application (FastAPI) over an `AsyncEngine`.
 
-Owns routes, authentication, body limits, SSE streaming and HTTP error rendering. Request
-validation lives in `protocol`, response shapes in `responses`, metric names in `prometheus`;
-the engine is reached only through `AsyncEngine`.
+Owns routes, authentication, body limits and read timeouts, SSE streaming and HTTP error
+rendering (every error is OpenAI's JSON shape). Request types are `schema`'s pydantic models
+(the published OpenAPI schema), request rules `protocol`'s, response shapes `responses`',
+metric names `prometheus`'; the engine is reached only through `AsyncEngine`.
 """
 
 from __future__ import annotations
@@ -13,31 +14,41 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from aiohttp import web
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime import chat
 from trtkv.runtime.async_engine import AsyncEngine, EngineClosedError, RequestStream
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.outputs import RequestOutput
-from trtkv.serving import prometheus
+from trtkv.serving import prometheus, schema
 from trtkv.serving.config import ServerConfig
 from trtkv.serving.protocol import ApiError, GenerateRequest, parse_chat, parse_completion
 from trtkv.serving.responses import ResponseBuilder, sum_usage, was_aborted
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS_CLIENT_GONE = 499  # nginx's convention for "client closed the request"
+
+
+def _body_schema(model: type[Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body itself (limits, timeouts) but
+    publishes ``model`` as its request body."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 class OpenAIServer:
     """Routes and state of one server over one engine.
 
     Args:
-        engine: the async engine (this server shuts it down on application shutdown).
+        engine: the async engine (the server shuts it down when it stops).
         config: server options.
         model_name: the id clients must send as ``model``.
     """
@@ -51,152 +62,113 @@ class OpenAIServer:
         self.client_disconnects = 0
         self.num_active_streams = 0
 
-    def create_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_request_bytes,
-                              middlewares=[self._errors_middleware, self._auth_middleware])
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/v1/models/{model_id:.+}", self.model)
-        app.router.add_get("/version", self.version)
-        app.router.add_get("/ping", self.ping)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/tokenize", self.tokenize)
-        app.router.add_post("/detokenize", self.detokenize)
-        app.on_shutdown.append(self._on_shutdown)
-        return app
+    def create_app(self) -> ASGIApp:
+        """The ASGI application: FastAPI routes inside the auth / accounting middleware."""
+        app = FastAPI(title="trtkv", summary="OpenAI-compatible server over a paged KV cache",
+                      version=_package_version(), docs_url=None, redoc_url=None)
+        app.add_exception_handler(ApiError, _api_error_handler)  # type: ignore[arg-type]
+        app.add_exception_handler(StarletteHTTPException, _http_error_handler)  # type: ignore[arg-type]
+        app.add_exception_handler(RequestValidationError, _validation_error_handler)  # type: ignore[arg-type]
+        app.add_exception_handler(Exception, _internal_error_handler)
+        get, post = app.get, app.post
+        get("/health")(self.health)
+        get("/ping")(self.ping)
+        get("/version")(self.version)
+        get("/metrics")(self.metrics)
+        get("/v1/models")(self.models)
+        get("/v1/models/{model_id:path}")(self.model)
+        post("/v1/completions", openapi_extra=_body_schema(schema.CompletionRequest))(self.completions)
+        post("/v1/chat/completions", openapi_extra=_body_schema(schema.ChatCompletionRequest))(self.chat_completions)
+        post("/tokenize", openapi_extra=_body_schema(schema.TokenizeRequest))(self.tokenize)
+        post("/detokenize", openapi_extra=_body_schema(schema.DetokenizeRequest))(self.detokenize)
+        original = app.openapi
 
-    async def _on_shutdown(self, app: web.Application) -> None:
-        # Listening has stopped: let in-flight requests finish, then abort the rest.
-        await self.engine.shutdown(self.config.drain_timeout_s)
+        def openapi() -> dict[str, Any]:  # the body models, referenced by openapi_extra
+            if app.openapi_schema is None:
+                doc = original()
+                components = doc.setdefault("components", {}).setdefault("schemas", {})
+                for model in (schema.CompletionRequest, schema.ChatCompletionRequest,
+                              schema.TokenizeRequest, schema.DetokenizeRequest):
+                    spec = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                    components.update(spec.pop("$defs", {}))
+                    components[model.__name__] = spec
+                app.openapi_schema = doc
+            return app.openapi_schema
 
-    # -- middlewares ----------------------------------------------------------------------
-    @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request.match_info.route.resource
-        endpoint = route.canonical if route is not None else "other"
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except ApiError as exc:
-            status = exc.status
-            return _error_response(exc)
-        except web.HTTPException as exc:  # routing: 404 unknown path, 405 wrong method, 413
-            status = exc.status
-            code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
-            return _error_response(ApiError(status, exc.reason, code=code))
-        except asyncio.CancelledError:
-            status = STATUS_CLIENT_GONE
-            raise
-        except Exception as exc:  # a bug: keep serving, say so
-            return _error_response(ApiError(500, f"internal error: {exc!r}", type="internal_error"))
-        finally:
-            self.http_requests[(endpoint, status)] += 1
-
-    @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        key = self.config.api_key
-        if key and request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {key}"
-            # surrogateescape: a header with bytes that are not UTF-8 is simply a wrong key.
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
-                raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
-                               type="authentication_error", code="invalid_api_key")
-        return await handler(request)
+        app.openapi = openapi  # type: ignore[method-assign]
+        return _Gate(app, self)
 
     # -- simple routes --------------------------------------------------------------------
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self) -> JSONResponse:
         if not self.engine.is_running:
-            return web.json_response({"status": "unavailable"}, status=503)
-        return web.json_response({"status": "ok"})
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [self._model_card()]})
+    async def ping(self) -> JSONResponse:
+        return await self.health()
 
-    async def model(self, request: web.Request) -> web.Response:
-        model_id = request.match_info["model_id"]
+    async def version(self) -> dict[str, str]:
+        return {"version": _package_version()}
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._model_card()]}
+
+    async def model(self, model_id: str) -> dict[str, Any]:
         self._check_model(model_id)
-        return web.json_response(self._model_card())
-
-    async def version(self, request: web.Request) -> web.Response:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as package_version
-
-        try:
-            return web.json_response({"version": package_version("trtkv")})
-        except PackageNotFoundError:
-            return web.json_response({"version": "unknown"})
-
-    async def ping(self, request: web.Request) -> web.Response:
-        return await self.health(request)
-
-    async def tokenize(self, request: web.Request) -> web.Response:
-        """vLLM's /tokenize: ``prompt`` (text) or ``messages`` (chat) -> token ids and count."""
-        body = await _read_json(request, self.config.request_timeout_s)
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        self._check_model(body.get("model") or "")
-        add_special = body.get("add_special_tokens", True)
-        if not isinstance(add_special, bool):
-            raise ApiError(400, "'add_special_tokens' must be a boolean", param="add_special_tokens")
-        if "messages" in body:
-            req, messages = parse_chat({"messages": body["messages"]}, self.config.default_chat_max_tokens)
-            gen_prompt = body.get("add_generation_prompt", True)
-            ids = await self.engine.call(lambda e: render_chat(
-                e, messages, chat_template=body.get("chat_template") if isinstance(body.get("chat_template"), str)
-                else None, add_generation_prompt=bool(gen_prompt)))
-        else:
-            prompt = body.get("prompt")
-            if not isinstance(prompt, str) or not prompt:
-                raise ApiError(400, "give 'prompt' (a non-empty string) or 'messages'", param="prompt")
-            ids = await self.engine.call(lambda e: _encode(e, prompt, add_special))
-        return web.json_response({"count": len(ids), "max_model_len": self.engine.engine.scheduler.config.max_model_len,
-                                  "tokens": ids})
-
-    async def detokenize(self, request: web.Request) -> web.Response:
-        """vLLM's /detokenize: token ids -> text."""
-        body = await _read_json(request, self.config.request_timeout_s)
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        self._check_model(body.get("model") or "")
-        tokens = body.get("tokens")
-        vocab = self.engine.engine.manifest.vocab_size
-        if not (isinstance(tokens, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)):
-            raise ApiError(400, "'tokens' must be a list of token ids", param="tokens", code="invalid_type")
-        if any(not 0 <= t < vocab for t in tokens):
-            raise ApiError(400, f"'tokens' holds ids outside the vocabulary [0, {vocab})", param="tokens")
-        tokenizer = self.engine.engine.tokenizer
-        if tokenizer is None:
-            raise ApiError(400, "this model has no tokenizer; it cannot detokenize", code="no_tokenizer")
-        text = await self.engine.call(lambda e: e.tokenizer.decode(tokens))
-        return web.json_response({"prompt": text})
+        return self._model_card()
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "trtkv",
                 "max_model_len": self.engine.engine.scheduler.config.max_model_len}
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self) -> Response:
         snapshot = await self.engine.call(prometheus.collect)
         server = {"http_requests": dict(self.http_requests),
                   "client_disconnects": self.client_disconnects,
                   "active_streams": self.num_active_streams}
-        return web.Response(body=prometheus.render(snapshot, server, self.model_name),
-                            headers={"Content-Type": prometheus.CONTENT_TYPE})
+        return Response(prometheus.render(snapshot, server, self.model_name),
+                        headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def tokenize(self, request: Request) -> dict[str, Any]:
+        """vLLM's /tokenize: ``prompt`` (text) or ``messages`` (chat) -> token ids and count."""
+        body = await self._body(request, schema.TokenizeRequest)
+        self._check_model(body.get("model") or "")
+        if "messages" in body:
+            _, messages = parse_chat({"messages": body["messages"]}, self.config.default_chat_max_tokens)
+            ids = await self.engine.call(lambda e: render_chat(
+                e, messages, chat_template=body.get("chat_template"),
+                add_generation_prompt=body.get("add_generation_prompt", True) is not False))
+        else:
+            prompt = body.get("prompt")
+            if not prompt:
+                raise ApiError(400, "give 'prompt' (a non-empty string) or 'messages'", param="prompt")
+            add_special = body.get("add_special_tokens", True) is not False
+            ids = await self.engine.call(lambda e: _encode(e, prompt, add_special))
+        return {"count": len(ids), "max_model_len": self.engine.engine.scheduler.config.max_model_len,
+                "tokens": ids}
+
+    async def detokenize(self, request: Request) -> dict[str, Any]:
+        """vLLM's /detokenize: token ids -> text."""
+        body = await self._body(request, schema.DetokenizeRequest)
+        self._check_model(body.get("model") or "")
+        tokens = body["tokens"]
+        vocab = self.engine.engine.manifest.vocab_size
+        if any(not 0 <= t < vocab for t in tokens):
+            raise ApiError(400, f"'tokens' holds ids outside the vocabulary [0, {vocab})", param="tokens")
+        if self.engine.engine.tokenizer is None:
+            raise ApiError(400, "this model has no tokenizer; it cannot detokenize", code="no_tokenizer")
+        return {"prompt": await self.engine.call(lambda e: e.tokenizer.decode(tokens))}
 
     # -- generation -----------------------------------------------------------------------
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_completion(await _read_json(request, self.config.request_timeout_s))
+    async def completions(self, request: Request) -> Response:
+        req = parse_completion(await self._body(request, schema.CompletionRequest))
         self._check_model(req.model)
         if req.batch:
             return await self._generate_batch(request, req)
         return await self._generate(request, "completion", "cmpl", req)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        req, messages = parse_chat(await _read_json(request, self.config.request_timeout_s),
+    async def chat_completions(self, request: Request) -> Response:
+        req, messages = parse_chat(await self._body(request, schema.ChatCompletionRequest),
                                    self.config.default_chat_max_tokens, tool_parser=self.config.tool_call_parser,
                                    auto_tools=self.config.enable_auto_tool_choice)
         tools = req.tools.tools if req.tools is not None else None
@@ -212,6 +184,11 @@ class OpenAIServer:
         return await self._generate(request, "chat", "chatcmpl",
                                     replace(req, prompt=prompt_ids, params=params))
 
+    async def _body(self, request: Request, model: type[Any]) -> dict[str, Any]:
+        body = await _read_json(request, self.config.max_request_bytes, self.config.request_timeout_s)
+        schema.check(model, body)
+        return dict(body)
+
     def _eos_ids(self, req: GenerateRequest) -> tuple[int, ...]:
         """EOS ids that a request did not also ask for as stop_token_ids (stop_reason null)."""
         return tuple(t for t in self.engine.engine.eos_token_ids if t not in req.params.stop_token_ids)
@@ -221,8 +198,7 @@ class OpenAIServer:
             raise ApiError(404, f"model {model!r} does not exist; this server serves "
                            f"{self.model_name!r}", param="model", code="model_not_found")
 
-    async def _generate(self, request: web.Request, kind: str, prefix: str,
-                        req: GenerateRequest) -> web.StreamResponse:
+    async def _generate(self, request: Request, kind: str, prefix: str, req: GenerateRequest) -> Response:
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         headers = {"X-Request-Id": _client_request_id(request) or request_id}
         try:
@@ -248,10 +224,10 @@ class OpenAIServer:
             assert final is not None
             if was_aborted(final):
                 raise _shutting_down()
-            return web.json_response(builder.response(final), headers=headers)
-        return await self._stream(request, stream, builder, req.include_usage, headers)
+            return JSONResponse(builder.response(final), headers=headers)
+        return self._stream(stream, builder, req.include_usage, headers)
 
-    async def _generate_batch(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
+    async def _generate_batch(self, request: Request, req: GenerateRequest) -> Response:
         """Several prompts in one completion request: one engine request each, all admitted or
         none; choice i of prompt k gets index k * n + i, usage is summed."""
         response_id = f"cmpl-{uuid.uuid4().hex}"
@@ -275,8 +251,7 @@ class OpenAIServer:
                                     req.top_logprobs, index_offset=k * req.params.n, eos_token_ids=self._eos_ids(req))
                     for k in range(len(streams))]
         if req.stream:
-            merged = _MergedStream(streams)
-            return await self._stream(request, merged, _BatchBuilder(builders), req.include_usage, headers)
+            return self._stream(_MergedStream(streams), _BatchBuilder(builders), req.include_usage, headers)
         try:
             finals = []
             for stream in streams:
@@ -295,71 +270,81 @@ class OpenAIServer:
         bodies = [b.response(f) for b, f in zip(builders, finals, strict=True)]
         body = {**bodies[0], "choices": [c for b in bodies for c in b["choices"]],
                 "usage": sum_usage([b["usage"] for b in bodies])}
-        return web.json_response(body, headers=headers)
+        return JSONResponse(body, headers=headers)
 
-    async def _stream(self, request: web.Request, stream: Any, builder: Any,
-                      include_usage: bool, headers: dict[str, str]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache", **headers})
-        self.num_active_streams += 1
-        last: Any = None  # a RequestOutput, or a _BatchItem of a batched completion
-        try:
-            await response.prepare(request)
+    def _stream(self, stream: Any, builder: Any, include_usage: bool, headers: dict[str, str]) -> Response:
+        """An SSE response: the builder's chunks as the engine makes them, then ``[DONE]``.
+        A client that hangs up cancels the generator, which aborts the request."""
+
+        async def events() -> AsyncIterator[bytes]:
+            self.num_active_streams += 1
+            last: Any = None  # a RequestOutput, or a _BatchItem of a batched completion
             try:
-                async for out in stream:
-                    last = out
-                    for chunk in builder.chunks(out):
-                        await response.write(_sse(chunk))
-                if builder.aborted:
-                    await response.write(_sse(_shutting_down().body()))
-                elif include_usage and last is not None:
-                    await response.write(_sse(builder.usage_chunk(last)))
-            except EngineClosedError as exc:
-                await response.write(_sse(ApiError(503, str(exc), type="service_unavailable").body()))
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError) as exc:
-            if last is None or not last.finished:
-                self.client_disconnects += 1
-            if isinstance(exc, asyncio.CancelledError):
+                try:
+                    async for out in stream:
+                        last = out
+                        for chunk in builder.chunks(out):
+                            yield _sse(chunk)
+                    if builder.aborted:
+                        yield _sse(_shutting_down().body())
+                    elif include_usage and last is not None:
+                        yield _sse(builder.usage_chunk(last))
+                except EngineClosedError as exc:
+                    yield _sse(ApiError(503, str(exc), type="service_unavailable").body())
+                yield b"data: [DONE]\n\n"
+            except (asyncio.CancelledError, GeneratorExit):
+                if last is None or not last.finished:
+                    self.client_disconnects += 1
                 raise
+            finally:
+                self.num_active_streams -= 1
+                await stream.aclose()  # aborts the request unless it finished
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **headers})
+
+
+class _Gate:
+    """ASGI middleware around the FastAPI app: the API key on ``/v1/*`` (before routing, so
+    an unknown /v1 path without a key is a 401 too) and the per-route request counter."""
+
+    def __init__(self, app: FastAPI, server: OpenAIServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status, complete = 500, False
+        key = self.server.config.api_key
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, complete
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        try:
+            if key and scope["path"].startswith("/v1/"):
+                given = dict(scope["headers"]).get(b"authorization", b"")
+                if not hmac.compare_digest(given, b"Bearer " + key.encode()):
+                    error = ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                                     type="authentication_error", code="invalid_api_key")
+                    await _error_response(error)(scope, receive, counting_send)
+                    return
+            await self.app(scope, receive, counting_send)
+        except asyncio.CancelledError:
+            status = STATUS_CLIENT_GONE
+            raise
         finally:
-            self.num_active_streams -= 1
-            await stream.aclose()  # aborts the request unless it finished
-        return response
-
-
-def _encode(engine: Engine, prompt: str, add_special_tokens: bool) -> list[int]:
-    if engine.tokenizer is None:
-        raise ApiError(400, "this model has no tokenizer; it cannot tokenize text", code="no_tokenizer")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, "'prompt' is not valid UTF-8 text", param="prompt") from None
-    return list(engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
-
-
-def _shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down and stopped this request before it finished; "
-                    "retry on another replica", type="service_unavailable", code="shutting_down")
-
-
-def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template: str | None = None,
-                add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
-    """Token ids of ``messages`` under the tokenizer's chat template (or ``chat_template``),
-    rendered by `trtkv.runtime.chat.render_chat`.
-
-    Raises:
-        ApiError: 400 when the model has no tokenizer or chat template, or the template fails.
-    """
-    try:
-        return chat.render_chat(engine.tokenizer, messages, chat_template=chat_template,
-                                add_generation_prompt=add_generation_prompt, tools=tools)
-    except chat.NoChatTemplateError:
-        raise ApiError(400, "this model has no chat template; use /v1/completions instead",
-                       code="no_chat_template") from None
-    except InvalidRequestError as exc:  # jinja errors: roles the template refuses, missing fields
-        raise ApiError(400, str(exc), param="messages") from None
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "other"
+            if not complete:  # the client hung up before the whole response was sent
+                status = STATUS_CLIENT_GONE
+            self.server.http_requests[(endpoint, status)] += 1
 
 
 class _MergedStream:
@@ -434,25 +419,75 @@ class _BatchBuilder:
         return {**parts[0], "usage": sum_usage([p["usage"] for p in parts])}
 
 
-def _client_request_id(request: web.Request) -> str | None:
+def render_chat(engine: Engine, messages: list[dict[str, Any]], *, chat_template: str | None = None,
+                add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Token ids of ``messages`` under the tokenizer's chat template (or ``chat_template``),
+    rendered by `trtkv.runtime.chat.render_chat`.
+
+    Raises:
+        ApiError: 400 when the model has no tokenizer or chat template, or the template fails.
+    """
+    try:
+        return chat.render_chat(engine.tokenizer, messages, chat_template=chat_template,
+                                add_generation_prompt=add_generation_prompt, tools=tools)
+    except chat.NoChatTemplateError:
+        raise ApiError(400, "this model has no chat template; use /v1/completions instead",
+                       code="no_chat_template") from None
+    except InvalidRequestError as exc:  # jinja errors: roles the template refuses, missing fields
+        raise ApiError(400, str(exc), param="messages") from None
+
+
+def _encode(engine: Engine, prompt: str, add_special_tokens: bool) -> list[int]:
+    if engine.tokenizer is None:
+        raise ApiError(400, "this model has no tokenizer; it cannot tokenize text", code="no_tokenizer")
+    return list(engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down and stopped this request before it finished; "
+                    "retry on another replica", type="service_unavailable", code="shutting_down")
+
+
+def _client_request_id(request: Request) -> str | None:
     """The client's X-Request-Id when it is a short printable token (echoed back), else None."""
     value = request.headers.get("X-Request-Id", "")
     ok = 0 < len(value) <= 128 and value.isprintable() and value.isascii() and " " not in value
     return value if ok else None
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trtkv")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 #: Deepest nesting of arrays/objects a request body may have (OpenAI bodies need about 6).
 MAX_JSON_DEPTH = 64
 
 
-async def _read_json(request: web.Request, timeout_s: float) -> Any:
-    """The request body as JSON: at most ``client_max_size`` bytes, sent within ``timeout_s``,
+async def _read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
+    """The request body as JSON: at most ``max_bytes`` bytes, sent within ``timeout_s``,
     nested at most MAX_JSON_DEPTH deep, every string valid Unicode (no lone surrogates)."""
+    too_large = ApiError(413, f"request body exceeds {max_bytes} bytes; send a shorter prompt",
+                         code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+
+    async def read() -> bytes:
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        data = await asyncio.wait_for(request.read(), timeout_s)
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"request body exceeds {request.app._client_max_size} bytes; "
-                       "send a shorter prompt", code="request_too_large") from None
+        data = await asyncio.wait_for(read(), timeout_s)
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s",
                        code="request_timeout") from None
@@ -494,9 +529,28 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _error_response(exc: ApiError) -> web.Response:
-    headers = {"Retry-After": "1"} if exc.status == 429 else None
-    response = web.json_response(exc.body(), status=exc.status, headers=headers)
-    if exc.status == 408:  # the rest of a late body must not be read as the next request
-        response.force_close()
-    return response
+def _error_response(exc: ApiError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status == 429 else {}
+    if exc.status in (408, 413):  # the rest of an unread body must not be read as the next request
+        headers["Connection"] = "close"
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc)
+
+
+async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return _error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+
+
+async def _validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    field = str(first["loc"][-1]) if first["loc"] else None
+    return _error_response(ApiError(400, f"'{field}': {first['msg']}", param=field, code="invalid_type"))
+
+
+async def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:  # a bug: say so
+    return _error_response(ApiError(500, f"internal error: {exc!r}", type="internal_error"))
+

@@ -104,6 +104,8 @@ class _Body:
         ok = isinstance(value, kinds_t) and (not is_bool or bool in kinds_t)
         if float in kinds_t and isinstance(value, int) and not is_bool:
             ok, value = True, float(value)
+        if int in kinds_t and float not in kinds_t and isinstance(value, float) and value.is_integer():
+            ok, value = True, int(value)  # 2.0 for an integer field, as pydantic takes it
         if not ok:
             expected = what or " or ".join(k.__name__ for k in kinds_t)
             raise ApiError(400, f"'{name}' must be {expected}, got {type(value).__name__} {value!r:.40}",
@@ -315,7 +317,7 @@ def parse_chat(raw: Any, default_max_tokens: int, *, tool_parser: str = "none",
                 and (isinstance(m.get("content"), str | list) or calls_only)):
             raise ApiError(400, f"messages[{i}] must be an object with a string 'role' and "
                            "'content'", param="messages", code="invalid_type")
-        if isinstance(m["content"], list):  # content parts: keep the text ones
+        if isinstance(m.get("content"), list):  # content parts: keep the text ones
             parts = m["content"]
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
                 raise ApiError(400, f"messages[{i}].content: only text parts are supported",

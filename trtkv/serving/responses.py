@@ -156,6 +156,8 @@ class ResponseBuilder:
         return str(self.tokenizer.decode([token_id]))
 
     def _logprobs(self, entries: Sequence[LogprobEntry], start: int = 0) -> dict[str, Any]:
+        # A masked token's logprob is -inf, which JSON cannot carry: clamped as vLLM does.
+        entries = [(tid, _finite(lp), tuple((t, _finite(v)) for t, v in top)) for tid, lp, top in entries]
         if self.kind == "chat":
             return {"content": [{
                 "token": self._token(tid), "logprob": lp,
@@ -176,6 +178,14 @@ class ResponseBuilder:
                              for _, _, top in entries],
             "text_offset": offsets,
         }
+
+
+MIN_LOGPROB = -9999.0
+"""What a -inf logprob (a token the request's constraints forbid) is reported as."""
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, MIN_LOGPROB)
 
 
 def was_aborted(out: RequestOutput) -> bool:

@@ -234,3 +234,22 @@ def test_sampling_package_imports_no_torch() -> None:
     code = ("import sys, trtkv.runtime.sampling; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'onnxruntime', 'tensorrt')))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_extreme_parameters_never_leave_a_row_without_a_token() -> None:
+    """Found by fuzzing the server: temperature 5e-324 overflowed logits to inf - inf = NaN and
+    the sampler's assertion stopped the engine for every request."""
+    import numpy as np
+
+    from trtkv.runtime.sampling import Sampler, SampleRow, SamplingParams, make_generator
+
+    logits = np.random.default_rng(0).normal(size=(3, 50)).astype(np.float32)
+    rows = [SampleRow(SamplingParams(temperature=5e-324, seed=1), [1], [], [make_generator(1)]),
+            SampleRow(SamplingParams(temperature=1.0, repetition_penalty=1e-300, seed=1), [1, 2, 3], [4],
+                      [make_generator(1)]),
+            SampleRow(SamplingParams(temperature=0.0, repetition_penalty=1e-300), [1, 2, 3], [4], [make_generator(1)])]
+    results = Sampler([0]).sample(logits, rows)
+    assert results[0].token_ids == [int(np.argmax(logits[0]))]  # below 1e-5: greedy
+    boosted = {t for t in (1, 2, 3, 4) if logits[1, t] > 0}  # a penalty near 0 makes them +inf
+    assert results[1].token_ids[0] in (boosted or set(range(50)))
+    assert 0 <= results[2].token_ids[0] < 50

@@ -20,6 +20,9 @@ MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 1024
 """Largest ``logprobs`` a request may ask for."""
 
+GREEDY_TEMPERATURE = 1e-5
+"""Temperatures below this sample greedily (as vLLM does)."""
+
 MAX_SEED = 2**64 - 1
 """Largest accepted ``seed`` (seeds are fed to ``numpy.random.SeedSequence``)."""
 
@@ -40,7 +43,7 @@ class SamplingParams:
     max_new_tokens: int = 16
     """Most tokens generated per completion (>= 1)."""
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy (argmax)."""
+    """Softmax temperature; 0 (or below 1e-5) means greedy (argmax)."""
     top_k: int = 0
     """Keep only the k most likely tokens; 0 turns the filter off."""
     top_p: float = 1.0
@@ -79,8 +82,9 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        """Whether tokens are chosen by argmax (temperature 0)."""
-        return self.temperature == 0.0
+        """Whether tokens are chosen by argmax: temperature 0, or below `GREEDY_TEMPERATURE`
+        (the limit of sampling as the temperature falls; dividing by it would overflow)."""
+        return self.temperature < GREEDY_TEMPERATURE
 
     def validate(self) -> None:
         """Check every field.

@@ -131,8 +131,10 @@ class Sampler:
         if logits.ndim != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows")
         work = logits.astype(np.float64)
-        for i, row in enumerate(rows):
-            self._process_row(work[i], row)
+        with np.errstate(over="ignore"):  # extreme penalties overflow; _make_finite mends them
+            for i, row in enumerate(rows):
+                self._process_row(work[i], row)
+        _make_finite(work)
         greedy_idx = [i for i, r in enumerate(rows) if r.params.is_greedy]
         sample_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
         token_ids: list[list[int]] = [[] for _ in rows]
@@ -144,7 +146,9 @@ class Sampler:
                 token_ids[i] = [token] * rows[i].num_samples
         if sample_idx:
             temps = np.array([rows[i].params.temperature for i in sample_idx])
-            work[sample_idx] /= temps[:, None]
+            with np.errstate(over="ignore"):
+                work[sample_idx] /= temps[:, None]
+            _make_finite(work)  # a tiny temperature overflows logits to +-inf
             filtered = work[sample_idx]  # fancy indexing copies: `work` keeps unfiltered logits
             self._apply_filters(filtered, [rows[i] for i in sample_idx])
             for j, i in enumerate(sample_idx):
@@ -173,6 +177,18 @@ class Sampler:
         proc.apply_top_k(filtered, np.array([r.params.top_k for r in rows], dtype=np.int64))
         proc.apply_top_p(filtered, np.array([r.params.top_p for r in rows], dtype=np.float64))
         proc.apply_min_p(filtered, np.array([r.params.min_p for r in rows], dtype=np.float64))
+
+
+def _make_finite(logits: proc.FloatArray) -> None:
+    """Rows free of NaN and +inf, in place, so every row keeps a drawable token.
+
+    Extreme parameters (a temperature near 0, a repetition penalty near 0) overflow logits:
+    +inf entries become the row's only candidates (equally likely), NaN ones are removed.
+    """
+    np.nan_to_num(logits, copy=False, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+    top = logits.max(axis=1)
+    for r in np.flatnonzero(top == np.inf).tolist():
+        logits[r] = np.where(logits[r] == np.inf, 0.0, -np.inf)
 
 
 def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:

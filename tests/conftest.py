@@ -101,15 +101,26 @@ def _has_cuda_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests skip cleanly without a CUDA device (each test may add its own finer skip);
+    """``gpu`` tests skip cleanly without a CUDA device, ``trt`` ones without a TensorRT (each
+    test may add its own finer skip);
     the nvcc compile tests count as ``slow`` (CI runs them; ``-m 'not slow'`` leaves them out)."""
-    gpu = None
+    gpu = trt = None
     for item in items:
         if item.get_closest_marker("gpu"):
             gpu = _has_cuda_gpu() if gpu is None else gpu
             if not gpu:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU visible to torch (CUDA build)"))
+        if item.get_closest_marker("trt"):
+            trt = _has_tensorrt() if trt is None else trt
+            if not trt:
+                item.add_marker(pytest.mark.skip(reason="needs TensorRT or TensorRT for RTX (pip install 'trtkv[gpu]' or 'trtkv[rtx]')"))
         if item.nodeid.startswith("tests/plugins/test_compile.py"):
             item.add_marker(pytest.mark.slow)
 

@@ -29,6 +29,9 @@ from trtkv.model_source import export_model, resolve_model
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 TRTKV = [sys.executable, "-m", "trtkv"]
 PROMPTS: list[str | list[int]] = [[5, 6, 7], [9], list(range(10, 40))]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8, ignore_eos=True)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 TRTKV = [sys.executable, "-m", "trtkv"]
 
 

@@ -20,6 +20,9 @@ from trtkv.runtime.chat import NoChatTemplateError, render_chat
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 TRTKV = [sys.executable, "-m", "trtkv"]
 ENGINE = ["--num-threads", "1", "--num-blocks", "128"]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)

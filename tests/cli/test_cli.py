@@ -11,6 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 TRTKV = [sys.executable, "-m", "trtkv"]
 
 

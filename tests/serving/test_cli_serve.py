@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.serving.conftest import http
+
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
 
 
 def test_serve_subprocess_answers_and_stops_on_sigterm(chat_model_dir: Path) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402

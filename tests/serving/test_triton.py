@@ -27,6 +27,9 @@ from trtkv.runtime.engine import Engine
 from trtkv.runtime.sampling import SamplingParams
 from trtkv.serving.triton import write_triton_repo
 
+# End to end (the CLI or a server in subprocesses, real models): CI runs these; `-m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 
 def _pytriton_root() -> Path | None:
     spec = importlib.util.find_spec("pytriton")

@@ -92,7 +92,8 @@ def test_special_tokens(skip: bool) -> None:
 def test_window_stays_bounded() -> None:
     tokenizer = make_tokenizer()
     ids = tokenizer.encode(" ".join(SENTENCES * 10))
-    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("hi"), skip_special_tokens=True)
+    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("hi"), skip_special_tokens=True,
+                                   use_stream=False)  # the window path (DecodeStream keeps its own)
     widths = []
     for token in ids:
         detok.push(token)
@@ -136,3 +137,22 @@ def test_stop_string_on_real_tokens(stop: str) -> None:
     assert update.stop_reason == stop
     assert "".join(deltas) == checker.text == text[: text.index(stop)]
     assert all(REPLACEMENT_CHAR not in d and stop not in d for d in deltas)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prompt=st.lists(st.integers(0, 299), min_size=1, max_size=12),
+       output=st.lists(st.integers(0, 299), min_size=1, max_size=60), skip=st.booleans())
+def test_decode_stream_and_window_give_the_same_text(prompt: list[int], output: list[int], skip: bool) -> None:
+    """DecodeStream (used when the prompt context decodes cleanly) and the window agree,
+    delta for delta, on any ids."""
+    tokenizer = make_tokenizer()
+    fast = IncrementalDetokenizer(tokenizer, prompt, skip)
+    window = IncrementalDetokenizer(tokenizer, prompt, skip, use_stream=False)
+    assert [fast.push(t) for t in output] + [fast.flush()] == [window.push(t) for t in output] + [window.flush()]
+
+
+def test_decode_stream_is_used_for_clean_prompts() -> None:
+    tokenizer = make_tokenizer()
+    assert IncrementalDetokenizer(tokenizer, tokenizer.encode("héllo"))._stream is not None
+    split = tokenizer.encode("🙂")[:1]  # a prompt ending inside a character: the window handles it
+    assert len(tokenizer.encode("🙂")) > 1 and IncrementalDetokenizer(tokenizer, split)._stream is None

@@ -12,7 +12,7 @@ from trtkv.runtime.kv import KVCacheError, KVCacheManager, NoFreeBlocksError
 
 def snapshot(kv: KVCacheManager) -> tuple[object, ...]:
     return (
-        {s: (kv.block_ids(s), kv.num_tokens(s)) for s in kv._tables},
+        {s: (kv.block_ids(s), kv.num_tokens(s)) for s in kv._tables.tables},
         {s: (list(t), kv.num_tokens(s)) for s, t in kv._host.tables.items()},
         kv.usage(),
         kv._pool.free_block_ids(),
@@ -180,13 +180,13 @@ def test_swap_refusals_change_nothing() -> None:
 def test_check_integrity_catches_corruption() -> None:
     kv = KVCacheManager(num_blocks=4, block_size=4)
     kv.allocate(1, 8)
-    kv._tables[1].append(3)  # a block the pool thinks is free
-    kv._num_tokens[1] = 12
+    kv._tables.tables[1].append(3)  # a block the pool thinks is free
+    kv._tables.num_tokens[1] = 12
     with pytest.raises(AssertionError, match="block 3"):
         kv.check_integrity()
     kv = KVCacheManager(num_blocks=4, block_size=4)
     kv.allocate(1, 8)
-    kv._num_tokens[1] = 9
+    kv._tables.num_tokens[1] = 9
     with pytest.raises(AssertionError, match="expected 3"):
         kv.check_integrity()
 

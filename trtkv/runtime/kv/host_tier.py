@@ -2,13 +2,14 @@
 
 Owns: the host `BlockPool` and, per swapped-out sequence, its host blocks and token count.
 Every host block belongs to exactly one sequence (swapping does not share blocks). The
-`KVCacheManager` decides when to swap; this module only keeps the books.
+`KVCacheManager` decides when to swap; this module moves the tables and keeps the books.
 Pure Python; must not import torch, onnx, onnxruntime or tensorrt.
 """
 
 from __future__ import annotations
 
 from trtkv.runtime.kv.block_pool import BlockPool
+from trtkv.runtime.kv.block_tables import BlockCopy, BlockTables, ceil_div
 from trtkv.runtime.kv.errors import KVCacheError
 
 
@@ -41,6 +42,31 @@ class HostTier:
         self.num_tokens[seq_id] = num_tokens
         return host_table
 
+    def swap_out(self, seq_id: int, tables: BlockTables) -> list[BlockCopy]:
+        """Move a device table to host blocks; the (device, host) copies to run first.
+
+        Raises:
+            NoFreeBlocksError: not enough host blocks; nothing changed.
+        """
+        table = tables.tables[seq_id]
+        host_table = self.store(seq_id, len(table), tables.num_tokens[seq_id])
+        tables.remove(seq_id)
+        return list(zip(table, host_table, strict=True))
+
+    def swap_in(self, seq_id: int, tables: BlockTables) -> list[BlockCopy]:
+        """Move a swapped-out table back to fresh device blocks; the (host, device) copies.
+
+        Raises:
+            KVCacheError: the sequence is not swapped out.
+            NoFreeBlocksError: not enough free device blocks; nothing changed.
+        """
+        if not self.has(seq_id):
+            raise KVCacheError(f"seq {seq_id} is not swapped out")
+        table = tables.pool.allocate(len(self.tables[seq_id]))
+        host_table, num_tokens = self.release(seq_id)
+        tables.add(seq_id, table, num_tokens)
+        return list(zip(host_table, table, strict=True))
+
     def release(self, seq_id: int) -> tuple[list[int], int]:
         """Free a sequence's host blocks; returns its host table and token count.
 
@@ -58,7 +84,7 @@ class HostTier:
         assert self.tables.keys() == self.num_tokens.keys(), "host tables/lengths disagree"
         refs: dict[int, int] = {}
         for seq_id, table in self.tables.items():
-            want = -(-self.num_tokens[seq_id] // block_size)
+            want = ceil_div(self.num_tokens[seq_id], block_size)
             assert len(table) == want, f"swapped seq {seq_id} has {len(table)} host blocks, not {want}"
             for block_id in table:
                 refs[block_id] = refs.get(block_id, 0) + 1

@@ -19,47 +19,18 @@ Pure Python; must not import torch, onnx, onnxruntime or tensorrt.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trtkv.runtime.kv.block_pool import BlockPool
+from trtkv.runtime.kv.block_tables import BlockCopy, BlockTables
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 from trtkv.runtime.kv.host_tier import HostTier
 from trtkv.runtime.kv.offload import OffloadTier, RemoteBlockSource
 from trtkv.runtime.kv.prefix_cache import PrefixCache, PrefixHit, iter_block_keys
+from trtkv.runtime.kv.usage import KVUsage
 
-BlockCopy = tuple[int, int]
-"""A (source block, destination block) copy the backend performs before the forward pass."""
+__all__ = ["BlockCopy", "KVCacheManager", "KVUsage"]
 
 _NO_HIT = PrefixHit()
-
-
-@dataclass(frozen=True)
-class KVUsage:
-    """A snapshot of block usage, for metrics and admission decisions."""
-
-    num_total: int
-    num_used: int
-    num_free: int
-    num_host_total: int
-    num_host_used: int
-    num_host_free: int
-    num_cached: int
-    """Device blocks that carry a prefix-cache key (in use or free)."""
-    num_evictions: int
-    """Cached device blocks whose key was dropped when allocation reused them."""
-    num_offload_total: int = 0
-    """Host blocks of the offload tier (0: off)."""
-    num_offload_used: int = 0
-    num_offloaded: int = 0
-    """Evicted device blocks whose content was copied to the host offload tier."""
-    num_host_hit_blocks: int = 0
-    """Prefix-hit blocks loaded from the host tier instead of recomputed."""
-    num_store_hit_blocks: int = 0
-    """Blocks fetched from the shared store (staged in host blocks)."""
-
-    @property
-    def usage_fraction(self) -> float:
-        return self.num_used / self.num_total if self.num_total else 0.0
 
 
 class KVCacheManager:
@@ -96,10 +67,8 @@ class KVCacheManager:
         self._offload = OffloadTier(num_offload_blocks, num_host_blocks, remote)
         if num_offload_blocks:
             self._pool.on_evict = self._offload.on_evict
-        self._tables: dict[int, list[int]] = {}
-        self._num_tokens: dict[int, int] = {}
-        # Block tables change every block_size tokens, but the scheduler reads them every step.
-        self._table_tuples: dict[int, tuple[int, ...]] = {}
+        self._tables = BlockTables(self._pool, block_size)
+        self._tuples = self._tables.tuples
 
     @property
     def num_blocks(self) -> int:
@@ -115,7 +84,7 @@ class KVCacheManager:
 
     def num_blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold ``num_tokens`` tokens."""
-        return -(-num_tokens // self.block_size)
+        return self._tables.blocks_for(num_tokens)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -128,8 +97,8 @@ class KVCacheManager:
 
     def num_tokens(self, seq_id: int) -> int:
         """Token slots the sequence's table holds (on device or host)."""
-        if seq_id in self._num_tokens:
-            return self._num_tokens[seq_id]
+        if seq_id in self._tables:
+            return self._tables.num_tokens[seq_id]
         if self._host.has(seq_id):
             return self._host.num_tokens[seq_id]
         raise KVCacheError(f"unknown seq {seq_id}: it holds no blocks")
@@ -140,11 +109,11 @@ class KVCacheManager:
         Raises:
             KVCacheError: unknown sequence, or swapped out (its blocks are on host).
         """
-        cached = self._table_tuples.get(seq_id)
-        if cached is None:
-            cached = tuple(self._device_table(seq_id))
-            self._table_tuples[seq_id] = cached
-        return cached
+        cached = self._tuples.get(seq_id)  # the per-step path: one dict lookup
+        if cached is not None:
+            return cached
+        self._device_table(seq_id)  # raises for an unknown or swapped-out sequence
+        return self._tables.block_ids(seq_id)
 
     def ref_count(self, block_id: int) -> int:
         return self._pool.ref_count(block_id)
@@ -249,8 +218,8 @@ class KVCacheManager:
             KVCacheError: unknown or swapped-out sequence, or more tokens than it holds.
         """
         table = self._device_table(seq_id)
-        if not num_computed <= min(self._num_tokens[seq_id], len(token_ids)):
-            raise KVCacheError(f"seq {seq_id} holds {self._num_tokens[seq_id]} tokens, "
+        if not num_computed <= min(self._tables.num_tokens[seq_id], len(token_ids)):
+            raise KVCacheError(f"seq {seq_id} holds {self._tables.num_tokens[seq_id]} tokens, "
                                f"cannot cache {num_computed}")
         self._prefix.cache(seq_id, table, token_ids, num_computed, block_keys)
 
@@ -258,15 +227,14 @@ class KVCacheManager:
 
     def can_allocate(self, seq_id: int, num_tokens: int, prefix: PrefixHit = _NO_HIT) -> bool:
         """Whether `allocate` (seq_id, num_tokens, prefix) would succeed now."""
-        table = self._tables.get(seq_id)
-        if table is None:
+        if seq_id not in self._tables:
             if self._host.has(seq_id) or num_tokens < 0:
                 return False
             # Reviving a cached block that is free takes it out of the free queue too.
             revived = sum(1 for b in prefix.block_ids if self._pool.ref_count(b) == 0)
             num_new = max(0, self.num_blocks_for(num_tokens) - prefix.num_device_blocks)
             return num_new + revived <= self._pool.num_free
-        return self._num_new_blocks(seq_id, table, num_tokens) <= self._pool.num_free
+        return self._tables.num_new_blocks(seq_id, num_tokens) <= self._pool.num_free
 
     def allocate(self, seq_id: int, num_tokens: int, prefix: PrefixHit = _NO_HIT) -> list[BlockCopy]:
         """Make the sequence's table hold at least ``num_tokens`` slots, creating it if new.
@@ -296,32 +264,17 @@ class KVCacheManager:
         """
         if num_tokens < 0:
             raise KVCacheError(f"num_tokens must be >= 0, got {num_tokens}")
-        table = self._tables.get(seq_id)
+        table = self._tables.tables.get(seq_id)
         if table is None:
             return self._start(seq_id, num_tokens, prefix)
         if prefix.num_blocks:
             raise KVCacheError(f"seq {seq_id} already has blocks; a prefix hit is for new seqs")
-        num_old = self._num_tokens[seq_id]
-        if num_tokens <= num_old:
+        # The per-step path, inline: a decode token that fits the exclusive last block.
+        num_old = self._tables.num_tokens[seq_id]
+        if num_old < num_tokens <= len(table) * self.block_size and self._pool.is_exclusive(table[-1]):
+            self._tables.num_tokens[seq_id] = num_tokens
             return []
-        pool, block_size = self._pool, self.block_size
-        must_copy = num_old % block_size != 0 and not pool.is_exclusive(table[-1])
-        num_more = -(-num_tokens // block_size) - len(table)
-        if must_copy or num_more > 0:
-            if num_more + must_copy > pool.num_free:
-                return None
-            self._table_tuples.pop(seq_id, None)
-        copies: list[BlockCopy] = []
-        if must_copy:
-            src = table[-1]
-            (dst,) = pool.allocate(1)
-            pool.decref(src)
-            table[-1] = dst
-            copies.append((src, dst))
-        if num_more > 0:
-            table.extend(pool.allocate(num_more))
-        self._num_tokens[seq_id] = num_tokens
-        return copies
+        return self._tables.grow(seq_id, num_tokens)
 
     def _start(self, seq_id: int, num_tokens: int, prefix: PrefixHit) -> list[BlockCopy] | None:
         if self._host.has(seq_id):
@@ -348,8 +301,7 @@ class KVCacheManager:
                                              strict=False):
             self._offload.load(host_block, block_id)
             self._pool.set_key(block_id, key)
-        self._tables[seq_id] = [*prefix.block_ids, *new]
-        self._num_tokens[seq_id] = num_tokens
+        self._tables.add(seq_id, [*prefix.block_ids, *new], num_tokens)
         if self.enable_prefix_caching:
             self._prefix.start(seq_id, prefix)
         return []
@@ -358,7 +310,7 @@ class KVCacheManager:
         """Whether the sequence (on device) can grow by ``num_new_tokens`` slots now."""
         if seq_id not in self._tables:
             return False
-        return self.can_allocate(seq_id, self._num_tokens[seq_id] + num_new_tokens)
+        return self.can_allocate(seq_id, self._tables.num_tokens[seq_id] + num_new_tokens)
 
     def append(self, seq_id: int, num_new_tokens: int = 1) -> list[BlockCopy]:
         """Grow the sequence by ``num_new_tokens`` slots; see `allocate`.
@@ -368,17 +320,7 @@ class KVCacheManager:
             NoFreeBlocksError: not enough free blocks; nothing changed.
         """
         self._device_table(seq_id)
-        return self.allocate(seq_id, self._num_tokens[seq_id] + num_new_tokens)
-
-    def _num_new_blocks(self, seq_id: int, table: list[int], num_tokens: int) -> int:
-        num_old = self._num_tokens[seq_id]
-        if num_tokens <= num_old:
-            return 0
-        num = self.num_blocks_for(num_tokens) - len(table)
-        # Writing into a partial last block that others hold (or that is published in the
-        # prefix cache, after a truncate) would change their tokens: it is copied first.
-        must_copy = num_old % self.block_size != 0 and not self._pool.is_exclusive(table[-1])
-        return num + must_copy
+        return self.allocate(seq_id, self._tables.num_tokens[seq_id] + num_new_tokens)
 
     # -- free / fork / truncate -----------------------------------------------------------
 
@@ -389,12 +331,7 @@ class KVCacheManager:
             KVCacheError: unknown sequence (never allocated, or already freed).
         """
         if seq_id in self._tables:
-            table = self._tables.pop(seq_id)
-            del self._num_tokens[seq_id]
-            self._table_tuples.pop(seq_id, None)
-            # Tail first, so that the prefix blocks, the likelier cache hits, are evicted last.
-            for block_id in reversed(table):
-                self._pool.decref(block_id)
+            self._tables.remove(seq_id)
         elif self._host.has(seq_id):
             self._host.release(seq_id)
         else:
@@ -412,8 +349,7 @@ class KVCacheManager:
             raise KVCacheError(f"cannot fork into seq {child_seq_id}: it already exists")
         for block_id in table:
             self._pool.incref(block_id)
-        self._tables[child_seq_id] = list(table)
-        self._num_tokens[child_seq_id] = self._num_tokens[parent_seq_id]
+        self._tables.add(child_seq_id, list(table), self._tables.num_tokens[parent_seq_id])
         self._prefix.fork(parent_seq_id, child_seq_id)
 
     def truncate(self, seq_id: int, num_tokens: int) -> None:
@@ -423,23 +359,14 @@ class KVCacheManager:
             KVCacheError: unknown or swapped-out sequence, or ``num_tokens`` outside
                 ``[0, num_tokens(seq_id)]``.
         """
-        table = self._device_table(seq_id)
-        if not 0 <= num_tokens <= self._num_tokens[seq_id]:
-            raise KVCacheError(f"cannot truncate seq {seq_id} to {num_tokens} tokens: it "
-                               f"holds {self._num_tokens[seq_id]}")
-        num_keep = self.num_blocks_for(num_tokens)
-        for block_id in reversed(table[num_keep:]):
-            self._pool.decref(block_id)
-        if num_keep < len(table):
-            del table[num_keep:]
-            self._table_tuples.pop(seq_id, None)
-        self._num_tokens[seq_id] = num_tokens
+        self._device_table(seq_id)
+        self._tables.truncate(seq_id, num_tokens)
         self._prefix.truncate(seq_id, num_tokens)
 
     # -- swap (host tier) -----------------------------------------------------------------
 
     def can_swap_out(self, seq_id: int) -> bool:
-        table = self._tables.get(seq_id)
+        table = self._tables.tables.get(seq_id)
         return table is not None and self._host.can_hold(len(table))
 
     def swap_out(self, seq_id: int) -> list[BlockCopy]:
@@ -452,13 +379,8 @@ class KVCacheManager:
             KVCacheError: unknown or already swapped-out sequence.
             NoFreeBlocksError: the host tier lacks room; nothing changed.
         """
-        table = self._device_table(seq_id)
-        host_table = self._host.store(seq_id, len(table), self._num_tokens[seq_id])
-        for block_id in reversed(table):
-            self._pool.decref(block_id)
-        del self._tables[seq_id], self._num_tokens[seq_id]
-        self._table_tuples.pop(seq_id, None)
-        return list(zip(table, host_table, strict=True))
+        self._device_table(seq_id)
+        return self._host.swap_out(seq_id, self._tables)
 
     def can_swap_in(self, seq_id: int, num_new_tokens: int = 0) -> bool:
         """Whether the sequence can come back to device and then grow by ``num_new_tokens``."""
@@ -477,14 +399,9 @@ class KVCacheManager:
             KVCacheError: the sequence is not swapped out.
             NoFreeBlocksError: not enough free device blocks; nothing changed.
         """
-        if not self._host.has(seq_id):
-            raise KVCacheError(f"seq {seq_id} is not swapped out")
-        table = self._pool.allocate(len(self._host.tables[seq_id]))
-        host_table, num_tokens = self._host.release(seq_id)
-        self._tables[seq_id] = table
-        self._num_tokens[seq_id] = num_tokens
-        self._prefix.restore(seq_id, table)
-        return list(zip(host_table, table, strict=True))
+        copies = self._host.swap_in(seq_id, self._tables)
+        self._prefix.restore(seq_id, self._tables.tables[seq_id])
+        return copies
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -494,30 +411,17 @@ class KVCacheManager:
         Raises:
             AssertionError: with a message naming the first broken invariant.
         """
-        both = self._tables.keys() & self._host.tables.keys()
+        tables = self._tables.tables
+        both = tables.keys() & self._host.tables.keys()
         assert not both, f"seqs {sorted(both)} are both on device and swapped out"
-        assert self._tables.keys() == self._num_tokens.keys(), "device tables/lengths disagree"
-        refs: dict[int, int] = {}
-        for seq_id, table in self._tables.items():
-            want = self.num_blocks_for(self._num_tokens[seq_id])
-            assert len(table) == want, (
-                f"seq {seq_id} holds {self._num_tokens[seq_id]} tokens in {len(table)} blocks, "
-                f"expected {want}"
-            )
-            cached = self._table_tuples.get(seq_id)
-            assert cached is None or cached == tuple(table), f"seq {seq_id}: stale table tuple"
-            for block_id in table:
-                refs[block_id] = refs.get(block_id, 0) + 1
-        self._pool.check_integrity(refs, "device pool")
+        self._pool.check_integrity(self._tables.check_integrity(), "device pool")
         self._host.check_integrity(self.block_size)
         self._offload.cache.check_integrity()
-        stale = self._table_tuples.keys() - self._tables.keys()
-        assert not stale, f"table tuples kept for seqs {sorted(stale)} that have no table"
-        all_tokens = {**self._num_tokens, **self._host.num_tokens}
-        self._prefix.check_integrity(self._tables, all_tokens, set(all_tokens))
+        all_tokens = {**self._tables.num_tokens, **self._host.num_tokens}
+        self._prefix.check_integrity(tables, all_tokens, set(all_tokens))
 
     def _device_table(self, seq_id: int) -> list[int]:
-        table = self._tables.get(seq_id)
+        table = self._tables.tables.get(seq_id)
         if table is None:
             if self._host.has(seq_id):
                 raise KVCacheError(f"seq {seq_id} is swapped out; swap it in first")

@@ -52,7 +52,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
-from trtkv.runtime.kv.manager import BlockCopy, KVCacheManager
+from trtkv.runtime.kv.block_tables import BlockCopy
+from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trtkv.runtime.kv.manager import KVUsage
+from trtkv.runtime.kv.usage import KVUsage
 
 REJECT_REASONS = ("too_long", "kv_capacity", "too_many_seqs", "queue_full")
 """Every `RequestRejectedError.reason` the scheduler can give."""

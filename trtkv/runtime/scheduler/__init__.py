@@ -2,14 +2,17 @@
 
 Module map:
     config.py: `SchedulerConfig` (frozen; field help feeds the CLI).
-    scheduler.py: `Scheduler`, admission, budgets, chunked prefill, preemption, forks.
+    scheduler.py: `Scheduler`, the facade: requests in, one `StepPlan` per step (decodes,
+        prefill chunks, preemption), `update` (tokens, forks, prefix publishing).
+    admission.py: `Admission`, the stage that brings waiting / swapped sequences in.
+    step.py: `StepBuilder`, one step's budget, scheduled sequences and block moves.
     sequence.py: `Sequence` (internal state), `SeqView` (read-only snapshot), `SeqStatus`.
     queue.py: `SeqQueue`, the priority queue of waiting / swapped sequences.
     policy.py: `SchedulingPolicy` (fcfs, priority, short-first with aging: the sort key),
         the long-prefill throttle predicate.
     registry.py: `SeqRegistry`, which set (waiting, running, swapped) each sequence is in.
     inflight.py: `InflightBlocks`, block keys running prefills have not cached yet.
-    stats.py: `SchedulerStats`, counters for metrics.
+    stats.py: `Counters` (typed running counters), `SchedulerStats` (their snapshot).
 
 Must not import torch, onnx, onnxruntime or tensorrt.
 """

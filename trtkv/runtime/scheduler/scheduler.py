@@ -55,29 +55,16 @@ from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.block_tables import BlockCopy
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
+from trtkv.runtime.scheduler.admission import Admission
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks
-from trtkv.runtime.scheduler.policy import SchedulingPolicy, is_long_prefill
-from trtkv.runtime.scheduler.queue import SeqQueue
+from trtkv.runtime.scheduler.policy import SchedulingPolicy
 from trtkv.runtime.scheduler.registry import SeqRegistry
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
-from trtkv.runtime.scheduler.stats import SchedulerStats
+from trtkv.runtime.scheduler.stats import Counters, SchedulerStats
+from trtkv.runtime.scheduler.step import StepBuilder
 
 _RUNNING = SeqStatus.RUNNING
-
-
-class _Step:
-    """What one `schedule()` call has decided so far."""
-
-    def __init__(self, token_budget: int) -> None:
-        self.token_budget = token_budget
-        self.decodes: list[ScheduledSeq] = []
-        self.prefills: list[ScheduledSeq] = []
-        self.scheduled: set[int] = set()
-        self.copies: list[BlockCopy] = []
-        self.swap_out: list[BlockCopy] = []
-        self.swap_in: list[BlockCopy] = []
-        self.preempted: list[int] = []
 
 
 class Scheduler:
@@ -95,10 +82,8 @@ class Scheduler:
         self._in_flight: StepPlan | None = None
         self._inflight_blocks = InflightBlocks(kv.block_size)
         self._policy = SchedulingPolicy(config.scheduling_policy, config.aging_tokens_per_s)
-        self._counts = dict.fromkeys(
-            ("recompute", "swap", "too_long", "kv_capacity", "too_many_seqs", "queue_full", "chunked", "steps",
-             "prefix_queries", "prefix_query", "prefix_hit", "prefix_deferred", "long_deferred"), 0,
-        )
+        self._counts = Counters()
+        self._admission = Admission(config, kv, self._reg, self._inflight_blocks, self._counts)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -212,14 +197,14 @@ class Scheduler:
         c = self._counts
         return SchedulerStats(
             num_waiting=len(self._reg.waiting), num_running=len(self._reg.running),
-            num_swapped=len(self._reg.swapped), num_preemptions_recompute=c["recompute"],
-            num_preemptions_swap=c["swap"], num_rejected_too_long=c["too_long"],
-            num_rejected_kv_capacity=c["kv_capacity"], num_rejected_queue_full=c["queue_full"],
-            num_chunked_prefills=c["chunked"], num_steps=c["steps"],
-            num_prefix_queries=c["prefix_queries"], num_prefix_query_tokens=c["prefix_query"],
-            num_prefix_hit_tokens=c["prefix_hit"],
-            kv=self.kv.usage(), num_prefix_deferrals=c["prefix_deferred"],
-            num_rejected_too_many_seqs=c["too_many_seqs"], num_long_prefill_deferrals=c["long_deferred"],
+            num_swapped=len(self._reg.swapped), num_preemptions_recompute=c.recompute,
+            num_preemptions_swap=c.swap, num_rejected_too_long=c.too_long,
+            num_rejected_kv_capacity=c.kv_capacity, num_rejected_queue_full=c.queue_full,
+            num_chunked_prefills=c.chunked, num_steps=c.steps,
+            num_prefix_queries=c.prefix_queries, num_prefix_query_tokens=c.prefix_query_tokens,
+            num_prefix_hit_tokens=c.prefix_hit_tokens,
+            kv=self.kv.usage(), num_prefix_deferrals=c.prefix_deferred,
+            num_rejected_too_many_seqs=c.too_many_seqs, num_long_prefill_deferrals=c.long_deferred,
         )
 
     # -- one step -------------------------------------------------------------------------
@@ -232,7 +217,7 @@ class Scheduler:
         """
         if self._in_flight is not None:
             raise RuntimeError("call update() with the previous plan before schedule()")
-        step = _Step(self.config.max_num_batched_tokens)
+        step = StepBuilder(self.config.max_num_batched_tokens, self.config.enable_chunked_prefill)
         decoding: list[SeqState] = []
         prefilling: list[SeqState] = []
         for seq in self._reg.running:
@@ -243,18 +228,14 @@ class Scheduler:
                 self._schedule_prefill(seq, step)
         if not step.preempted:
             threshold = self.config.long_prefill_threshold
-            self._admit(step, sum(s.prompt_len > threshold for s in prefilling) if threshold else 0)
+            self._admission.admit(step, sum(s.prompt_len > threshold for s in prefilling) if threshold else 0)
         offload_out, offload_in = self.kv.take_moves()
         step.swap_out += offload_out
         step.swap_in += offload_in
-        plan = StepPlan(
-            seqs=tuple(step.decodes + step.prefills), swap_out=tuple(step.swap_out),
-            swap_in=tuple(step.swap_in), block_copies=tuple(step.copies),
-            preempted_seq_ids=tuple(step.preempted),
-        )
+        plan = step.plan()
         if not plan.is_empty:
             self._in_flight = plan
-            self._counts["steps"] += 1
+            self._counts.steps += 1
         return plan
 
     def update(self, plan: StepPlan, sampled: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
@@ -301,7 +282,7 @@ class Scheduler:
                 seq.token_ids.append(tokens[0])
         return forks
 
-    def _schedule_decodes(self, seqs: list[SeqState], step: _Step) -> None:
+    def _schedule_decodes(self, seqs: list[SeqState], step: StepBuilder) -> None:
         # The hot path (every running sequence, every step): kept flat on purpose.
         try_allocate, block_ids = self.kv.try_allocate, self.kv.block_ids
         max_num_seqs, scheduled, decodes = self.config.max_num_seqs, step.scheduled, step.decodes
@@ -322,10 +303,10 @@ class Scheduler:
             scheduled.add(seq_id)
             step.token_budget -= 1
 
-    def _schedule_prefill(self, seq: SeqState, step: _Step) -> None:
+    def _schedule_prefill(self, seq: SeqState, step: StepBuilder) -> None:
         if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:
             return
-        num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
+        num_tokens = step.chunk_size(seq.num_tokens - seq.num_computed)
         if num_tokens == 0:
             return
         target = seq.num_computed + num_tokens
@@ -335,10 +316,10 @@ class Scheduler:
             if copies is None:
                 return
         step.copies.extend(copies)
-        self._add_to_step(seq, num_tokens, False, step)
+        step.add(seq, num_tokens, False, self.kv, self._counts)
 
     def _make_room(self, seq: SeqState, target: int, decoding: bool,
-                   step: _Step) -> list[BlockCopy] | None:
+                   step: StepBuilder) -> list[BlockCopy] | None:
         """Preempt victims until ``seq`` can hold ``target`` tokens; None if it cannot run."""
         while True:
             victim = next(v for v in reversed(self._reg.running) if v.seq_id not in step.scheduled)
@@ -351,112 +332,20 @@ class Scheduler:
             if copies is not None:
                 return copies
 
-    def _admit(self, step: _Step, num_long: int) -> None:
-        """Admit what fits; ``num_long``: long prefills running (see `policy`)."""
-        deferred: list[tuple[SeqState, SeqQueue]] = []
-        try:
-            self._admit_until_full(step, num_long, deferred)
-        finally:
-            for seq, queue in deferred:  # same keys, so their order in the queue is unchanged
-                queue.push(seq)
-
-    def _admit_until_full(self, step: _Step, num_long: int,
-                          deferred: list[tuple[SeqState, SeqQueue]]) -> None:
-        caching = self.kv.enable_prefix_caching
-        threshold = self.config.long_prefill_threshold
-        # Slots promised to running sequences that will fork (n > 1) once their prompt is done.
-        reserved = sum(s.num_samples - 1 for s in self._reg.running if s.num_samples > 1)
-        while step.token_budget > 0 and len(self._reg.running) + reserved < self.config.max_num_seqs:
-            candidate = self._reg.next_candidate()
-            if candidate is None:
-                return
-            seq, queue = candidate
-            seq_id = seq.seq_id
-            if len(self._reg.running) + reserved + seq.num_samples > self.config.max_num_seqs:
-                return  # its forks would not fit: wait until enough sequences finish
-            is_long = threshold > 0 and is_long_prefill(seq, threshold)
-            if is_long and num_long >= self.config.max_long_prefills:
-                queue.pop()
-                deferred.append((seq, queue))
-                self._counts["long_deferred"] += 1
-                continue
-            if seq.status is SeqStatus.SWAPPED:
-                num_tokens = self._chunk_size(seq.num_tokens - seq.num_computed, step)
-                if num_tokens == 0 or not self.kv.can_swap_in(seq_id, num_tokens):
-                    return
-                queue.pop()
-                step.swap_in.extend(self.kv.swap_in(seq_id))
-                self.kv.allocate(seq_id, seq.num_computed + num_tokens)
-                if caching:
-                    keys = self.kv.extend_block_keys(seq.token_ids, seq.cache_salt, seq.block_keys)
-                    self._inflight_blocks.add(seq_id, keys, seq.num_computed)
-            else:
-                if not seq.is_store_checked and self.kv.has_remote:
-                    seq.is_store_checked = True
-                    self.kv.fetch_remote(seq.token_ids, seq.cache_salt)
-                if caching:
-                    keys = self.kv.extend_block_keys(seq.token_ids, seq.cache_salt, seq.block_keys)
-                    hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt, keys)
-                    if hit.num_blocks < len(keys) and keys[hit.num_blocks] in self._inflight_blocks:
-                        queue.pop()
-                        deferred.append((seq, queue))
-                        self._counts["prefix_deferred"] += 1
-                        continue
-                else:
-                    hit = self.kv.lookup_prefix(seq.token_ids, seq.cache_salt)
-                start = hit.num_blocks * self.kv.block_size
-                num_tokens = self._chunk_size(seq.num_tokens - start, step)
-                if num_tokens == 0 or not self.kv.can_allocate(seq_id, start + num_tokens, hit):
-                    return
-                queue.pop()
-                self.kv.allocate(seq_id, start + num_tokens, hit)
-                seq.num_computed = seq.num_cached_tokens = seq.prefill_start = start
-                if caching:
-                    self._inflight_blocks.add(seq_id, keys, start)
-                    self._counts["prefix_queries"] += 1
-                    self._counts["prefix_query"] += seq.num_tokens
-                    self._counts["prefix_hit"] += start
-            reserved += seq.num_samples - 1
-            num_long += is_long
-            self._reg.add_running(seq)
-            self._add_to_step(seq, num_tokens, seq.is_decoding, step)
-
-    def _chunk_size(self, remaining: int, step: _Step) -> int:
-        if remaining <= step.token_budget:
-            return remaining
-        return step.token_budget if self.config.enable_chunked_prefill else 0
-
-    def _add_to_step(self, seq: SeqState, num_tokens: int, decoding: bool, step: _Step) -> None:
-        start = seq.num_computed
-        end = start + num_tokens
-        token_ids = seq.token_ids
-        scheduled = ScheduledSeq(
-            seq.seq_id, (token_ids[-1],) if decoding else tuple(token_ids[start:end]), start,
-            self.kv.block_ids(seq.seq_id), end == len(token_ids),
-        )
-        step.token_budget -= num_tokens
-        step.scheduled.add(seq.seq_id)
-        if decoding:
-            step.decodes.append(scheduled)
-        else:
-            step.prefills.append(scheduled)
-            if start != seq.prefill_start or end != len(token_ids):
-                self._counts["chunked"] += 1
-
-    def _preempt(self, seq: SeqState, step: _Step) -> None:
+    def _preempt(self, seq: SeqState, step: StepBuilder) -> None:
         seq.num_preemptions += 1
         self._inflight_blocks.remove(seq.seq_id)
         step.preempted.append(seq.seq_id)
         if self.config.preemption_mode == "swap" and self.kv.can_swap_out(seq.seq_id):
             step.swap_out.extend(self.kv.swap_out(seq.seq_id))
             self._reg.requeue(seq, SeqStatus.SWAPPED)
-            self._counts["swap"] += 1
+            self._counts.swap += 1
         else:
             self.kv.free(seq.seq_id)
             seq.num_computed = 0
             seq.num_cached_tokens = 0
             self._reg.requeue(seq, SeqStatus.WAITING)
-            self._counts["recompute"] += 1
+            self._counts.recompute += 1
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -472,7 +361,7 @@ class Scheduler:
         self._reg.drop(seq, status)
 
     def _reject(self, reason: str, message: str) -> None:
-        self._counts[reason] += 1
+        self._counts.reject(reason)
         raise RequestRejectedError(reason, message)
 
     def check_integrity(self) -> None:

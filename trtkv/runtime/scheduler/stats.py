@@ -5,12 +5,36 @@ Must not import torch or tensorrt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from trtkv.runtime.kv.usage import KVUsage
 
 REJECT_REASONS = ("too_long", "kv_capacity", "too_many_seqs", "queue_full")
 """Every `RequestRejectedError.reason` the scheduler can give."""
+
+
+@dataclass
+class Counters:
+    """The scheduler's running counters (cumulative since start); `SchedulerStats` shows them."""
+
+    recompute: int = 0
+    swap: int = 0
+    too_long: int = 0
+    kv_capacity: int = 0
+    too_many_seqs: int = 0
+    queue_full: int = 0
+    chunked: int = 0
+    steps: int = 0
+    prefix_queries: int = 0
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_deferred: int = 0
+    long_deferred: int = 0
+
+    def reject(self, reason: str) -> None:
+        """Count a rejection; ``reason`` is one of `REJECT_REASONS`."""
+        assert reason in REJECT_REASONS and reason in {f.name for f in fields(self)}, reason
+        setattr(self, reason, getattr(self, reason) + 1)
 
 
 @dataclass(frozen=True)

@@ -172,10 +172,11 @@ def run_sim(
             view = sched.get_seq(seq_id)
             k = n_of[view.request_id] if not view.output_ids else 1
             sampled[seq_id] = [fake_next_token(ctx, b if not view.output_ids else 0) for b in range(k)]
-        forks = sched.update(plan, sampled)
+        updates = sched.update(plan, sampled)
         if check_every_step:
             sched.check_integrity()
-        touched = list(sampled) + [c for cs in forks.values() for c in cs]
+        assert [u.token_id for u in updates] == [t for ts in sampled.values() for t in ts]
+        touched = [u.seq_id for u in updates]
         for seq_id in touched:
             view = sched.get_seq(seq_id)
             if view.has_reached_max_new_tokens or is_eos(view.output_ids[-1]):

@@ -23,7 +23,7 @@ from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.metrics import EngineMetrics
 from trtkv.runtime.outputs import CompletionOutput, RequestOutput
-from trtkv.runtime.plan import StepPlan
+from trtkv.runtime.plan import SeqUpdate, StepPlan
 from trtkv.runtime.sampling import (
     GrammarCompiler,
     IncrementalDetokenizer,
@@ -73,7 +73,9 @@ class _Request:
     num_cached_tokens: int = 0
     is_capped: bool = False
     """``max_new_tokens_cap`` lowered ``params.max_new_tokens``."""
-    fork_generators: list[np.random.Generator] = field(default_factory=list)
+    forks: list[_SeqOut] = field(default_factory=list)
+    """n > 1: the sequences the first token forks into (indices 1..n-1), made when it is
+    sampled and attached to their sequence ids by `Scheduler.update`."""
 
     @property
     def finished(self) -> bool:
@@ -117,7 +119,6 @@ class Engine:
         self.grammars = GrammarCompiler(self.tokenizer, self.manifest.vocab_size, self.eos_token_ids)
         self.metrics = EngineMetrics()
         self._requests: dict[str, _Request] = {}
-        self._seq_owner: dict[int, str] = {}
         self._ids = itertools.count()
 
     # -- requests -------------------------------------------------------------------------
@@ -160,7 +161,6 @@ class Engine:
             raise
         req.seqs[seq_id] = first
         self._requests[request_id] = req
-        self._seq_owner[seq_id] = request_id
         self.metrics.counters["requests_added"] += 1
         return request_id
 
@@ -189,7 +189,8 @@ class Engine:
         return ids
 
     def _new_seq_out(self, req: _Request, index: int, guide: Guide | None = None) -> _SeqOut:
-        """A sequence's sampling and text state; ``guide``: a forked grammar state (n > 1)."""
+        """Completion ``index``'s sampling and text state; ``guide``: a forked grammar state
+        (n > 1)."""
         detok = (IncrementalDetokenizer(self.tokenizer, req.prompt_ids, req.params.skip_special_tokens)
                  if self.tokenizer is not None else None)
         stop = StopChecker(req.params, self.eos_token_ids, num_prompt_tokens=len(req.prompt_ids),
@@ -203,8 +204,7 @@ class Engine:
         req = self._requests.pop(request_id, None)
         if req is None:
             return None
-        for seq_id in self.scheduler.abort_request(request_id):
-            self._seq_owner.pop(seq_id, None)
+        self.scheduler.abort_request(request_id)
         for seq in req.seqs.values():
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
@@ -227,12 +227,12 @@ class Engine:
         self.tiers.stage()
         start = time.monotonic()
         logits = self.backend.execute(plan)
-        sampled, rows_of = self._sample(plan, logits)
-        forks = self.scheduler.update(plan, sampled)
+        sampled, results = self._sample(plan, logits)
+        updates = self.scheduler.update(plan, sampled)
         self.tiers.publish()
         now = time.monotonic()
         self._record_step(plan, now - start, now)
-        return self._process(sampled, rows_of, forks, now)
+        return self._process(updates, results, now)
 
     def _sample(self, plan: StepPlan, logits: np.ndarray) -> tuple[dict[int, list[int]], dict[int, Any]]:
         rows: list[SampleRow] = []
@@ -240,47 +240,46 @@ class Engine:
         for s in plan.seqs:
             if not s.sample:
                 continue
-            req = self._requests[self._seq_owner[s.seq_id]]
+            req = self._requests[s.request_id]
             seq = req.seqs[s.seq_id]
             gens = [seq.generator]
-            if len(req.seqs) < req.params.n and not seq.output_ids:  # n > 1: fork now
-                req.fork_generators = [make_generator(req.params.seed, i) for i in range(1, req.params.n)]
-                gens += req.fork_generators
+            if len(req.seqs) < req.params.n and not seq.output_ids:  # n > 1: the forks' first draws
+                # Each fork starts from the parent's grammar state before the parent's token.
+                req.forks = [self._new_seq_out(req, i, seq.guide.fork() if seq.guide else None)
+                             for i in range(1, req.params.n)]
+                gens += [f.generator for f in req.forks]
             rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens, seq.guide))
             seq_ids.append(s.seq_id)
         results = self.sampler.sample(logits, rows) if rows else []
         sampled = {sid: list(r.token_ids) for sid, r in zip(seq_ids, results, strict=True)}
         return sampled, dict(zip(seq_ids, results, strict=True))
 
-    def _process(self, sampled: dict[int, list[int]], results: dict[int, Any],
-                 forks: dict[int, list[int]], now: float) -> list[RequestOutput]:
+    def _process(self, updates: list[SeqUpdate], results: dict[int, Any], now: float) -> list[RequestOutput]:
         touched: dict[str, _Request] = {}
-        for seq_id, tokens in sampled.items():
-            req = self._requests[self._seq_owner[seq_id]]
-            touched[req.request_id] = req
-            parent = req.seqs[seq_id]
-            lps = results[seq_id].logprobs
-            for i, child_id in enumerate(forks.get(seq_id, ()), start=1):
-                # A child starts from the parent's grammar state before the parent's token.
-                guide = parent.guide.fork() if parent.guide is not None else None
-                child = req.seqs[child_id] = self._new_seq_out(req, i, guide)
-                child.generator = req.fork_generators[i - 1]
-                self._seq_owner[child_id] = req.request_id
-                self._append(req, child_id, child, tokens[i], lps[i] if lps else None, now)
-            self._append(req, seq_id, parent, tokens[0], lps[0] if lps else None, now)
+        for u in updates:
+            req = touched[u.request_id] = self._requests[u.request_id]
+            if u.parent_seq_id is None:
+                seq = req.seqs[u.seq_id]
+                lps = results[u.seq_id].logprobs
+            else:
+                seq = req.seqs[u.seq_id] = req.forks[u.sample_index - 1]
+                lps = results[u.parent_seq_id].logprobs
+            self._append(req, u, seq, lps[u.sample_index] if lps else None, now)
         outputs = []
         for req in touched.values():
+            req.forks = []
             finished = req.finished
             outputs.append(self._output(req, finished))
             if finished:
                 self._finish_request(req, now)
         return outputs
 
-    def _append(self, req: _Request, seq_id: int, seq: _SeqOut, token: int, lp: Any, now: float) -> None:
+    def _append(self, req: _Request, u: SeqUpdate, seq: _SeqOut, lp: Any, now: float) -> None:
+        token = u.token_id
         if req.first_token_time is None:
             req.first_token_time = now
             self.metrics.observe("time_to_first_token_seconds", now - req.arrival)
-            req.num_cached_tokens = self.scheduler.get_seq(seq_id).num_cached_tokens
+            req.num_cached_tokens = u.num_cached_tokens
         elif seq.last_token_time:
             self.metrics.observe("inter_token_latency_seconds", now - seq.last_token_time)
         seq.last_token_time = now
@@ -303,8 +302,7 @@ class Engine:
                 seq.tail = seq.detok.flush()
                 seq.new_text += seq.tail
             seq.finish_reason, seq.stop_reason = reason, stop_reason
-            self.scheduler.finish(seq_id)
-            self._seq_owner.pop(seq_id, None)
+            self.scheduler.finish(u.seq_id)
 
     def _output(self, req: _Request, finished: bool) -> RequestOutput:
         outs = []
@@ -342,8 +340,7 @@ class Engine:
         self.metrics.counters["steps"] += 1
         self.metrics.observe("prefill_step_seconds" if prefill_tokens else "decode_step_seconds", seconds)
         for s in plan.seqs:
-            owner = self._seq_owner.get(s.seq_id)
-            req = self._requests.get(owner) if owner else None
+            req = self._requests.get(s.request_id)
             if req is not None and req.first_scheduled_time is None:
                 req.first_scheduled_time = now - seconds
                 self.metrics.observe("queue_time_seconds", req.first_scheduled_time - req.arrival)

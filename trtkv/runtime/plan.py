@@ -28,6 +28,7 @@ class ScheduledSeq(NamedTuple):
             or the last chunk of a prefill).
         all_logits: yield logits for every token of ``token_ids`` instead (scoring,
             perplexity); the scheduler never sets it.
+        request_id: the request the sequence belongs to (backends ignore it).
     """
 
     seq_id: int
@@ -36,10 +37,35 @@ class ScheduledSeq(NamedTuple):
     block_ids: tuple[int, ...]
     sample: bool
     all_logits: bool = False
+    request_id: str = ""
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+class SeqUpdate(NamedTuple):
+    """What one sequence gained in a step (`Scheduler.update`'s result, one per sampled
+    token).
+
+    Attributes:
+        seq_id: the sequence.
+        request_id: its request.
+        token_id: the token it gained.
+        parent_seq_id: for a fork made this step (parallel sampling, n > 1), the sequence
+            it was forked from (it shares the parent's blocks and starts from its state
+            before ``token_id``s of this step); None otherwise.
+        sample_index: which of the row's draws this token is (0: the sequence's own; i: the
+            i-th fork's).
+        num_cached_tokens: prompt tokens the prefix cache supplied (not computed).
+    """
+
+    seq_id: int
+    request_id: str
+    token_id: int
+    parent_seq_id: int | None
+    sample_index: int
+    num_cached_tokens: int
 
 
 @dataclass(frozen=True)

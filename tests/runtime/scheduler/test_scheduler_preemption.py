@@ -115,8 +115,10 @@ def test_fork_shares_blocks_then_copies_on_write() -> None:
     s = make(16)
     p = s.add_request("n3", [1, 2, 3, 4, 5, 6], 5)
     plan = s.schedule()
-    forks = s.update(plan, {p: [10, 11, 12]})
-    children = forks[p]
+    updates = s.update(plan, {p: [10, 11, 12]})
+    assert [(u.token_id, u.parent_seq_id, u.sample_index) for u in updates] == [
+        (10, None, 0), (11, p, 1), (12, p, 2)]
+    children = [u.seq_id for u in updates[1:]]
     assert len(children) == 2
     assert {s.get_seq(c).request_id for c in children} == {"n3"}
     assert [s.get_seq(c).output_ids for c in children] == [(11,), (12,)]

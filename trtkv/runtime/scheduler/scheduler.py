@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.block_tables import BlockCopy
 from trtkv.runtime.kv.manager import KVCacheManager
-from trtkv.runtime.plan import ScheduledSeq, StepPlan
+from trtkv.runtime.plan import ScheduledSeq, SeqUpdate, StepPlan
 from trtkv.runtime.scheduler.admission import Admission
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks
@@ -238,7 +238,7 @@ class Scheduler:
             self._counts.steps += 1
         return plan
 
-    def update(self, plan: StepPlan, sampled: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    def update(self, plan: StepPlan, sampled: Mapping[int, Sequence[int]]) -> list[SeqUpdate]:
         """Record that the backend ran ``plan`` and sampled ``sampled``.
 
         Args:
@@ -248,7 +248,8 @@ class Scheduler:
                 blocks (parallel sampling).
 
         Returns:
-            {parent seq_id: [child seq_ids]} for the forks made.
+            One `SeqUpdate` per token of ``sampled``: a sequence's own, then its forks'
+            (``parent_seq_id`` set), in the order of ``plan.seqs``.
 
         Raises:
             RuntimeError: ``plan`` is not the plan in flight.
@@ -265,7 +266,7 @@ class Scheduler:
             raise ValueError(f"sampled must give tokens for exactly the sampling seqs of the "
                              f"plan: missing {sorted(missing)}, unexpected {sorted(extra)}")
         self._in_flight = None
-        forks: dict[int, list[int]] = {}
+        updates: list[SeqUpdate] = []
         seqs, caching = self._reg.seqs, self.kv.enable_prefix_caching
         for s in live:
             seq = seqs[s.seq_id]
@@ -276,11 +277,14 @@ class Scheduler:
                 self._inflight_blocks.advance(seq.seq_id, seq.num_computed)
             if s.sample:
                 tokens = sampled[s.seq_id]
-                if len(tokens) > 1:
-                    forks[seq.seq_id] = [self._fork(seq, token) for token in tokens[1:]]
+                cached = seq.num_cached_tokens
+                updates.append(SeqUpdate(seq.seq_id, seq.request_id, tokens[0], None, 0, cached))
+                for i, token in enumerate(tokens[1:], start=1):
+                    child = self._fork(seq, token)
+                    updates.append(SeqUpdate(child, seq.request_id, token, seq.seq_id, i, cached))
                 seq.num_samples = 1
                 seq.token_ids.append(tokens[0])
-        return forks
+        return updates
 
     def _schedule_decodes(self, seqs: list[SeqState], step: StepBuilder) -> None:
         # The hot path (every running sequence, every step): kept flat on purpose.
@@ -299,7 +303,8 @@ class Scheduler:
                     continue
             if copies:
                 step.copies.extend(copies)
-            decodes.append(ScheduledSeq(seq_id, (seq.token_ids[-1],), start, block_ids(seq_id), True))
+            decodes.append(ScheduledSeq(seq_id, (seq.token_ids[-1],), start, block_ids(seq_id), True, False,
+                                        seq.request_id))
             scheduled.add(seq_id)
             step.token_budget -= 1
 

@@ -44,7 +44,7 @@ class StepBuilder:
         token_ids = seq.token_ids
         scheduled = ScheduledSeq(
             seq.seq_id, (token_ids[-1],) if decoding else tuple(token_ids[start:end]), start,
-            kv.block_ids(seq.seq_id), end == len(token_ids),
+            kv.block_ids(seq.seq_id), end == len(token_ids), False, seq.request_id,
         )
         self.token_budget -= num_tokens
         self.scheduled.add(seq.seq_id)

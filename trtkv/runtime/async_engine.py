@@ -161,6 +161,28 @@ class AsyncEngine:
         """`Engine.stats()`, read between steps."""
         return await self.call(lambda e: e.stats())
 
+    # -- facts fixed at start (read from any thread) ------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.scheduler.config.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.scheduler.config.max_num_seqs
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.manifest.vocab_size
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.engine.eos_token_ids)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None without one); decode-only use outside the engine."""
+        return self.engine.tokenizer
+
     @property
     def num_streams(self) -> int:
         """Requests whose outputs someone is still consuming."""

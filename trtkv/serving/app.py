@@ -119,7 +119,7 @@ class OpenAIServer:
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "trtkv",
-                "max_model_len": self.engine.engine.scheduler.config.max_model_len}
+                "max_model_len": self.engine.max_model_len}
 
     async def metrics(self) -> Response:
         snapshot = await self.engine.call(prometheus.collect)
@@ -144,7 +144,7 @@ class OpenAIServer:
                 raise ApiError(400, "give 'prompt' (a non-empty string) or 'messages'", param="prompt")
             add_special = body.get("add_special_tokens", True) is not False
             ids = await self.engine.call(lambda e: _encode(e, prompt, add_special))
-        return {"count": len(ids), "max_model_len": self.engine.engine.scheduler.config.max_model_len,
+        return {"count": len(ids), "max_model_len": self.engine.max_model_len,
                 "tokens": ids}
 
     async def detokenize(self, request: Request) -> dict[str, Any]:
@@ -152,10 +152,10 @@ class OpenAIServer:
         body = await self._body(request, schema.DetokenizeRequest)
         self._check_model(body.get("model") or "")
         tokens = body["tokens"]
-        vocab = self.engine.engine.manifest.vocab_size
+        vocab = self.engine.vocab_size
         if any(not 0 <= t < vocab for t in tokens):
             raise ApiError(400, f"'tokens' holds ids outside the vocabulary [0, {vocab})", param="tokens")
-        if self.engine.engine.tokenizer is None:
+        if self.engine.tokenizer is None:
             raise ApiError(400, "this model has no tokenizer; it cannot detokenize", code="no_tokenizer")
         return {"prompt": await self.engine.call(lambda e: e.tokenizer.decode(tokens))}
 
@@ -179,7 +179,7 @@ class OpenAIServer:
             tools=tools))
         params = req.params
         if req.cap_to_context:
-            room = self.engine.engine.scheduler.config.max_model_len - len(prompt_ids)
+            room = self.engine.max_model_len - len(prompt_ids)
             params = replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
         return await self._generate(request, "chat", "chatcmpl",
                                     replace(req, prompt=prompt_ids, params=params))
@@ -191,7 +191,7 @@ class OpenAIServer:
 
     def _eos_ids(self, req: GenerateRequest) -> tuple[int, ...]:
         """EOS ids that a request did not also ask for as stop_token_ids (stop_reason null)."""
-        return tuple(t for t in self.engine.engine.eos_token_ids if t not in req.params.stop_token_ids)
+        return tuple(t for t in self.engine.eos_token_ids if t not in req.params.stop_token_ids)
 
     def _check_model(self, model: str) -> None:
         if model and model != self.model_name:  # "" (not given): the served model
@@ -208,7 +208,7 @@ class OpenAIServer:
             raise ApiError.from_engine(exc) from None
         except EngineClosedError as exc:
             raise ApiError(503, str(exc), type="service_unavailable") from None
-        builder = ResponseBuilder(kind, request_id, self.model_name, self.engine.engine.tokenizer,
+        builder = ResponseBuilder(kind, request_id, self.model_name, self.engine.tokenizer,
                                   req.top_logprobs, tools=req.tools,
                                   max_tool_calls=None if req.parallel_tool_calls else 1,
                                   eos_token_ids=self._eos_ids(req))
@@ -232,9 +232,9 @@ class OpenAIServer:
         none; choice i of prompt k gets index k * n + i, usage is summed."""
         response_id = f"cmpl-{uuid.uuid4().hex}"
         headers = {"X-Request-Id": _client_request_id(request) or response_id}
-        if len(req.batch) * req.params.n > self.engine.engine.scheduler.config.max_num_seqs:
+        if len(req.batch) * req.params.n > self.engine.max_num_seqs:
             raise ApiError(400, f"{len(req.batch)} prompts x n={req.params.n} exceed --max-num-seqs "
-                           f"({self.engine.engine.scheduler.config.max_num_seqs}); send fewer prompts",
+                           f"({self.engine.max_num_seqs}); send fewer prompts",
                            param="prompt")
         streams: list[RequestStream] = []
         try:
@@ -247,7 +247,7 @@ class OpenAIServer:
             if isinstance(exc, EngineClosedError):
                 raise ApiError(503, str(exc), type="service_unavailable") from None
             raise ApiError.from_engine(exc) from None
-        builders = [ResponseBuilder("completion", response_id, self.model_name, self.engine.engine.tokenizer,
+        builders = [ResponseBuilder("completion", response_id, self.model_name, self.engine.tokenizer,
                                     req.top_logprobs, index_offset=k * req.params.n, eos_token_ids=self._eos_ids(req))
                     for k in range(len(streams))]
         if req.stream:

@@ -112,7 +112,7 @@ class Engine:
             num_offload_blocks=num_offload if config.enable_prefix_caching else 0, remote=store,
         )
         self.tiers = TierTransfer(self.kv, self.backend, store)
-        self.scheduler = Scheduler(sched_config, self.kv)
+        self.scheduler = Scheduler(sched_config, self.kv, awaiting_store=self.tiers.pending)
         self.eos_token_ids = self.manifest.eos_token_ids
         self.sampler = Sampler(self.eos_token_ids)
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -161,6 +161,7 @@ class Engine:
             raise
         req.seqs[seq_id] = first
         self._requests[request_id] = req
+        self.tiers.prefetch(request_id, prompt_ids, cache_salt)
         self.metrics.counters["requests_added"] += 1
         return request_id
 
@@ -205,6 +206,7 @@ class Engine:
         if req is None:
             return None
         self.scheduler.abort_request(request_id)
+        self.tiers.forget(request_id)
         for seq in req.seqs.values():
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
@@ -223,6 +225,10 @@ class Engine:
     # -- one step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the requests that produced tokens or finished."""
+        # Store lookups that came back are staged before scheduling; with nothing running and
+        # every waiting request still waiting for one, wait for it instead of spinning.
+        idle = self.scheduler.num_running == 0 and self.scheduler.num_waiting <= len(self.tiers.pending)
+        self.tiers.collect(wait_s=0.5 if idle else 0.0)
         plan = self.scheduler.schedule()
         self.tiers.stage()
         start = time.monotonic()

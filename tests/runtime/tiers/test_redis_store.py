@@ -174,3 +174,43 @@ def test_redis_stopped_or_hung_mid_run_never_fails_a_request(redis_url, exported
     assert [t for t, _ in got] == [t for t, _ in reference]
     assert engine.stats()["kv_store"]["errors"] >= 2
     engine.close()
+
+
+def test_store_lookups_run_off_the_engine_thread(redis_url, exported_factory):
+    """`schedule()` makes no network call: each request's lookup runs on the prefetch thread
+    while the engine keeps stepping the others, and a slow store delays only its request."""
+    import threading
+
+    from trtkv.runtime.sampling import SamplingParams
+
+    url, _ = redis_url
+    model_dir = exported_factory("llama")
+    prompts = shared_prefix_prompts(2, 2, 70, seed=7)
+    _child(model_dir, url, prompts)  # publishes the prefixes
+    engine = Engine(model_dir, EngineConfig(num_blocks=32, block_size=16, enable_prefix_caching=True,
+                                            kv_store_url=url))
+    store = engine.tiers.store
+    assert store is not None
+    calls: list[str] = []
+    real_fetch = store.fetch
+
+    def slow_fetch(keys):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return real_fetch(keys)
+
+    store.fetch = slow_fetch  # type: ignore[method-assign]
+    params = SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True)
+    local = engine.add_request([7, 8, 9], params)  # too short for a full block: no lookup
+    shared = engine.add_request(prompts[0], params)
+    finished_at: dict[str, int] = {}
+    step = 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finished_at[out.request_id] = step
+        step += 1
+    engine.close()
+    assert calls == ["trtkv-kv-prefetch"]
+    assert finished_at[local] < finished_at[shared], "the short request ran while the lookup did"
+    assert engine.stats()["scheduler"]["kv"]["num_store_hit_blocks"] == 4

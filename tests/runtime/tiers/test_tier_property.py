@@ -59,6 +59,9 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
             except RequestRejectedError:
                 continue
             outputs[r.request_id] = []
+            if store is not None:  # the engine's TierTransfer: prefetch on add, stage before scheduling
+                keys = kv.remote_keys(r.prompt, r.cache_salt)
+                kv.stage_remote(keys, store.fetch(keys))
         plan = sched.schedule()
         sched.check_integrity()
         for host_block, data in kv.take_host_writes():

@@ -45,7 +45,7 @@ class KVCacheManager:
             `lookup_prefix` finds nothing and no block is ever keyed.
         num_offload_blocks: host blocks that keep evicted cached blocks (needs prefix
             caching); ids ``num_host_blocks ..`` in the backend's host pool.
-        remote: a shared store to fetch blocks from (`fetch_remote`); staged in the offload
+        remote: the shared store (its blocks arrive through `stage_remote`); staged in the offload
             tier's host blocks, so it needs ``num_offload_blocks > 0``.
 
     Raises:
@@ -167,21 +167,23 @@ class KVCacheManager:
 
     @property
     def has_remote(self) -> bool:
-        """Whether a shared store backs the prefix cache (`fetch_remote` may find blocks)."""
+        """Whether a shared store backs the prefix cache (`remote_keys` names what to ask it)."""
         return self._offload.remote is not None and self._offload.is_enabled
 
-    def fetch_remote(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
-        """Ask the shared store for the full blocks past the local hit and stage them in host
-        blocks, so that the next `lookup_prefix` finds them. Returns the blocks fetched.
-
-        The engine must write `take_host_writes` into the host pool before the step runs.
-        """
+    def remote_keys(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
+        """Keys of the full blocks of ``token_ids`` past the local (device + host) hit: what
+        to ask the shared store for. Empty without a store."""
         if not self.has_remote:
-            return 0
+            return []
         hit = self.lookup_prefix(token_ids, cache_salt)
         parent = hit.keys[-1] if hit.keys else None
-        keys = list(iter_block_keys(token_ids, self.block_size, cache_salt, parent, hit.num_blocks))
-        return self._offload.fetch(keys)
+        return list(iter_block_keys(token_ids, self.block_size, cache_salt, parent, hit.num_blocks))
+
+    def stage_remote(self, keys: Sequence[bytes], blocks: Sequence[object]) -> int:
+        """Stage the store's blocks for ``keys`` in host blocks, so that the next
+        `lookup_prefix` finds them; returns how many. The engine writes `take_host_writes`
+        into the host pool before the step runs."""
+        return self._offload.stage(keys, blocks)
 
     def take_moves(self) -> tuple[list[BlockCopy], list[BlockCopy]]:
         """(swap_out, swap_in) copies the offload tier added since the last call.

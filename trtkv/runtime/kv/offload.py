@@ -75,12 +75,13 @@ class OffloadTier:
         self.swap_in.append((host_block, device_block))
         self.num_host_hits += 1
 
-    def fetch(self, keys: Sequence[bytes]) -> int:
-        """Stage the store's blocks for ``keys`` (leading run) in host blocks; returns how many."""
-        if self.remote is None or not keys or not self.is_enabled:
+    def stage(self, keys: Sequence[bytes], blocks: Sequence[object]) -> int:
+        """Stage blocks the store returned for ``keys`` (a leading run) in host blocks, to be
+        written into the backend's host pool before the next step; returns how many."""
+        if not self.is_enabled:
             return 0
         num = 0
-        for key, data in zip(keys, self.remote.fetch(keys), strict=False):
+        for key, data in zip(keys, blocks, strict=False):
             got = self.cache.put(key)
             if got is None:  # every host block is in use by this step
                 break

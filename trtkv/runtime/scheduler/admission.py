@@ -3,11 +3,14 @@
 One stage of `Scheduler.schedule()` (see the scheduler's module docstring for the rules):
 candidates come in policy order; admission stops at the first that does not fit, skips (and
 requeues after the step) one deferred by in-flight prefix de-duplication or by the
-long-prefill throttle, swaps a swapped sequence back in, starts a waiting one after its
-prefix-cache hit, and keeps the slots that ``n > 1`` requests will fork into.
+long-prefill throttle, or whose shared-store lookup (run in the background by the engine's
+`TierTransfer`, never here) has not returned, swaps a swapped sequence back in, starts a
+waiting one after its prefix-cache hit, and keeps the slots ``n > 1`` requests fork into.
 """
 
 from __future__ import annotations
+
+from collections.abc import Set
 
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.scheduler.config import SchedulerConfig
@@ -24,8 +27,9 @@ class Admission:
     """The admission stage over the scheduler's registry and KV manager."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, reg: SeqRegistry,
-                 inflight: InflightBlocks, counts: Counters) -> None:
+                 inflight: InflightBlocks, counts: Counters, awaiting_store: Set[str]) -> None:
         self.config, self.kv, self.reg, self.inflight, self.counts = config, kv, reg, inflight, counts
+        self.awaiting_store = awaiting_store
 
     def admit(self, step: StepBuilder, num_long: int) -> None:
         """Admit what fits; ``num_long``: long prefills running (see `policy`)."""
@@ -87,9 +91,11 @@ class Admission:
         """Start a waiting sequence after its prefix hit; its first chunk, None when it does
         not fit, -1 when deferred (in-flight prefix de-duplication)."""
         kv, seq_id, counts = self.kv, seq.seq_id, self.counts
-        if not seq.is_store_checked and kv.has_remote:
-            seq.is_store_checked = True
-            kv.fetch_remote(seq.token_ids, seq.cache_salt)
+        if seq.request_id in self.awaiting_store:  # its shared-store lookup is still running
+            queue.pop()
+            deferred.append((seq, queue))
+            counts.store_deferred += 1
+            return -1
         caching = kv.enable_prefix_caching
         if caching:
             keys = kv.extend_block_keys(seq.token_ids, seq.cache_salt, seq.block_keys)

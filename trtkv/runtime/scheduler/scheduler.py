@@ -28,8 +28,8 @@ Because a step that preempts admits nothing, swap preemption and swap-in never s
 Prefix caching (when the KV manager has it on): admitting a waiting sequence looks up its
 tokens in the prefix cache and starts computing after the cached blocks (never past the
 last token); after each step `update` publishes the sequence's newly full blocks. With the
-offload tiers on, the first admission attempt of a sequence asks the shared store for the
-blocks past its local hit, a hit may be in host memory, and the KV manager's block moves
+offload tiers on, a request waits in the queue while the engine asks the shared store (in
+the background) for the blocks past its local hit, a hit may be in host memory, and the KV manager's block moves
 (evicted blocks to host, host hits to device) join the plan's ``swap_out`` / ``swap_in``.
 
 In-flight prefix de-duplication (prefix caching on): blocks are cached only after the step
@@ -49,7 +49,7 @@ and by publishing, so a deferral costs a queue pop/push and one dict lookup per 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.block_tables import BlockCopy
@@ -73,9 +73,12 @@ class Scheduler:
     Args:
         config: batching limits and preemption mode.
         kv: the KV cache manager this scheduler allocates from (it owns the block tables).
+        awaiting_store: ids of requests whose shared-store lookup is in flight (the engine's
+            `TierTransfer.pending`); they are not admitted until it returns.
     """
 
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager,
+                 awaiting_store: Set[str] = frozenset()) -> None:
         self.config = config
         self.kv = kv
         self._reg = SeqRegistry()
@@ -83,7 +86,8 @@ class Scheduler:
         self._inflight_blocks = InflightBlocks(kv.block_size)
         self._policy = SchedulingPolicy(config.scheduling_policy, config.aging_tokens_per_s)
         self._counts = Counters()
-        self._admission = Admission(config, kv, self._reg, self._inflight_blocks, self._counts)
+        self._admission = Admission(config, kv, self._reg, self._inflight_blocks, self._counts,
+                                    awaiting_store)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -205,6 +209,7 @@ class Scheduler:
             num_prefix_hit_tokens=c.prefix_hit_tokens,
             kv=self.kv.usage(), num_prefix_deferrals=c.prefix_deferred,
             num_rejected_too_many_seqs=c.too_many_seqs, num_long_prefill_deferrals=c.long_deferred,
+            num_store_deferrals=c.store_deferred,
         )
 
     # -- one step -------------------------------------------------------------------------

@@ -48,11 +48,9 @@ class SeqState:
     num_preemptions: int = 0
     prefill_start: int = 0
     """``num_computed`` when the current prefill began, to count partial chunks."""
-    is_store_checked: bool = False
     num_samples: int = 1
     """Sequences this one becomes when its prompt is done (a request's n; 1 once forked):
     admission reserves that many of max_num_seqs, so forks never exceed it."""
-    """The shared KV store was asked for this sequence's prefix (once per sequence)."""
     block_keys: list[bytes] = field(default_factory=list)
     """Prefix-cache keys of its full blocks, hashed once at its first admission attempt
     (empty with caching off); tokens are only appended, so the keys stay valid."""

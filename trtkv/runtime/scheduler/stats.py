@@ -30,6 +30,7 @@ class Counters:
     prefix_hit_tokens: int = 0
     prefix_deferred: int = 0
     long_deferred: int = 0
+    store_deferred: int = 0
 
     def reject(self, reason: str) -> None:
         """Count a rejection; ``reason`` is one of `REJECT_REASONS`."""
@@ -67,6 +68,8 @@ class SchedulerStats:
     """Requests refused because their n exceeds max_num_seqs."""
     num_long_prefill_deferrals: int = 0
     """Admission attempts deferred a step because max_long_prefills long prefills ran."""
+    num_store_deferrals: int = 0
+    """Admission attempts deferred a step because the request's shared-store lookup ran."""
 
     @property
     def num_preemptions(self) -> int:

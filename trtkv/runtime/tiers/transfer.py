@@ -1,14 +1,24 @@
 """The engine's glue between the KV manager's offload tier, the backend and the shared store.
 
-Owns: moving block *data* that the plan's block moves cannot express: blocks fetched from
-the store are written into the backend's host pool after scheduling and before the step runs
-(the plan's ``swap_in`` then loads them), and blocks the step filled are read from the device
-pool after it ran and handed to the store's publisher thread.
+Owns: moving block *data* that the plan's block moves cannot express, and every network
+call of the store tier, which never runs inside `Scheduler.schedule()`:
+
+- a new request's lookup: the engine hands its prompt to `prefetch` when it is added; a
+  background thread asks the store for the blocks past the local hit while the engine keeps
+  stepping (the request waits in the queue meanwhile: `pending`); `collect`, before the next
+  schedule, stages what came back in host blocks;
+- those blocks are written into the backend's host pool after scheduling and before the step
+  runs (the plan's ``swap_in`` then loads them);
+- blocks the step filled are read from the device pool after it ran and handed to the
+  store's publisher thread.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +55,52 @@ class TierTransfer:
 
     def __init__(self, kv: KVCacheManager, backend: BaseBackend, store: RedisKVStore | None) -> None:
         self.kv, self.backend, self.store = kv, backend, store
+        self.pending: set[str] = set()
+        """Requests whose store lookup is in flight (the scheduler does not admit them yet)."""
+        self._jobs: queue.Queue[tuple[str, list[bytes]] | None] = queue.Queue()
+        self._done: queue.Queue[tuple[str, list[bytes], list[object]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
         if store is not None:
             kv.track_new_blocks()
+            self._thread = threading.Thread(target=self._fetch_loop, name="trtkv-kv-prefetch", daemon=True)
+            self._thread.start()
+
+    def prefetch(self, request_id: str, token_ids: Sequence[int], cache_salt: str | None) -> None:
+        """A request was added: look its blocks past the local hit up in the store, in the
+        background. Engine thread."""
+        keys = self.kv.remote_keys(token_ids, cache_salt) if self._thread is not None else []
+        if keys:
+            self.pending.add(request_id)
+            self._jobs.put((request_id, keys))
+
+    def forget(self, request_id: str) -> None:
+        """The request left (aborted): do not wait for its lookup (its blocks still get staged)."""
+        self.pending.discard(request_id)
+
+    def collect(self, wait_s: float = 0.0) -> None:
+        """Stage the finished lookups' blocks in host blocks; call before scheduling. With
+        ``wait_s``, wait that long for one lookup first (the engine has nothing else to do)."""
+        try:
+            item = self._done.get(timeout=wait_s) if wait_s > 0 and self.pending else self._done.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            request_id, keys, blocks = item
+            self.kv.stage_remote(keys, blocks)
+            self.pending.discard(request_id)
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+
+    def _fetch_loop(self) -> None:
+        assert self.store is not None
+        while (job := self._jobs.get()) is not None:
+            request_id, keys = job
+            self._done.put((request_id, keys, self.store.fetch(keys)))  # never raises
 
     def stage(self) -> None:
-        """Write the blocks the store returned at admission into their host blocks."""
+        """Write the blocks `collect` staged into their host blocks (after scheduling)."""
         writes = self.kv.take_host_writes()
         if writes:
             ids = [host_block for host_block, _ in writes]
@@ -68,5 +119,8 @@ class TierTransfer:
         return self.store.stats() if self.store is not None else {}
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
         if self.store is not None:
             self.store.close()

@@ -90,7 +90,7 @@ def main() -> None:
         windows = [ids[i * w:(i + 1) * w] for i in range(min(args.windows, len(ids) // w))]
         prompts = [ids[i * 97:i * 97 + 48] for i in range(24)]
         calib = [tok.encode(t)[:512] for t in calibration_texts(args.calib_texts)]
-        amax = {g: collect_kv_amax(model_dir, calib, g == "per-head") for g in ("per-tensor", "per-head")}
+        amax = {g: collect_kv_amax(model_dir, calib, g == "per-head")[:2] for g in ("per-tensor", "per-head")}
         configs: list[tuple[str, str, Manifest]] = [("fp32", "-", base_manifest)]
         configs += [(kv, "-", base_manifest.with_kv(kv)) for kv in ("fp16", "bf16")]
         for kv in ("fp8", "int8"):

@@ -102,9 +102,14 @@ def _has_cuda_gpu() -> bool:
 
 
 def _has_tensorrt() -> bool:
-    import importlib.util
+    """Whether full TensorRT or TensorRT for RTX imports (its native libraries too)."""
+    from trtkv.build.tensorrt_env import import_tensorrt
 
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+    try:
+        import_tensorrt("auto")
+    except Exception:  # BackendUnavailableError, or a broken install
+        return False
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -74,6 +74,9 @@ class Manifest:
     op_versions: dict[str, int] = field(default_factory=lambda: {n: s.version for n, s in OPS.items()})
     format_version: int = FORMAT_VERSION
     source: str = ""
+    kv_calibration: dict[str, Any] = field(default_factory=dict)
+    """How the fp8/int8 scales were calibrated (source, samples, tokens, granularity,
+    saturation at the default scales); empty when they were not."""
 
     def _type_problem(self) -> str:
         """What is wrong with the field types or ranges ('' if nothing): a hand-edited manifest
@@ -109,6 +112,13 @@ class Manifest:
         elem = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[self.kv_dtype]
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
 
+    @property
+    def has_calibrated_kv_scales(self) -> bool:
+        """Whether a quantized pool's scales were measured (`trtkv calibrate`), not the
+        documented defaults (which saturate on many real models)."""
+        default = (DEFAULT_KV_SCALES.get(self.kv_dtype, 1.0),)
+        return any(s != default for s in (*self.k_scales, *self.v_scales))
+
     def with_kv(self, kv_dtype: str, scales: tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]] | None = None) -> Manifest:
         """This manifest with another KV dtype (default scales when switching dtype)."""
         if kv_dtype == self.kv_dtype and scales is None:
@@ -116,7 +126,7 @@ class Manifest:
         if scales is None:
             s = (DEFAULT_KV_SCALES.get(kv_dtype, 1.0),)
             scales = (tuple(s for _ in range(self.num_layers)), tuple(s for _ in range(self.num_layers)))
-        return replace(self, kv_dtype=kv_dtype, k_scales=scales[0], v_scales=scales[1])
+        return replace(self, kv_dtype=kv_dtype, k_scales=scales[0], v_scales=scales[1], kv_calibration={})
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST_FILE

@@ -42,7 +42,7 @@ def test_fp8_and_int8_perplexity_within_one_percent(tiny):
     tok = load_tokenizer(tiny)
     ids = tok.encode(heldout_text(max_chars=6000), add_special_tokens=False)[:384]
     base = Manifest.load(tiny)
-    k, v = collect_kv_amax(tiny, [tok.encode(t)[:256] for t in calibration_texts(2)], per_head=False)
+    k, v, _ = collect_kv_amax(tiny, [tok.encode(t)[:256] for t in calibration_texts(2)], per_head=False)
 
     def ppl(manifest: Manifest) -> float:
         return perplexity(OnnxRuntimeBackend(tiny, manifest, BackendConfig(num_blocks=32, block_size=16)), [ids], 64)

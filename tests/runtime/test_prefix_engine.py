@@ -64,7 +64,7 @@ def test_batched_and_fp8_pool_equal_with_caching(exported_factory):
         for caching in (False, True):
             engine = Engine(model_dir, EngineConfig(kv_dtype=kv_dtype, num_blocks=24, block_size=16,
                                                     max_num_batched_tokens=64, max_num_seqs=4,
-                                                    enable_prefix_caching=caching))
+                                                    enable_prefix_caching=caching, allow_uncalibrated_kv=True))
             ids = [engine.add_request(p, GREEDY) for p in prompts[:2]]
             while engine.has_unfinished():  # the first two publish the prefixes
                 engine.step()

@@ -16,12 +16,17 @@ from trtkv.cli._options import command
          rich_help_panel="Models")
 def calibrate(
     model_dir: ExportDir,
-    num_texts: Annotated[int, typer.Option(help="calibration texts (stdlib sources)")] = 16,
+    calibration_file: Annotated[str | None, typer.Option(metavar="FILE", show_default=False, help=(
+        "your text: plain text, or .jsonl with one {\"messages\": [...]} chat (rendered by the model's "
+        "template) or {\"text\": ...} per line; default: Python stdlib sources"))] = None,
+    num_texts: Annotated[int, typer.Option(help="calibration prompts (of at most 512 tokens) to use")] = 16,
     kv_scales: Annotated[Literal["per-tensor", "per-head"], typer.Option(
-        help="one scale per layer, or one per KV head")] = "per-tensor",
+        help="one scale per layer, or one per KV head")] = "per-head",
 ) -> None:
     from trtkv.export.calibrate import calibrate
 
-    m = calibrate(model_dir, num_texts, kv_scales)
-    print(f"calibrated {m.kv_dtype} KV scales ({kv_scales}) on {num_texts} texts: "
-          f"layer 0 k={list(m.k_scales[0])} v={list(m.v_scales[0])}", file=sys.stderr)
+    m = calibrate(model_dir, num_texts, kv_scales, calibration_file=calibration_file)
+    c = m.kv_calibration
+    print(f"calibrated {m.kv_dtype} KV scales ({kv_scales}) on {c['num_samples']} prompts, {c['num_tokens']} "
+          f"tokens ({c['source']}): largest |K/V| {c['amax']:.3g}; the default scales would have saturated "
+          f"{100 * c['saturated_at_default_scales']:.3g}% of the values", file=sys.stderr)

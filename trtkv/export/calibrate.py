@@ -6,12 +6,17 @@ the absolute maximum of every layer's K and V (per tensor, or per KV head), and 
 maps to the largest code. The scales are written to the manifest and to the graph's
 ``k_scale.{i}`` / ``v_scale.{i}`` initializers (TensorRT reads them from there).
 
-Calibration text defaults to Python standard-library sources outside the built-in model's
-held-out set, so accuracy measured on held-out text is not calibrated on itself.
+Calibration text is the user's (``--calibration-file``: plain text, cut into prompts of
+``max_tokens``, or JSONL, one ``{"messages": [...]}`` chat rendered by the model's chat
+template or one ``{"text": ...}`` per line), or by default Python standard-library sources
+outside the built-in model's held-out set (so accuracy measured on held-out text is not
+calibrated on itself). What was measured, and how much of K/V the documented default scales
+would have saturated, is recorded in the manifest's ``kv_calibration``.
 """
 
 from __future__ import annotations
 
+import json
 import sysconfig
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +28,7 @@ from onnx import numpy_helper
 
 from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import FP8_E4M3_MAX, INT8_MAX, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import DEFAULT_KV_SCALES, FP8_E4M3_MAX, INT8_MAX, QUANTIZED_KV_DTYPES
 
 SCALE_GRANULARITIES = ("per-tensor", "per-head")
 
@@ -41,8 +46,52 @@ def calibration_texts(num_texts: int, max_chars: int = 4000) -> list[str]:
     return texts
 
 
-def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer amax of K and V over ``prompts``: arrays [L, Hkv] (per head) or [L, 1]."""
+def file_prompts(tokenizer: Any, path: str | Path, max_tokens: int) -> list[list[int]]:
+    """Calibration prompts from a user's file: plain text cut into ``max_tokens`` pieces, or
+    JSONL (``.jsonl``) with one ``{"messages": [...]}`` or ``{"text": ...}`` per line.
+
+    Raises:
+        ConfigError: unreadable file, a bad JSONL line (its number is named), no text.
+    """
+    from trtkv.runtime.chat import render_chat
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--calibration-file {path}: cannot read it as UTF-8 text ({exc})") from None
+    if not text.strip():
+        raise ConfigError(f"--calibration-file {path} holds no text")
+    prompts: list[list[int]] = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(f"--calibration-file {path} line {number} is not JSON ({exc})") from None
+            if isinstance(item, dict) and isinstance(item.get("messages"), list):
+                ids = render_chat(tokenizer, item["messages"], add_generation_prompt=False)
+            elif isinstance(item, dict) and isinstance(item.get("text"), str):
+                ids = list(tokenizer.encode(item["text"]))
+            else:
+                raise ConfigError(f'--calibration-file {path} line {number}: want {{"messages": [...]}} '
+                                  'or {"text": "..."}')
+            prompts.append(ids[:max_tokens])
+    else:
+        ids = list(tokenizer.encode(text))
+        prompts = [ids[i:i + max_tokens] for i in range(0, len(ids), max_tokens)]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ConfigError(f"--calibration-file {path} holds no text")
+    return prompts
+
+
+def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: bool,
+                    saturation_at: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per layer amax of K and V over ``prompts``: arrays [L, Hkv] (per head) or [L, 1], and
+    the share of K/V values whose magnitude exceeds ``saturation_at`` (0: not counted)."""
     from trtkv.runtime.backends.base import BackendConfig
     from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from trtkv.runtime.plan import ScheduledSeq, StepPlan
@@ -56,6 +105,7 @@ def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: b
     k_amax = np.zeros((manifest.num_layers, width), np.float32)
     v_amax = np.zeros_like(k_amax)
     axes = (0, 1, 3) if per_head else (0, 1, 2, 3)  # pool[N, B, Hkv, D] per K or V
+    num_over = num_values = 0
     for prompt in prompts:
         for pool in backend.pools:
             pool.fill(0.0)
@@ -63,7 +113,10 @@ def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: b
         for i, pool in enumerate(backend.pools):
             k_amax[i] = np.maximum(k_amax[i], np.abs(pool[:, 0]).max(axis=axes).reshape(-1))
             v_amax[i] = np.maximum(v_amax[i], np.abs(pool[:, 1]).max(axis=axes).reshape(-1))
-    return k_amax, v_amax
+            if saturation_at:
+                num_over += int((np.abs(pool) > saturation_at).sum())  # unwritten slots are 0
+                num_values += 2 * len(prompt) * manifest.num_kv_heads * manifest.head_dim
+    return k_amax, v_amax, num_over / num_values if num_values else 0.0
 
 
 def scales_from_amax(amax: np.ndarray, kv_dtype: str) -> np.ndarray:
@@ -71,9 +124,13 @@ def scales_from_amax(amax: np.ndarray, kv_dtype: str) -> np.ndarray:
     return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
 
 
-def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "per-tensor",
-              texts: list[str] | None = None, max_tokens: int = 512) -> Manifest:
+def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "per-head",
+              texts: list[str] | None = None, max_tokens: int = 512,
+              calibration_file: str | Path | None = None) -> Manifest:
     """Calibrate an exported fp8/int8 model in place; returns the updated manifest.
+
+    ``calibration_file``: the user's text (see `file_prompts`), of which the first
+    ``num_texts`` prompts are used; default: ``texts``, or ``num_texts`` stdlib sources.
 
     Raises:
         ConfigError: the model's KV dtype is not quantized, or bad arguments.
@@ -94,11 +151,21 @@ def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "pe
     if tokenizer is None:
         raise ModelDirError(f"{model_dir} has no tokenizer; calibration encodes text with it")
     limit = min(max_tokens, manifest.max_position_embeddings)
-    prompts = [tokenizer.encode(t)[:limit] for t in (texts or calibration_texts(num_texts))]
-    prompts = [p for p in prompts if p]
-    k_amax, v_amax = collect_kv_amax(model_dir, prompts, granularity == "per-head")
+    if calibration_file is not None:
+        prompts = file_prompts(tokenizer, calibration_file, limit)[:num_texts]
+        source = f"file {Path(calibration_file).name}"
+    else:
+        prompts = [tokenizer.encode(t)[:limit] for t in (texts or calibration_texts(num_texts))]
+        prompts = [p for p in prompts if p]
+        source = "texts" if texts else "python stdlib sources"
+    qmax = FP8_E4M3_MAX if manifest.kv_dtype == "fp8" else INT8_MAX
+    limit_at_default = qmax * DEFAULT_KV_SCALES[manifest.kv_dtype]
+    k_amax, v_amax, saturated = collect_kv_amax(model_dir, prompts, granularity == "per-head", limit_at_default)
     k, v = scales_from_amax(k_amax, manifest.kv_dtype), scales_from_amax(v_amax, manifest.kv_dtype)
-    updated = replace(manifest, k_scales=_tuples(k), v_scales=_tuples(v))
+    stats = {"source": source, "num_samples": len(prompts), "num_tokens": sum(map(len, prompts)),
+             "granularity": granularity, "amax": float(max(k_amax.max(), v_amax.max())),
+             "saturated_at_default_scales": saturated}
+    updated = replace(manifest, k_scales=_tuples(k), v_scales=_tuples(v), kv_calibration=stats)
     write_scales(model_dir, updated)
     return updated
 

@@ -22,7 +22,9 @@ class ExportConfig:
     kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
     block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
     calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
-    kv_scales: str = field(default="per-tensor", metadata={"help": "calibrated KV scale granularity: per-tensor or per-head"})
+    kv_scales: str = field(default="per-head", metadata={"help": "calibrated KV scale granularity: per-head or per-tensor"})
+    calibration_file: str = field(default="", metadata={
+        "help": "fp8/int8 KV: calibrate on this text (plain, or .jsonl chats / texts; see trtkv calibrate)"})
     external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
@@ -35,8 +37,9 @@ class ExportConfig:
             raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
         if self.calibrate < 0:
             raise ConfigError(f"--calibrate must be >= 0, got {self.calibrate}")
-        if self.calibrate and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
-            raise ConfigError("--calibrate applies to fp8/int8 KV pools; add --kv-dtype fp8 or int8")
+        if (self.calibrate or self.calibration_file) and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
+            raise ConfigError("--calibrate and --calibration-file apply to fp8/int8 KV pools; "
+                              "add --kv-dtype fp8 or int8")
         if self.kv_scales not in ("per-tensor", "per-head"):
             raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -112,10 +112,11 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
     )
     manifest.save(out_dir)
     _copy_tokenizer(hf_dir, out_dir)
-    if config.calibrate:
+    if config.calibrate or config.calibration_file:
         from trtkv.export.calibrate import calibrate
 
-        manifest = calibrate(out_dir, config.calibrate, config.kv_scales)
+        manifest = calibrate(out_dir, config.calibrate or 64, config.kv_scales,
+                             calibration_file=config.calibration_file or None)
     return manifest
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import canonical_dtype
+from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.policy import POLICIES
@@ -55,6 +55,8 @@ class EngineConfig:
     kv_store_ttl_s: float = _opt(3600.0, "seconds a block published to the KV store lives")
     kv_store_max_gib: float = _opt(1.0, "most GiB of KV blocks this model keeps in the store; the oldest are dropped")
     kv_store_timeout_s: float = _opt(0.1, "timeout of each KV store call; a slow or down store is skipped for a while")
+    allow_uncalibrated_kv: bool = _opt(False, "run an fp8/int8 KV pool on the documented default scales "
+                                       "(no calibration: values past the scale's range saturate)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
@@ -70,6 +72,21 @@ class EngineConfig:
         if not isinstance(self.max_new_tokens_cap, int) or self.max_new_tokens_cap < 0:
             raise ConfigError(f"--max-new-tokens-cap must be an integer >= 0 (0 = no cap), "
                               f"got {self.max_new_tokens_cap!r}")
+
+    def check_kv_scales(self, manifest: Manifest) -> None:
+        """Refuse an fp8/int8 pool whose scales were never calibrated (``manifest``: the
+        pool's, after --kv-dtype), unless --allow-uncalibrated-kv.
+
+        Raises:
+            ConfigError: with the commands that calibrate.
+        """
+        if manifest.kv_dtype in QUANTIZED_KV_DTYPES and not manifest.has_calibrated_kv_scales \
+                and not self.allow_uncalibrated_kv:
+            kv = manifest.kv_dtype
+            how = (f"export it with --kv-dtype {kv} --calibrate 64 (or run `trtkv calibrate` on an {kv} "
+                   "export, with --calibration-file FILE for your own text)")
+            raise ConfigError(f"the {manifest.kv_dtype} KV pool has no calibrated scales, so large K/V "
+                              f"values would saturate silently: {how}; or pass --allow-uncalibrated-kv")
 
     def resolve_offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
         """Host offload blocks: explicit, from --kv-offload-gib, or (a store without a host

@@ -99,6 +99,7 @@ class Engine:
         sched_config = config.scheduler_config(self.manifest)
         plain = config.backend_config()
         kv_manifest = plain.resolve_manifest(self.manifest)
+        config.check_kv_scales(kv_manifest)
         num_offload = config.resolve_offload_blocks(
             kv_manifest, plain.resolve_block_size(kv_manifest), sched_config.max_model_len)
         self.backend = backend or create_backend(str(self.model_dir), config.backend_config(num_offload))

@@ -119,7 +119,7 @@ from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.sampling import SamplingParams
 engine = Engine({model!r}, EngineConfig(num_blocks=32, block_size=16, enable_prefix_caching=True,
-                                        kv_store_url={url!r}, kv_dtype={kv!r}))
+                                        kv_store_url={url!r}, kv_dtype={kv!r}, allow_uncalibrated_kv=True))
 out = {{}}
 for i, p in enumerate({prompts!r}):
     rid = engine.add_request(p, SamplingParams(temperature=0, max_new_tokens=5, ignore_eos=True))

@@ -15,7 +15,7 @@ from trtkv.runtime.engine import Engine
 def test_host_tier_hits_with_identical_outputs(kv_dtype, exported_factory):
     model_dir = exported_factory("llama")
     prompts = shared_prefix_prompts(12, 4, 64, seed=3)  # 4 prefixes x 4 blocks > 12 blocks
-    base = dict(kv_dtype=kv_dtype, num_blocks=12, block_size=16, max_num_seqs=2)
+    base = dict(kv_dtype=kv_dtype, num_blocks=12, block_size=16, max_num_seqs=2, allow_uncalibrated_kv=True)
     off = run_one_by_one(Engine(model_dir, EngineConfig(**base)), prompts)
     device_only = Engine(model_dir, EngineConfig(**base, enable_prefix_caching=True))
     run_one_by_one(device_only, prompts)

@@ -43,8 +43,10 @@ def test_manifest_records_the_model(exported_factory, checkpoint_factory):
 def test_refusals(tmp_path, checkpoint_factory):
     with pytest.raises(ConfigError, match="--dtype"):
         ExportConfig(dtype="int4")
-    with pytest.raises(ConfigError, match="--calibrate applies"):
+    with pytest.raises(ConfigError, match="--calibrate and --calibration-file apply to fp8/int8"):
         ExportConfig(calibrate=4)
+    with pytest.raises(ConfigError, match="--calibrate and --calibration-file apply to fp8/int8"):
+        ExportConfig(calibration_file="text.txt")
     with pytest.raises(ConfigError, match="power of two"):
         ExportConfig(block_size=12)
     ckpt = checkpoint_factory("llama")

@@ -15,62 +15,23 @@ Calibration uses stdlib files outside the held-out set (`trtkv.export.calibrate`
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
+from trtkv.eval_kv import agreement, greedy_outputs, perplexity
 from trtkv.export.calibrate import calibration_texts, collect_kv_amax, scales_from_amax
 from trtkv.export.exporter import ExportConfig, export
 from trtkv.manifest import Manifest
 from trtkv.models import DEFAULT_MODEL_DIR, heldout_text
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from trtkv.runtime.config import EngineConfig
-from trtkv.runtime.engine import Engine, load_tokenizer
-from trtkv.runtime.plan import ScheduledSeq, StepPlan
-from trtkv.runtime.sampling import SamplingParams
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def perplexity(backend: OnnxRuntimeBackend, windows: list[list[int]], chunk: int) -> float:
-    nll, count = 0.0, 0
-    blocks = tuple(range(backend.num_blocks))
-    for window in windows:
-        for start in range(0, len(window) - 1, chunk):
-            tokens = window[start:start + chunk]
-            logits = backend.execute(StepPlan(seqs=(
-                ScheduledSeq(0, tuple(tokens), start, blocks, True, all_logits=True),)))
-            targets = window[start + 1:start + 1 + len(tokens)]
-            lp = _log_softmax(logits[: len(targets)])
-            nll -= float(lp[np.arange(len(targets)), targets].sum())
-            count += len(targets)
-    return math.exp(nll / count)
+from trtkv.runtime.engine import load_tokenizer
 
 
 def greedy(model_dir: Path, manifest: Manifest, prompts: list[list[int]]) -> list[list[int]]:
-    backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(num_blocks=512, block_size=16))
-    engine = Engine(model_dir, EngineConfig(num_blocks=512, block_size=16), backend=backend)
-    ids = [engine.add_request(p, SamplingParams(temperature=0, max_new_tokens=32, ignore_eos=True)) for p in prompts]
-    done = {}
-    while engine.has_unfinished():
-        done.update({o.request_id: o for o in engine.step() if o.finished})
-    return [list(done[i].outputs[0].token_ids) for i in ids]
-
-
-def agreement(outs: list[list[int]], base: list[list[int]]) -> tuple[float, float]:
-    prefix = []
-    for a, b in zip(outs, base, strict=True):
-        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
-        prefix.append(n / len(a))
-    return float(np.mean(prefix)), float(np.mean([a == b for a, b in zip(outs, base, strict=True)]))
+    return greedy_outputs(model_dir, manifest, prompts, 32)
 
 
 def main() -> None:

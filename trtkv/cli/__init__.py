@@ -1,4 +1,4 @@
-"""`trtkv` command line: export, calibrate, estimate, generate, chat, build, serve, triton-repo, bench.
+"""`trtkv` command line: export, calibrate, eval-kv, estimate, build, generate, chat, serve, triton-repo, bench.
 
 One module per command under this package; they import the features they run (lazily, in the
 command body, so ``trtkv --help`` stays fast), and no feature imports the CLI. Options come
@@ -48,11 +48,11 @@ def _root(version: Annotated[bool, typer.Option(
 
 
 # Registration order is the order `trtkv --help` lists the commands (and their panels) in.
-from trtkv.cli import export, calibrate, estimate, build  # noqa: E402, I001  (they register into `app`)
+from trtkv.cli import export, calibrate, eval_kv, estimate, build  # noqa: E402, I001  (they register into `app`)
 from trtkv.cli import generate, chat  # noqa: E402
 from trtkv.cli import serve, triton, bench  # noqa: E402
 
-del export, calibrate, estimate, build, generate, chat, serve, triton, bench
+del export, calibrate, eval_kv, estimate, build, generate, chat, serve, triton, bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:

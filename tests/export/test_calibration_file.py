@@ -47,8 +47,11 @@ def test_chat_jsonl_is_rendered_by_the_chat_template(int8_export: Path, tmp_path
     m = calibrate(int8_export, num_texts=8, calibration_file=path)
     assert m.has_calibrated_kv_scales and len(m.k_scales[0]) == m.num_kv_heads  # per-head by default
     c = Manifest.load(int8_export).kv_calibration
-    assert c["source"] == "file chats.jsonl" and c["num_samples"] == 3 and c["num_tokens"] == sum(map(len, prompts))
+    # Three samples: two calibrate, one is held out to measure the perplexity change.
+    assert c["source"] == "file chats.jsonl" and c["num_samples"] == 2 and c["num_heldout_samples"] == 1
+    assert c["num_tokens"] == sum(map(len, prompts[:2]))
     assert c["granularity"] == "per-head" and 0.0 <= c["saturated_at_default_scales"] < 1.0
+    assert c["heldout_perplexity_fp32_kv"] > 1.0 and abs(c["perplexity_change_pct"]) < 10.0
     engine = Engine(int8_export, EngineConfig())  # calibrated: no refusal
     engine.add_request("def f():", SamplingParams(max_new_tokens=2, temperature=0))
     while engine.has_unfinished():
@@ -62,7 +65,7 @@ def test_plain_text_is_cut_into_prompts(int8_export: Path, tmp_path: Path) -> No
     prompts = file_prompts(tokenizer, path, 64)
     assert len(prompts) > 2 and all(len(p) == 64 for p in prompts[:-1])
     m = calibrate(int8_export, num_texts=3, calibration_file=path, granularity="per-tensor")
-    assert m.kv_calibration["num_samples"] == 3 and len(m.k_scales[0]) == 1
+    assert m.kv_calibration["num_samples"] + m.kv_calibration["num_heldout_samples"] == 3 and len(m.k_scales[0]) == 1
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -83,7 +86,8 @@ def test_cli_calibrate_reports_what_it_measured(int8_export: Path, tmp_path: Pat
     r = subprocess.run([sys.executable, "-m", "trtkv", "calibrate", str(int8_export), "--calibration-file",
                         str(path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "on 3 prompts" in r.stderr and "file chats.jsonl" in r.stderr and "saturated" in r.stderr
+    assert "on 2 prompts" in r.stderr and "file chats.jsonl" in r.stderr and "saturated" in r.stderr
+    assert "1 held-out prompt" in r.stderr and "with fp32 KV" in r.stderr
     r = subprocess.run([sys.executable, "-m", "trtkv", "calibrate", str(int8_export), "--calibration-file",
                         str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --calibration-file")

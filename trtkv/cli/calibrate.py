@@ -27,6 +27,10 @@ def calibrate(
 
     m = calibrate(model_dir, num_texts, kv_scales, calibration_file=calibration_file)
     c = m.kv_calibration
+    n = c["num_heldout_samples"]
+    where = f"{n} held-out prompt{'s' if n > 1 else ''}" if n else "the calibration prompt (in sample)"
     print(f"calibrated {m.kv_dtype} KV scales ({kv_scales}) on {c['num_samples']} prompts, {c['num_tokens']} "
           f"tokens ({c['source']}): largest |K/V| {c['amax']:.3g}; the default scales would have saturated "
-          f"{100 * c['saturated_at_default_scales']:.3g}% of the values", file=sys.stderr)
+          f"{100 * c['saturated_at_default_scales']:.3g}% of the values; perplexity on {where} "
+          f"{c['heldout_perplexity']:.4g} vs {c['heldout_perplexity_fp32_kv']:.4g} with fp32 KV "
+          f"({c['perplexity_change_pct']:+.2f}%)", file=sys.stderr)

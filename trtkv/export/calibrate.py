@@ -158,16 +158,37 @@ def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "pe
         prompts = [tokenizer.encode(t)[:limit] for t in (texts or calibration_texts(num_texts))]
         prompts = [p for p in prompts if p]
         source = "texts" if texts else "python stdlib sources"
+    # A quarter of the samples (at least one, when there are two or more) is held out to
+    # measure what the scales cost: perplexity with them against a float32 pool.
+    num_held = max(1, len(prompts) // 4) if len(prompts) >= 2 else 0
+    fit, held = (prompts[:-num_held], prompts[-num_held:]) if num_held else (prompts, prompts)
     qmax = FP8_E4M3_MAX if manifest.kv_dtype == "fp8" else INT8_MAX
     limit_at_default = qmax * DEFAULT_KV_SCALES[manifest.kv_dtype]
-    k_amax, v_amax, saturated = collect_kv_amax(model_dir, prompts, granularity == "per-head", limit_at_default)
+    k_amax, v_amax, saturated = collect_kv_amax(model_dir, fit, granularity == "per-head", limit_at_default)
     k, v = scales_from_amax(k_amax, manifest.kv_dtype), scales_from_amax(v_amax, manifest.kv_dtype)
-    stats = {"source": source, "num_samples": len(prompts), "num_tokens": sum(map(len, prompts)),
+    updated = replace(manifest, k_scales=_tuples(k), v_scales=_tuples(v))
+    base_ppl, ppl = _heldout_perplexity(model_dir, manifest.with_kv("fp32"), updated, held)
+    stats = {"source": source, "num_samples": len(fit), "num_tokens": sum(map(len, fit)),
              "granularity": granularity, "amax": float(max(k_amax.max(), v_amax.max())),
-             "saturated_at_default_scales": saturated}
-    updated = replace(manifest, k_scales=_tuples(k), v_scales=_tuples(v), kv_calibration=stats)
+             "saturated_at_default_scales": saturated, "num_heldout_samples": num_held,
+             "heldout_perplexity_fp32_kv": base_ppl, "heldout_perplexity": ppl,
+             "perplexity_change_pct": (ppl / base_ppl - 1) * 100}
+    updated = replace(updated, kv_calibration=stats)
     write_scales(model_dir, updated)
     return updated
+
+
+def _heldout_perplexity(model_dir: Path, base: Manifest, quantized: Manifest,
+                        prompts: list[list[int]]) -> tuple[float, float]:
+    """Perplexity of ``prompts`` through a float32 pool and through the calibrated pool."""
+    from trtkv.eval_kv import perplexity
+    from trtkv.runtime.backends.base import BackendConfig
+    from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    num_blocks = -(-max(map(len, prompts)) // base.block_size)
+    windows = [p for p in prompts if len(p) >= 2] or [prompts[0] * 2]
+    return tuple(perplexity(OnnxRuntimeBackend(model_dir, m, BackendConfig(num_blocks=num_blocks)), windows, 64)
+                 for m in (base, quantized))  # type: ignore[return-value]
 
 
 def _tuples(scales: np.ndarray) -> tuple[tuple[float, ...], ...]:

@@ -131,24 +131,24 @@ class Sampler:
         if logits.ndim != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows")
         work = logits.astype(np.float64)
-        with np.errstate(over="ignore"):  # extreme penalties overflow; _make_finite mends them
-            for i, row in enumerate(rows):
-                self._process_row(work[i], row)
-        _make_finite(work)
         greedy_idx = [i for i, r in enumerate(rows) if r.params.is_greedy]
         sample_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
-        token_ids: list[list[int]] = [[] for _ in rows]
         # From here on `work` holds the logprob base: penalized logits, and for sampled rows
-        # also divided by the temperature.
+        # also divided by the temperature. Extreme penalties or temperatures overflow; one
+        # pass of _make_finite mends those rows.
+        with np.errstate(over="ignore"):
+            for i, row in enumerate(rows):
+                self._process_row(work[i], row)
+            if sample_idx:
+                temps = np.array([rows[i].params.temperature for i in sample_idx])
+                work[sample_idx] /= temps[:, None]
+        _make_finite(work)
+        token_ids: list[list[int]] = [[] for _ in rows]
         if greedy_idx:
             best = np.argmax(work[greedy_idx], axis=1)  # first maximum -> lowest id on ties
             for i, token in zip(greedy_idx, best.tolist(), strict=True):
                 token_ids[i] = [token] * rows[i].num_samples
         if sample_idx:
-            temps = np.array([rows[i].params.temperature for i in sample_idx])
-            with np.errstate(over="ignore"):
-                work[sample_idx] /= temps[:, None]
-            _make_finite(work)  # a tiny temperature overflows logits to +-inf
             filtered = work[sample_idx]  # fancy indexing copies: `work` keeps unfiltered logits
             self._apply_filters(filtered, [rows[i] for i in sample_idx])
             for j, i in enumerate(sample_idx):
@@ -184,11 +184,15 @@ def _make_finite(logits: proc.FloatArray) -> None:
 
     Extreme parameters (a temperature near 0, a repetition penalty near 0) overflow logits:
     +inf entries become the row's only candidates (equally likely), NaN ones are removed.
+    One reduction finds the rows that need it (a NaN or +inf makes the row's max non-finite);
+    only those are rewritten.
     """
-    np.nan_to_num(logits, copy=False, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
     top = logits.max(axis=1)
-    for r in np.flatnonzero(top == np.inf).tolist():
-        logits[r] = np.where(logits[r] == np.inf, 0.0, -np.inf)
+    for r in np.flatnonzero(np.isnan(top) | (top == np.inf)).tolist():
+        row = logits[r]
+        np.nan_to_num(row, copy=False, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+        if row.max() == np.inf:
+            logits[r] = np.where(row == np.inf, 0.0, -np.inf)
 
 
 def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:

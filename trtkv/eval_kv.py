@@ -141,26 +141,26 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
             backend = OnnxRuntimeBackend(model_dir, m, BackendConfig(num_blocks=blocks))
             lps = [chunk_logprobs(backend, w, chunk) for w in windows]
             outs = greedy_outputs(model_dir, m, prompts, num_tokens)
-        nll = kl = 0.0
-        count = 0
-        for w, chunks, base_chunks in zip(windows, lps, base_lps, strict=True):
-            for c, (lp, blp) in enumerate(zip(chunks, base_chunks, strict=True)):
-                targets = w[c * chunk + 1:c * chunk + 1 + len(lp)]
-                nll -= float(lp[np.arange(len(targets)), targets].sum())
-                kl += float((np.exp(blp) * (blp - lp)).sum())
-                count += len(targets)
-        ppl = math.exp(nll / count)
+        ppl = _perplexity(windows, lps, chunk)
+        pairs = [(lp, blp) for chunks, base_chunks in zip(lps, base_lps, strict=True)
+                 for lp, blp in zip(chunks, base_chunks, strict=True)]
+        kl = sum(float((np.exp(blp) * (blp - lp)).sum()) for lp, blp in pairs) / sum(len(lp) for lp, _ in pairs)
         base_ppl = rows[0].perplexity if rows else ppl
-        rows.append(KVEval(kv, label, m.kv_bytes_per_token(), ppl, (ppl / base_ppl - 1) * 100, kl / count,
+        rows.append(KVEval(kv, label, m.kv_bytes_per_token(), ppl, (ppl / base_ppl - 1) * 100, kl,
                            *agreement(outs, base_out)))
     return rows
 
 
 def perplexity(backend: object, windows: list[list[int]], chunk: int) -> float:
     """Perplexity of ``windows``, each fed in ``chunk``-token steps through ``backend``'s pool."""
+    return _perplexity(windows, [chunk_logprobs(backend, w, chunk) for w in windows], chunk)
+
+
+def _perplexity(windows: list[list[int]], logprobs: list[list[np.ndarray]], chunk: int) -> float:
+    """Perplexity of ``windows`` from their `chunk_logprobs`."""
     nll, count = 0.0, 0
-    for w in windows:
-        for c, lp in enumerate(chunk_logprobs(backend, w, chunk)):
+    for w, chunks in zip(windows, logprobs, strict=True):
+        for c, lp in enumerate(chunks):
             targets = w[c * chunk + 1:c * chunk + 1 + len(lp)]
             nll -= float(lp[np.arange(len(targets)), targets].sum())
             count += len(targets)

@@ -44,24 +44,23 @@ def simulate(policy: str, args: argparse.Namespace) -> dict[str, list[float]]:
     cls_of: dict[int, tuple[str, float]] = {}
     ttft: dict[str, list[float]] = {"short": [], "long": []}
     left: dict[int, int] = {}
+    new_of: dict[int, int] = {}
     now, i, dt = 0.0, 0, args.step_ms / 1e3
     while i < len(pending) or sched.has_unfinished():
         while i < len(pending) and pending[i][0] <= now:
             arrival, cls, prompt, new = pending[i]
             seq_id = sched.add_request(f"r{i}", [1] * prompt, new, arrival_time=arrival)
-            cls_of[seq_id], left[seq_id] = (cls, arrival), new
+            cls_of[seq_id], left[seq_id], new_of[seq_id] = (cls, arrival), new, new
             i += 1
         plan = sched.schedule()
         sampled = {s.seq_id: [1] for s in plan.seqs if s.sample}
-        sched.update(plan, sampled)
+        updates = sched.update(plan, sampled)  # a sequence ends on its max_new_tokens-th token
         now = now + dt if not plan.is_empty else max(now + dt, pending[i][0] if i < len(pending) else now)
-        for seq_id in sampled:
-            cls, arrival = cls_of[seq_id]
-            if left[seq_id] == sched.get_seq(seq_id).max_new_tokens:
+        for u in updates:
+            cls, arrival = cls_of[u.seq_id]
+            if left[u.seq_id] == new_of[u.seq_id]:
                 ttft[cls].append(now - arrival)
-            left[seq_id] -= 1
-            if left[seq_id] == 0:
-                sched.finish(seq_id)
+            left[u.seq_id] -= 1
     return ttft
 
 

@@ -21,6 +21,7 @@ import statistics
 import time
 
 from trtkv.runtime.kv import KVCacheManager
+from trtkv.runtime.plan import SeqUpdate
 from trtkv.runtime.scheduler import Scheduler, SchedulerConfig
 
 MAX_MODEL_LEN = 4096
@@ -36,11 +37,10 @@ def make(num_seqs: int, block_size: int, prefix_caching: bool) -> Scheduler:
     return Scheduler(config, kv)
 
 
-def run_step(sched: Scheduler) -> tuple[int, list[int]]:
+def run_step(sched: Scheduler) -> tuple[int, list[SeqUpdate]]:
     plan = sched.schedule()
     sampled = {s.seq_id: [1] for s in plan.seqs if s.sample}
-    sched.update(plan, sampled)
-    return plan.num_tokens, list(sampled)
+    return plan.num_tokens, sched.update(plan, sampled)
 
 
 def bench_decode(num_seqs: int, steps: int, block_size: int, prefix_caching: bool) -> list[tuple[float, float]]:
@@ -65,7 +65,6 @@ def bench_decode(num_seqs: int, steps: int, block_size: int, prefix_caching: boo
 def bench_mixed(num_seqs: int, steps: int, block_size: int, prefix_caching: bool) -> list[tuple[float, float]]:
     sched = make(num_seqs, block_size, prefix_caching)
     rng = random.Random(0)
-    budget: dict[int, int] = {}  # seq id -> tokens left before the "engine" finishes it
     next_id = 0
 
     # Prompts are made before timing: the benchmark times the scheduler, not the RNG.
@@ -74,8 +73,7 @@ def bench_mixed(num_seqs: int, steps: int, block_size: int, prefix_caching: bool
     def add() -> None:
         nonlocal next_id
         prompt = prompts[next_id % len(prompts)]
-        seq_id = sched.add_request(f"r{next_id}", prompt, 64)
-        budget[seq_id] = rng.randint(16, 64)
+        sched.add_request(f"r{next_id}", prompt, rng.randint(16, 64))  # the scheduler ends it there
         next_id += 1
 
     for _ in range(num_seqs):
@@ -83,12 +81,9 @@ def bench_mixed(num_seqs: int, steps: int, block_size: int, prefix_caching: bool
     times = []
     for step in range(steps + 50):
         t0, c0 = time.perf_counter(), time.process_time()
-        _, sampled = run_step(sched)
-        for seq_id in sampled:
-            budget[seq_id] -= 1
-            if budget[seq_id] == 0:
-                sched.finish(seq_id)
-                del budget[seq_id]
+        _, updates = run_step(sched)
+        for u in updates:
+            if u.finish_reason is not None:
                 add()
         if step >= 50:  # past the first wave of whole-prompt prefills
             times.append((time.perf_counter() - t0, time.process_time() - c0))

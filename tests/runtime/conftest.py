@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.runtime.sim import (
+    EOS_RULE,
     FakePool,
     SimRequest,
     fake_next_token,
@@ -23,4 +24,5 @@ def simkit() -> SimpleNamespace:
     return SimpleNamespace(
         FakePool=FakePool, SimRequest=SimRequest, run_sim=run_sim, random_requests=random_requests,
         reference_outputs=reference_outputs, fake_next_token=fake_next_token, is_eos=is_eos,
+        EOS_RULE=EOS_RULE,
     )

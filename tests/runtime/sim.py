@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trtkv.runtime.kv import KVCacheManager
-from trtkv.runtime.plan import StepPlan
+from trtkv.runtime.plan import StepPlan, StopRule
 from trtkv.runtime.scheduler import Scheduler, SchedulerConfig
 
 EOS_MODULUS = 53
@@ -31,6 +31,10 @@ def fake_next_token(context: Sequence[int], branch: int = 0) -> int:
 
 def is_eos(token: int) -> bool:
     return token % EOS_MODULUS == 0
+
+
+EOS_RULE = StopRule(frozenset(t for t in range(1000) if is_eos(t)))
+"""The fake model's EOS ids, as the scheduler's stop rule."""
 
 
 def reference_outputs(prompt: Sequence[int], max_new_tokens: int, n: int) -> list[tuple[int, ...]]:
@@ -138,6 +142,7 @@ def run_sim(
     pool = FakePool(num_blocks, num_host_blocks, block_size)
     res = SimResult()
     n_of: dict[str, int] = {}
+    max_new_of: dict[str, int] = {}
     pending = sorted(requests, key=lambda r: r.arrive_step)
     step = 0
     while pending or sched.has_unfinished():
@@ -146,8 +151,9 @@ def run_sim(
             r = pending.pop(0)
             try:
                 sched.add_request(r.request_id, r.prompt, r.max_new_tokens, priority=r.priority,
-                                  arrival_time=float(step), cache_salt=r.cache_salt)
+                                  arrival_time=float(step), cache_salt=r.cache_salt, stop=EOS_RULE)
                 n_of[r.request_id] = r.n
+                max_new_of[r.request_id] = r.max_new_tokens
                 res.outputs[r.request_id] = []
             except Exception as e:  # noqa: BLE001 - the reason is recorded and checked
                 res.rejected[r.request_id] = getattr(e, "reason", repr(e))
@@ -168,20 +174,23 @@ def run_sim(
             sched.check_integrity()
         contexts = pool.run(plan)
         sampled = {}
+        before = {}  # outputs before this step's token, of each sampling sequence
         for seq_id, ctx in contexts.items():
             view = sched.get_seq(seq_id)
+            before[seq_id] = view.output_ids
             k = n_of[view.request_id] if not view.output_ids else 1
             sampled[seq_id] = [fake_next_token(ctx, b if not view.output_ids else 0) for b in range(k)]
         updates = sched.update(plan, sampled)
         if check_every_step:
             sched.check_integrity()
         assert [u.token_id for u in updates] == [t for ts in sampled.values() for t in ts]
-        touched = [u.seq_id for u in updates]
-        for seq_id in touched:
-            view = sched.get_seq(seq_id)
-            if view.has_reached_max_new_tokens or is_eos(view.output_ids[-1]):
-                res.outputs[view.request_id].append(view.output_ids)
-                sched.finish(seq_id)
+        for u in updates:  # the scheduler's StopRule ended (and freed) the finished ones
+            output = (*before[u.parent_seq_id if u.parent_seq_id is not None else u.seq_id], u.token_id)
+            want = "stop" if is_eos(u.token_id) else "length" if len(output) == max_new_of[u.request_id] else None
+            assert u.finish_reason == want, u
+            if want is not None:
+                assert not sched.kv.has_seq(u.seq_id), f"finished seq {u.seq_id} holds blocks"
+                res.outputs[u.request_id].append(output)
         if check_every_step:
             sched.check_integrity()
         step += 1

@@ -9,8 +9,47 @@ Must not import torch, onnx, onnxruntime or tensorrt.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+FinishReason = Literal["stop", "length"]
+TokenFinish = tuple[FinishReason, int | None]
+"""Why a sequence ended on a token: ("stop", the stop token id) or ("length", None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopRule:
+    """The token-id stop rule of one request, applied by the scheduler after each sampled
+    token (text stops, stop strings, belong to the engine's output side).
+
+    A sequence stops with ``"stop"`` on a stop id (EOS unless ``ignore_eos``, or one of the
+    request's ``stop_token_ids``) once more than ``min_tokens`` tokens were generated, and
+    with ``"length"`` on its ``max_new_tokens``-th token. The scheduler admits no request
+    whose prompt + ``max_new_tokens`` exceeds ``max_model_len``, so that bound needs no
+    check of its own.
+    """
+
+    stop_ids: frozenset[int] = frozenset()
+    min_tokens: int = 0
+
+    @classmethod
+    def of(cls, stop_token_ids: Iterable[int], eos_token_ids: Iterable[int], *, ignore_eos: bool = False,
+           min_tokens: int = 0) -> StopRule:
+        ids = frozenset(stop_token_ids) | (frozenset() if ignore_eos else frozenset(eos_token_ids))
+        return cls(ids, min_tokens)
+
+    def check(self, token_id: int, num_output_tokens: int, max_new_tokens: int) -> TokenFinish | None:
+        """The finish after ``token_id``, the ``num_output_tokens``-th generated token; None
+        while the sequence goes on."""
+        if token_id in self.stop_ids and num_output_tokens > self.min_tokens:
+            return ("stop", token_id)
+        if num_output_tokens >= max_new_tokens:
+            return ("length", None)
+        return None
+
+
+NO_STOP_IDS = StopRule()
 
 
 class ScheduledSeq(NamedTuple):
@@ -58,6 +97,10 @@ class SeqUpdate(NamedTuple):
         sample_index: which of the row's draws this token is (0: the sequence's own; i: the
             i-th fork's).
         num_cached_tokens: prompt tokens the prefix cache supplied (not computed).
+        finish_reason: set when the token ended the sequence by its `StopRule`; the
+            scheduler has then freed it (the engine calls `Scheduler.finish` only for
+            stops it decides on text).
+        stop_reason: the stop token id for ``finish_reason == "stop"``.
     """
 
     seq_id: int
@@ -66,6 +109,8 @@ class SeqUpdate(NamedTuple):
     parent_seq_id: int | None
     sample_index: int
     num_cached_tokens: int
+    finish_reason: FinishReason | None = None
+    stop_reason: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 
 from trtkv.errors import ConfigError, InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv import KVCacheManager
-from trtkv.runtime.plan import StepPlan
+from trtkv.runtime.plan import StepPlan, StopRule
 from trtkv.runtime.scheduler import Scheduler, SchedulerConfig, SeqStatus, field_help
 
 
@@ -142,10 +142,8 @@ def test_priority_orders_admission_lower_number_first_then_arrival() -> None:
     s.add_request("high-1", [1], 1, priority=0, arrival_time=1.0)
     order = []
     while s.has_unfinished():
-        plan = step(s)
-        for q in plan.seqs:
-            order.append(s.get_seq(q.seq_id).request_id)
-            s.finish(q.seq_id)
+        plan = step(s)  # max_new_tokens 1: each ends on its first token
+        order += [q.request_id for q in plan.seqs]
     assert order == ["high-1", "high-2", "late-low"]
 
 
@@ -210,4 +208,28 @@ def test_abort_between_schedule_and_update() -> None:
     s.abort_request("a")
     s.update(plan, {b: [5]})
     assert s.get_seq(b).output_ids == (5,)
+    s.check_integrity()
+
+
+def test_update_applies_the_stop_rule_and_frees_what_it_ends() -> None:
+    """Token-id stops are decided once, in `update`: a stop id after min_tokens, or the
+    max_new_tokens-th token; the ended sequence is freed and its update says why."""
+    s = make(max_num_batched_tokens=64)
+    a = s.add_request("a", [1, 2], 5, stop=StopRule(frozenset({9}), min_tokens=1))
+    b = s.add_request("b", [1, 2], 2)
+    s.update(plan := s.schedule(), {q.seq_id: [9] for q in plan.seqs})  # 9 at min_tokens: goes on
+    ups = s.update(plan := s.schedule(), {a: [9], b: [4]})
+    assert [(u.seq_id, u.finish_reason, u.stop_reason) for u in ups] == [(a, "stop", 9), (b, "length", None)]
+    assert not s.has_unfinished() and s.kv.usage().num_used == 0
+    s.check_integrity()
+    with pytest.raises(KeyError):
+        s.finish(a)  # already freed by its stop rule
+
+
+def test_forks_get_the_stop_rule_each() -> None:
+    s = make(max_num_batched_tokens=64)
+    a = s.add_request("a", [1, 2, 3], 4, n=3, stop=StopRule(frozenset({0})))
+    ups = s.update(s.schedule(), {a: [5, 0, 6]})
+    assert [(u.parent_seq_id, u.finish_reason) for u in ups] == [(None, None), (a, "stop"), (a, None)]
+    assert s.num_running == 2
     s.check_integrity()

@@ -78,12 +78,9 @@ def run_null(arrivals: list[Arrival], config: SchedulerConfig, num_blocks: int =
         if threshold:
             run.max_long_prefills_seen = max(run.max_long_prefills_seen,
                                              _num_long_prefills(sched, live, threshold))
-        sched.update(plan, {q.seq_id: [1] for q in plan.seqs if q.sample})
-        sched.check_integrity()
-        for q in plan.seqs:
-            if q.sample and sched.get_seq(q.seq_id).has_reached_max_new_tokens:
-                sched.finish(q.seq_id)
-                del live[q.seq_id]
+        for u in sched.update(plan, {q.seq_id: [1] for q in plan.seqs if q.sample}):
+            if u.finish_reason is not None:  # max_new_tokens reached: the scheduler freed it
+                del live[u.seq_id]
         sched.check_integrity()
         step += 1
     assert sched.kv.usage().num_used == 0 and sched.kv.usage().num_host_used == 0, "blocks leaked"

@@ -55,7 +55,7 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
             r = pending.pop(0)
             try:
                 sched.add_request(r.request_id, r.prompt, r.max_new_tokens,
-                                  arrival_time=float(step), cache_salt=r.cache_salt)
+                                  arrival_time=float(step), cache_salt=r.cache_salt, stop=simkit.EOS_RULE)
             except RequestRejectedError:
                 continue
             outputs[r.request_id] = []
@@ -70,17 +70,14 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
         assert len(set(hosts_out)) == len(hosts_out), "two blocks offloaded into one host block"
         contexts = pool.run(plan)
         sampled = {sid: [simkit.fake_next_token(ctx)] for sid, ctx in contexts.items()}
-        sched.update(plan, sampled)
+        before = {sid: sched.get_seq(sid).output_ids for sid in sampled}
+        for u in sched.update(plan, sampled):
+            if u.finish_reason is not None:  # the scheduler's stop rule freed it
+                outputs[u.request_id].append((*before[u.seq_id], u.token_id))
         sched.check_integrity()
         if store is not None:
             for block_id, key in kv.take_new_blocks():
                 store.blocks[key] = list(pool.device[block_id])
-        for seq_id in sampled:
-            view = sched.get_seq(seq_id)
-            if view.has_reached_max_new_tokens or simkit.is_eos(view.output_ids[-1]):
-                outputs[view.request_id].append(view.output_ids)
-                sched.finish(seq_id)
-                sched.check_integrity()
         step += 1
     return outputs, kv
 

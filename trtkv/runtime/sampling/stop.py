@@ -1,5 +1,9 @@
-"""`StopChecker`: decides after each new token whether a sequence is finished, and why, and
-which part of its text is safe to stream.
+"""`StopChecker`: the text side of stopping: which part of a sequence's text is safe to
+stream, stop strings, and the finish reason to report.
+
+The token-id rule (`trtkv.runtime.plan.StopRule`: EOS, stop ids, min_tokens, max_new_tokens)
+is applied once, by the scheduler; the engine hands its decision to `StopChecker.update`.
+Used alone (no decision given) the checker applies the same `StopRule` itself.
 
 Finish reasons: ``"stop"`` (EOS unless ``ignore_eos``, a stop token id, or a stop string) and
 ``"length"`` (``max_new_tokens`` reached, or the sequence filled ``max_model_len``). The text
@@ -15,12 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from trtkv.errors import RequestRejectedError
+from trtkv.runtime.plan import FinishReason, StopRule, TokenFinish
 from trtkv.runtime.sampling.params import SamplingParams
 
-FinishReason = Literal["stop", "length"]
+
+class _Decide:
+    """`StopChecker.update`'s default: apply the `StopRule` here (no scheduler decided)."""
+
+
+DECIDE = _Decide()
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,8 @@ class StopChecker:
                 f"{max_model_len}: shorten the prompt to leave room for output tokens",
             )
         self.params = params
-        self._stop_token_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else frozenset(eos_token_ids)
-        )
+        self.rule = StopRule.of(params.stop_token_ids, eos_token_ids, ignore_eos=params.ignore_eos,
+                                min_tokens=params.min_tokens)
         self._max_stop_len = max((len(s) for s in params.stop), default=0)
         self._num_prompt_tokens = num_prompt_tokens
         self._max_model_len = max_model_len
@@ -85,28 +93,33 @@ class StopChecker:
     def is_finished(self) -> bool:
         return self.finish_reason is not None
 
-    def update(self, token_id: int, text_delta: str) -> StopUpdate:
+    def update(self, token_id: int, text_delta: str,
+               token_finish: TokenFinish | None | _Decide = DECIDE) -> StopUpdate:
         """Add one generated token and decide whether the sequence stops.
 
         Args:
             token_id: the new token.
             text_delta: its text from the `IncrementalDetokenizer` (may be "").
+            token_finish: the scheduler's `StopRule` decision for this token (None: it goes
+                on); by default the checker applies the rule itself.
 
         Returns:
-            The text to stream now and, if the sequence is finished, why.
+            The text to stream now and, if the sequence is finished, why. A stop string in
+            the token's text wins over a ``"length"`` decision for the same token.
         """
         assert self.finish_reason is None, "update() called on a finished sequence"
         self.num_output_tokens += 1
-        may_stop = self.num_output_tokens > self.params.min_tokens
-        if may_stop and token_id in self._stop_token_ids:
-            return self._finish("stop", token_id, len(self._pending))
+        if isinstance(token_finish, _Decide):
+            token_finish = self.rule.check(token_id, self.num_output_tokens, self.params.max_new_tokens)
+        if token_finish is not None and token_finish[0] == "stop":
+            return self._finish("stop", token_finish[1], len(self._pending))
         old_len = len(self._pending)
         self._pending += text_delta
-        if may_stop and self.params.stop:
+        if self.params.stop and self.num_output_tokens > self.params.min_tokens:
             found = self._find_stop_string(old_len)
             if found is not None:
                 return self._finish("stop", found[1], found[0])
-        if self._is_length_reached():
+        if token_finish is not None or self._is_length_reached():
             return self._finish("length", None, len(self._pending))
         end = len(self._pending) - self._held_back_len()
         return StopUpdate(self._emit(end))
@@ -124,8 +137,7 @@ class StopChecker:
         return delta
 
     def _is_length_reached(self) -> bool:
-        if self.num_output_tokens >= self.params.max_new_tokens:
-            return True
+        """Only bound left after the rule: ``max_model_len`` (when the checker is given one)."""
         total = self._num_prompt_tokens + self.num_output_tokens
         return self._max_model_len is not None and total >= self._max_model_len
 

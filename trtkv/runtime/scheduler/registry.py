@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 
 from trtkv.runtime.kv.manager import KVCacheManager
+from trtkv.runtime.plan import NO_STOP_IDS, StopRule
 from trtkv.runtime.scheduler.queue import SeqQueue
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SortKey
 
@@ -32,7 +33,8 @@ class SeqRegistry:
         self._next_arrival = 0
 
     def new_seq(self, request_id: str, prompt_ids: list[int], max_new_tokens: int,
-                priority: int, rank: tuple[int, float], cache_salt: str | None) -> SeqState:
+                priority: int, rank: tuple[int, float], cache_salt: str | None,
+                stop: StopRule = NO_STOP_IDS) -> SeqState:
         """Register a new request's sequence and queue it as waiting.
 
         ``rank`` is the policy's (class, time) for it (`SchedulingPolicy.rank`); the arrival
@@ -40,6 +42,7 @@ class SeqRegistry:
         """
         seq = self._create(request_id, prompt_ids, len(prompt_ids), max_new_tokens, priority,
                            (*rank, self._next_arrival), cache_salt)
+        seq.stop = stop
         self._next_arrival += 1
         self.waiting.push(seq)
         return seq
@@ -53,6 +56,7 @@ class SeqRegistry:
         child.num_computed = parent.num_computed
         child.num_cached_tokens = parent.num_cached_tokens
         child.block_keys = list(parent.block_keys)
+        child.stop = parent.stop
         self.add_running(child)
         return child
 

@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence, Set
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.block_tables import BlockCopy
 from trtkv.runtime.kv.manager import KVCacheManager
-from trtkv.runtime.plan import ScheduledSeq, SeqUpdate, StepPlan
+from trtkv.runtime.plan import NO_STOP_IDS, ScheduledSeq, SeqUpdate, StepPlan, StopRule
 from trtkv.runtime.scheduler.admission import Admission
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks
@@ -101,6 +101,7 @@ class Scheduler:
         arrival_time: float | None = None,
         cache_salt: str | None = None,
         n: int = 1,
+        stop: StopRule = NO_STOP_IDS,
     ) -> int:
         """Queue a request; it runs when it fits.
 
@@ -114,6 +115,8 @@ class Scheduler:
             cache_salt: separates prefix-cache namespaces (e.g. per tenant).
             n: sequences the request forks into after its prompt (parallel sampling); it is
                 admitted only when n of ``max_num_seqs`` are free.
+            stop: its token-id stop rule (stop ids, min_tokens); every sequence also ends on
+                its ``max_new_tokens``-th token. `update` applies it and frees what it ends.
 
         Returns:
             The new sequence's id.
@@ -124,7 +127,7 @@ class Scheduler:
                 (n > max_num_seqs) or ``queue_full``; nothing changed.
         """
         if not prompt_ids:
-            raise InvalidRequestError(f"request {request_id!r} has an empty prompt")
+            raise InvalidRequestError("the prompt is empty; give at least one token")
         if max_new_tokens < 1:
             raise InvalidRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if request_id in self._reg.requests:
@@ -148,12 +151,13 @@ class Scheduler:
             arrival_time = time.monotonic()
         rank = self._policy.rank(priority, arrival_time, len(prompt_ids), max_new_tokens)
         seq = self._reg.new_seq(request_id, list(prompt_ids), max_new_tokens, priority, rank,
-                                cache_salt)
+                                cache_salt, stop)
         seq.num_samples = n
         return seq.seq_id
 
     def finish(self, seq_id: int) -> None:
-        """The engine decided the sequence stopped: free its blocks and forget it.
+        """The engine decided on its text that the sequence stopped (a stop string, a complete
+        grammar): free its blocks and forget it. Token-id stops need no call (`update`).
 
         Raises:
             KeyError: unknown (or already finished/aborted) sequence.
@@ -254,7 +258,8 @@ class Scheduler:
 
         Returns:
             One `SeqUpdate` per token of ``sampled``: a sequence's own, then its forks'
-            (``parent_seq_id`` set), in the order of ``plan.seqs``.
+            (``parent_seq_id`` set), in the order of ``plan.seqs``. A sequence its token
+            ended (`StopRule`) has ``finish_reason`` set and is already freed.
 
         Raises:
             RuntimeError: ``plan`` is not the plan in flight.
@@ -283,13 +288,22 @@ class Scheduler:
             if s.sample:
                 tokens = sampled[s.seq_id]
                 cached = seq.num_cached_tokens
-                updates.append(SeqUpdate(seq.seq_id, seq.request_id, tokens[0], None, 0, cached))
-                for i, token in enumerate(tokens[1:], start=1):
-                    child = self._fork(seq, token)
-                    updates.append(SeqUpdate(child, seq.request_id, token, seq.seq_id, i, cached))
+                children = [self._fork(seq, token) for token in tokens[1:]]  # before tokens[0]
                 seq.num_samples = 1
                 seq.token_ids.append(tokens[0])
+                updates.append(self._stop_check(seq, tokens[0], None, 0, cached))
+                for i, child in enumerate(children, start=1):
+                    updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
         return updates
+
+    def _stop_check(self, seq: SeqState, token: int, parent: int | None, index: int,
+                    cached: int) -> SeqUpdate:
+        """``seq``'s update for its new last ``token``; frees it when its `StopRule` ends it."""
+        done = seq.stop.check(token, len(seq.token_ids) - seq.prompt_len, seq.max_new_tokens)
+        if done is None:
+            return SeqUpdate(seq.seq_id, seq.request_id, token, parent, index, cached)
+        self._drop(seq, SeqStatus.FINISHED)
+        return SeqUpdate(seq.seq_id, seq.request_id, token, parent, index, cached, *done)
 
     def _schedule_decodes(self, seqs: list[SeqState], step: StepBuilder) -> None:
         # The hot path (every running sequence, every step): kept flat on purpose.
@@ -359,10 +373,10 @@ class Scheduler:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _fork(self, parent: SeqState, token: int) -> int:
+    def _fork(self, parent: SeqState, token: int) -> SeqState:
         child = self._reg.fork(parent, token)
         self.kv.fork(parent.seq_id, child.seq_id)
-        return child.seq_id
+        return child
 
     def _drop(self, seq: SeqState, status: SeqStatus) -> None:
         self._inflight_blocks.remove(seq.seq_id)

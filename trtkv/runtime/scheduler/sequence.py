@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from trtkv.runtime.plan import NO_STOP_IDS, StopRule
+
 SortKey = tuple[int, float, int, int]
 """(class, time, arrival order, seq_id): smaller sorts first and is served first. Class and
 time come from the scheduling policy (`policy.SchedulingPolicy.rank`): (priority,
@@ -40,6 +42,8 @@ class SeqState:
     priority: int
     key: SortKey
     cache_salt: str | None = None
+    stop: StopRule = NO_STOP_IDS
+    """When a sampled token ends it (`StopRule.check`, applied in `Scheduler.update`)."""
     status: SeqStatus = SeqStatus.WAITING
     num_computed: int = 0
     """Tokens whose K/V are in the pool (equals the KV manager's slot count between steps)."""

@@ -285,15 +285,26 @@ class Scheduler:
             if caching:  # before forking, so that children inherit the keys
                 self.kv.cache_blocks(seq.seq_id, seq.token_ids, seq.num_computed, seq.block_keys)
                 self._inflight_blocks.advance(seq.seq_id, seq.num_computed)
-            if s.sample:
-                tokens = sampled[s.seq_id]
-                cached = seq.num_cached_tokens
-                children = [self._fork(seq, token) for token in tokens[1:]]  # before tokens[0]
-                seq.num_samples = 1
-                seq.token_ids.append(tokens[0])
-                updates.append(self._stop_check(seq, tokens[0], None, 0, cached))
-                for i, child in enumerate(children, start=1):
-                    updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
+            if not s.sample:
+                continue
+            tokens = sampled[s.seq_id]
+            token = tokens[0]
+            if len(tokens) == 1:  # the hot path: one token, and the sequence goes on
+                token_ids = seq.token_ids
+                token_ids.append(token)
+                num_out = len(token_ids) - seq.prompt_len
+                if num_out < seq.max_new_tokens and token not in seq.stop.stop_ids:
+                    updates.append(SeqUpdate(seq.seq_id, seq.request_id, token, None, 0, seq.num_cached_tokens))
+                else:
+                    updates.append(self._stop_check(seq, token, None, 0, seq.num_cached_tokens))
+                continue
+            cached = seq.num_cached_tokens
+            children = [self._fork(seq, t) for t in tokens[1:]]  # before the parent's token
+            seq.num_samples = 1
+            seq.token_ids.append(token)
+            updates.append(self._stop_check(seq, token, None, 0, cached))
+            for i, child in enumerate(children, start=1):
+                updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
         return updates
 
     def _stop_check(self, seq: SeqState, token: int, parent: int | None, index: int,

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trtkv.errors import ConfigError, ModelDirError
-from trtkv.ops.schema import KV_DTYPES
+from trtkv.ops.schema import KV_DTYPE_SPECS, KV_DTYPES
 
-_KV_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 _TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -102,7 +101,7 @@ def estimate(dims: ModelDims, *, memory_gib: float, kv_dtype: str = "auto", bloc
     if seq_len < 0:
         raise ConfigError(f"--seq-len must be >= 0, got {seq_len}")
     kv = dims.kv_dtype if kv_dtype == "auto" else kv_dtype
-    per_token = 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * _KV_BYTES[kv]
+    per_token = 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * KV_DTYPE_SPECS[kv].itemsize
     num_blocks = int(memory_gib * 2**30) // (per_token * block_size)
     num_tokens = num_blocks * block_size
     seq_len = seq_len or dims.max_position_embeddings

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from trtkv.errors import ModelDirError
-from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPES, KV_LAYOUT, OP_DOMAIN, OP_SET_VERSION, OPS
+from trtkv.ops.schema import (
+    DEFAULT_KV_SCALES,
+    KV_DTYPE_SPECS,
+    KV_DTYPES,
+    KV_LAYOUT,
+    OP_DOMAIN,
+    OP_SET_VERSION,
+    OPS,
+)
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -109,7 +117,7 @@ class Manifest:
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of KV storage per token over all layers (scales excluded)."""
-        elem = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[self.kv_dtype]
+        elem = KV_DTYPE_SPECS[self.kv_dtype].itemsize
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
 
     @property

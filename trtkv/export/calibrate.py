@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import DEFAULT_KV_SCALES, FP8_E4M3_MAX, INT8_MAX, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPE_SPECS, QUANTIZED_KV_DTYPES
 
 SCALE_GRANULARITIES = ("per-tensor", "per-head")
 
@@ -120,7 +120,7 @@ def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: b
 
 
 def scales_from_amax(amax: np.ndarray, kv_dtype: str) -> np.ndarray:
-    qmax = FP8_E4M3_MAX if kv_dtype == "fp8" else INT8_MAX
+    qmax = KV_DTYPE_SPECS[kv_dtype].code_max
     return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
 
 
@@ -162,7 +162,7 @@ def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "pe
     # measure what the scales cost: perplexity with them against a float32 pool.
     num_held = max(1, len(prompts) // 4) if len(prompts) >= 2 else 0
     fit, held = (prompts[:-num_held], prompts[-num_held:]) if num_held else (prompts, prompts)
-    qmax = FP8_E4M3_MAX if manifest.kv_dtype == "fp8" else INT8_MAX
+    qmax = KV_DTYPE_SPECS[manifest.kv_dtype].code_max
     limit_at_default = qmax * DEFAULT_KV_SCALES[manifest.kv_dtype]
     k_amax, v_amax, saturated = collect_kv_amax(model_dir, fit, granularity == "per-head", limit_at_default)
     k, v = scales_from_amax(k_amax, manifest.kv_dtype), scales_from_amax(v_amax, manifest.kv_dtype)

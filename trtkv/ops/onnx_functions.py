@@ -25,20 +25,15 @@ from trtkv.ops.schema import (
     FP8_E4M3_MAX,
     INT8_MAX,
     KV_APPEND,
+    KV_DTYPE_SPECS,
     OP_DOMAIN,
     OP_SET_VERSION,
     PAGED_ATTENTION,
     PLUGIN_NODE_ATTRIBUTES,
 )
 
-#: ONNX element type of each KV dtype name.
-KV_ONNX_TYPES: dict[str, int] = {
-    "fp32": TensorProto.FLOAT,
-    "fp16": TensorProto.FLOAT16,
-    "bf16": TensorProto.BFLOAT16,
-    "fp8": TensorProto.FLOAT8E4M3FN,
-    "int8": TensorProto.INT8,
-}
+#: ONNX element type of each KV dtype name (from the `KV_DTYPE_SPECS` registry).
+KV_ONNX_TYPES: dict[str, int] = {name: d.onnx for name, d in KV_DTYPE_SPECS.items()}
 
 _MASKED = -1.0e30
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from trtkv.ops.schema import FP8_E4M3_MAX, INT8_MAX
+from trtkv.ops.schema import FP8_E4M3_MAX, INT8_MAX, KV_DTYPE_SPECS
 
-#: numpy storage dtype of each KV dtype name.
+#: numpy storage dtype of each KV dtype name (from the `KV_DTYPE_SPECS` registry).
 KV_NUMPY_DTYPES: dict[str, np.dtype] = {
-    "fp32": np.dtype(np.float32),
-    "fp16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16),
-    "fp8": np.dtype(ml_dtypes.float8_e4m3fn),
-    "int8": np.dtype(np.int8),
+    name: np.dtype(getattr(ml_dtypes, d.numpy, None) or d.numpy) for name, d in KV_DTYPE_SPECS.items()
 }
 
 

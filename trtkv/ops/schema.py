@@ -36,10 +36,63 @@ PLUGIN_NAMESPACE = "trtkv"
 
 KV_LAYOUT = "NTBHD"  # [num_blocks, 2 (K,V), block_size, num_kv_heads, head_dim]
 
+FP8_E4M3_MAX = 448.0
+INT8_MAX = 127.0
+
+
+@dataclass(frozen=True)
+class KVDtype:
+    """One KV pool dtype: every table of the package about it is derived from this record.
+
+    Attributes:
+        name: the name on the command line and in the manifest.
+        itemsize: bytes per stored element.
+        numpy: numpy / ml_dtypes storage dtype name.
+        torch: torch dtype attribute name.
+        onnx: ONNX ``TensorProto`` element type of the pool.
+        qmax: largest code magnitude for quantized dtypes (codes = x / scale), else None.
+        default_scale: scale when none was calibrated (quantized dtypes), else 1.
+    """
+
+    name: str
+    itemsize: int
+    numpy: str
+    torch: str
+    onnx: int
+    qmax: float | None = None
+    default_scale: float = 1.0
+
+    @property
+    def quantized(self) -> bool:
+        return self.qmax is not None
+
+    @property
+    def code_max(self) -> float:
+        """``qmax`` of a quantized dtype.
+
+        Raises:
+            ValueError: not a quantized dtype.
+        """
+        if self.qmax is None:
+            raise ValueError(f"{self.name} is not a quantized KV dtype (use one of fp8, int8)")
+        return self.qmax
+
+
+#: The KV dtype registry (ONNX element types as TensorProto's numbers: this module must not
+#: import onnx). Default scales when a quantized pool has no calibrated scales: fp8 keeps E4M3's
+#: own range (+-448, relative precision 2^-3); int8 gets steps of 1/16 (range +-7.94), a guess
+#: that suits normalized keys/values only -- calibrate (`trtkv export --calibrate N`) for int8.
+KV_DTYPE_SPECS: dict[str, KVDtype] = {d.name: d for d in (
+    KVDtype("fp32", 4, "float32", "float32", onnx=1),
+    KVDtype("fp16", 2, "float16", "float16", onnx=10),
+    KVDtype("bf16", 2, "bfloat16", "bfloat16", onnx=16),
+    KVDtype("fp8", 1, "float8_e4m3fn", "float8_e4m3fn", onnx=17, qmax=FP8_E4M3_MAX, default_scale=1.0),
+    KVDtype("int8", 1, "int8", "int8", onnx=3, qmax=INT8_MAX, default_scale=1.0 / 16.0),
+)}
 #: KV pool dtypes, by the names used on the command line and in the manifest.
-KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+KV_DTYPES = tuple(KV_DTYPE_SPECS)
 #: KV dtypes stored as quantized codes with scales.
-QUANTIZED_KV_DTYPES = ("fp8", "int8")
+QUANTIZED_KV_DTYPES = tuple(n for n, d in KV_DTYPE_SPECS.items() if d.quantized)
 #: Other spellings users bring from vLLM / PyTorch / TensorRT-LLM, mapped to ours.
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
                  "fp8_e4m3": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8"}
@@ -48,12 +101,17 @@ DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": 
 def canonical_dtype(name: str) -> str:
     """Our name of a dtype given in any usual spelling (unknown names come back unchanged)."""
     return DTYPE_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
-FP8_E4M3_MAX = 448.0
-INT8_MAX = 127.0
-#: Scale used when a quantized pool has no calibrated scales: fp8 keeps E4M3's own range
-#: (+-448, relative precision 2^-3); int8 gets steps of 1/16 (range +-7.94), a guess that
-#: suits normalized keys/values only -- calibrate (`trtkv export --calibrate N`) for int8.
-DEFAULT_KV_SCALES = {"fp8": 1.0, "int8": 1.0 / 16.0}
+#: Scale used when a quantized pool has no calibrated scales (see `KV_DTYPE_SPECS`).
+DEFAULT_KV_SCALES = {n: KV_DTYPE_SPECS[n].default_scale for n in QUANTIZED_KV_DTYPES}
+
+
+def kv_dtype_spec(name: str) -> KVDtype:
+    """The registry entry of a KV dtype (any usual spelling).
+
+    Raises:
+        KeyError: not a KV dtype.
+    """
+    return KV_DTYPE_SPECS[canonical_dtype(name)]
 
 
 @dataclass(frozen=True)

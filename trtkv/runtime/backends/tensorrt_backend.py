@@ -36,12 +36,12 @@ from trtkv.manifest import (
     VALUE_STORED_OUTPUT,
     Manifest,
 )
+from trtkv.ops.schema import KV_DTYPE_SPECS
 from trtkv.runtime.backends.attention_plan import AttentionPlanner
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import build_step_inputs
 from trtkv.runtime.plan import StepPlan
 
-_KV_ELEM_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 #: Memory kept free beyond the engine's own needs (CUDA context, allocator slack), bytes.
 _HEADROOM_BYTES = 512 * 2**20
 
@@ -60,10 +60,7 @@ def _import_torch_cuda() -> Any:
 
 
 def _torch_kv_dtype(torch: Any, kv_dtype: str) -> Any:
-    return {
-        "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-        "fp8": torch.float8_e4m3fn, "int8": torch.int8,
-    }[kv_dtype]
+    return getattr(torch, KV_DTYPE_SPECS[kv_dtype].torch)
 
 
 def _read_build_info(engine_dir: Path) -> dict[str, Any]:
@@ -145,8 +142,8 @@ class TensorRTBackend(BaseBackend):
         m = manifest
         kv_dtype = _torch_kv_dtype(torch, info.get("kv_pool_input_dtype", m.kv_dtype))
         stored_dtype = _torch_kv_dtype(torch, m.kv_dtype)
-        bytes_per_block = 2 * self.block_size * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
-        scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * m.head_dim * _KV_ELEM_BYTES[m.kv_dtype] * m.num_layers
+        bytes_per_block = 2 * self.block_size * m.num_kv_heads * m.head_dim * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
+        scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * m.head_dim * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
         if config.num_blocks:
             self.num_blocks = config.num_blocks
             if self.num_blocks > max_pool:

@@ -33,7 +33,7 @@ def cli_export(checkpoint_factory, tmp_path_factory):
 def test_export_then_generate_json_matches_hf(cli_export):
     ckpt, out = cli_export
     prompts = [[5, 6, 7], [9], list(range(10, 60))]
-    args = ["generate", str(out), "--json", "--max-new-tokens", "12", "--ignore-eos",
+    args = ["generate", str(out), "--json", "--max-new-tokens", "12", "--ignore-eos", "--temperature", "0",
             "--num-blocks", "64", "--max-num-batched-tokens", "32", "--max-num-seqs", "4"]
     for p in prompts:
         args += ["--prompt-ids", ",".join(map(str, p))]

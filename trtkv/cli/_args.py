@@ -14,9 +14,13 @@ ExportDir = Annotated[str, typer.Argument(metavar="MODEL_DIR", show_default=Fals
 Json = Annotated[bool, typer.Option("--json", help="machine-readable JSON instead of text")]
 
 # Sampling (generate, chat): a CLI run defaults to greedy decoding.
-Temperature = Annotated[float, typer.Option(help="0 = greedy", rich_help_panel="Sampling")]
-TopK = Annotated[int, typer.Option(help="0 = off", rich_help_panel="Sampling")]
-TopP = Annotated[float, typer.Option(help="nucleus sampling mass", rich_help_panel="Sampling")]
+_MODEL_DEFAULT = "default: the model's generation_config.json, else "
+Temperature = Annotated[float | None, typer.Option(
+    help=f"0 = greedy; {_MODEL_DEFAULT}1.0", rich_help_panel="Sampling", show_default=False)]
+TopK = Annotated[int | None, typer.Option(help=f"0 = off; {_MODEL_DEFAULT}0", rich_help_panel="Sampling",
+                                          show_default=False)]
+TopP = Annotated[float | None, typer.Option(help=f"nucleus sampling mass; {_MODEL_DEFAULT}1.0",
+                                            rich_help_panel="Sampling", show_default=False)]
 Seed = Annotated[int | None, typer.Option(help="seed (reproducible sampling)", rich_help_panel="Sampling",
                                           show_default=False)]
 Stop = Annotated[list[str] | None, typer.Option(help="stop string (repeatable)", rich_help_panel="Sampling",

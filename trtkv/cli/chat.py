@@ -21,6 +21,7 @@ from trtkv.cli._options import command
 from trtkv.errors import TrtkvError
 from trtkv.runtime.chat import Message, check_chat_template, read_chat_template, render_chat
 from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.sampling_defaults import DEFAULT_CHAT_MAX_NEW_TOKENS
 
 COMMANDS_HELP = "/reset clears the history, /exit (or end of input) quits"
 
@@ -64,10 +65,10 @@ def chat(
     system: System = None,
     chat_template: ChatTemplate = None,
     max_new_tokens: Annotated[int, typer.Option(help="most tokens per reply",
-                                                rich_help_panel="Sampling")] = 256,
-    temperature: Temperature = 0.0,
-    top_k: TopK = 0,
-    top_p: TopP = 1.0,
+                                                rich_help_panel="Sampling")] = DEFAULT_CHAT_MAX_NEW_TOKENS,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
     seed: Seed = None,
     stop: Stop = None,
     json_out: Annotated[bool, typer.Option("--json", help=(
@@ -76,12 +77,14 @@ def chat(
 ) -> None:
     from trtkv.model_source import resolve_model
     from trtkv.runtime.llm import LLM
-    from trtkv.runtime.sampling import SamplingParams
+    from trtkv.runtime.sampling import SamplingDefaults
 
     template = read_chat_template(chat_template) if chat_template else None
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, stop=tuple(stop or ()))
-    llm = LLM(resolve_model(model), engine)
+    model_dir = resolve_model(model)
+    params = SamplingDefaults.for_model(model_dir).params(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        stop=tuple(stop or ()))
+    llm = LLM(model_dir, engine)
     try:
         tokenizer = llm.tokenizer
         check_chat_template(tokenizer, template)

@@ -31,11 +31,12 @@ def generate(
                                                      show_default=False)] = None,
     prompt_ids: Annotated[list[str] | None, typer.Option(
         metavar="IDS", show_default=False, help="a prompt as comma-separated token ids (repeatable)")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate per prompt",
-                                                rich_help_panel="Sampling")] = 32,
-    temperature: Temperature = 0.0,
-    top_k: TopK = 0,
-    top_p: TopP = 1.0,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        help="tokens to generate per prompt; default: the model's generation_config.json, else 16",
+        rich_help_panel="Sampling", show_default=False)] = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
     seed: Seed = None,
     n: Annotated[int, typer.Option("--n", help="completions per prompt (share prompt KV blocks)",
                                    rich_help_panel="Sampling")] = 1,
@@ -63,7 +64,7 @@ def generate(
     from trtkv.model_source import resolve_model
     from trtkv.runtime.chat import Message, read_chat_template
     from trtkv.runtime.llm import LLM
-    from trtkv.runtime.sampling import SamplingParams
+    from trtkv.runtime.sampling import SamplingDefaults
 
     texts, id_prompts = list(prompt or ()), [parse_ids(t) for t in prompt_ids or ()]
     prompts: list[str | list[int]] = [*texts, *id_prompts]
@@ -80,10 +81,11 @@ def generate(
         raise TrtkvError("--system and --chat-template apply to chat prompts; add --chat")
     template = read_chat_template(chat_template) if chat_template else None
     guided = _constraint(guided_json, guided_regex, guided_choice, guided_grammar)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()),
-                            guided=guided)
-    llm = LLM(resolve_model(model), engine)
+    model_dir = resolve_model(model)
+    params = SamplingDefaults.for_model(model_dir).params(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()), guided=guided)
+    llm = LLM(model_dir, engine)
     outs = (llm.chat(conversations, params, chat_template=template) if conversations is not None
             else llm.generate(prompts, params))
     for i, out in enumerate(outs):

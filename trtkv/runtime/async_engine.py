@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from trtkv.errors import InvalidRequestError, TrtkvError
 from trtkv.runtime.engine import Engine
 from trtkv.runtime.outputs import RequestOutput
-from trtkv.runtime.sampling import SamplingParams
+from trtkv.runtime.sampling import SamplingDefaults, SamplingParams
 
 T = TypeVar("T")
 
@@ -173,6 +173,11 @@ class AsyncEngine:
     @property
     def vocab_size(self) -> int:
         return self.engine.manifest.vocab_size
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What a request leaves out (`Engine.sampling_defaults`)."""
+        return self.engine.sampling_defaults
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

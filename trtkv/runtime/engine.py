@@ -28,7 +28,13 @@ from trtkv.runtime.metrics import EngineMetrics
 from trtkv.runtime.output_processor import OutputProcessor, RequestState
 from trtkv.runtime.outputs import RequestOutput
 from trtkv.runtime.plan import StepPlan
-from trtkv.runtime.sampling import GrammarCompiler, Sampler, SampleResult, SamplingParams
+from trtkv.runtime.sampling import (
+    GrammarCompiler,
+    Sampler,
+    SampleResult,
+    SamplingDefaults,
+    SamplingParams,
+)
 from trtkv.runtime.scheduler.scheduler import Scheduler
 from trtkv.runtime.tiers.transfer import TierTransfer, create_store
 
@@ -70,8 +76,12 @@ class Engine:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.grammars = GrammarCompiler(self.tokenizer, self.manifest.vocab_size, self.eos_token_ids)
         self.metrics = EngineMetrics()
+        self.sampling_defaults = SamplingDefaults.for_model(self.model_dir)
+        """What a request leaves out: the model's generation_config.json over the built-in
+        values; the CLI, the OpenAI server and Triton all take theirs from here."""
         self.inputs = InputProcessor(self.tokenizer, self.manifest.vocab_size, self.eos_token_ids,
-                                     max_new_tokens_cap=config.max_new_tokens_cap, model_dir=self.model_dir)
+                                     max_new_tokens_cap=config.max_new_tokens_cap, model_dir=self.model_dir,
+                                     defaults=self.sampling_defaults)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.grammars, self.metrics)
         self._ids = itertools.count()
 

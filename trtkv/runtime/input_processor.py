@@ -15,7 +15,7 @@ from typing import Any
 
 from trtkv.errors import InvalidRequestError
 from trtkv.runtime.plan import StopRule
-from trtkv.runtime.sampling import SamplingParams
+from trtkv.runtime.sampling import SamplingDefaults, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,25 @@ class InputProcessor:
         eos_token_ids: the model's end-of-sequence ids (stop unless ``ignore_eos``).
         max_new_tokens_cap: lower every request's ``max_new_tokens`` to this; 0 = no cap.
         model_dir: named in the error when text comes without a tokenizer.
+        defaults: the sampling parameters of a request given none.
     """
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int], *,
-                 max_new_tokens_cap: int = 0, model_dir: str | Path = "the model") -> None:
+                 max_new_tokens_cap: int = 0, model_dir: str | Path = "the model",
+                 defaults: SamplingDefaults | None = None) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_new_tokens_cap = max_new_tokens_cap
         self.model_dir = model_dir
+        self.defaults = defaults or SamplingDefaults()
 
     def process(self, prompt: str | Sequence[int], params: SamplingParams | None) -> ProcessedRequest:
         """Raises:
             InvalidRequestError: token ids out of range, text without a tokenizer, text
                 that is not UTF-8.
         """
-        params = params or SamplingParams()
+        params = params or self.defaults.params()
         capped = params.with_max_new_tokens_cap(self.max_new_tokens_cap)
         stop = StopRule.of(capped.stop_token_ids, self.eos_token_ids, ignore_eos=capped.ignore_eos,
                            min_tokens=capped.min_tokens)

@@ -48,7 +48,7 @@ class LLM:
         """
         prompt_list = _as_prompt_list(prompts)
         if params is None or isinstance(params, SamplingParams):
-            param_list = [params or SamplingParams()] * len(prompt_list)
+            param_list = [params or self.engine.sampling_defaults.params()] * len(prompt_list)
         else:
             param_list = list(params)
             if len(param_list) != len(prompt_list):

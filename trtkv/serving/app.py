@@ -161,7 +161,7 @@ class OpenAIServer:
 
     # -- generation -----------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        req = parse_completion(await self._body(request, schema.CompletionRequest))
+        req = parse_completion(await self._body(request, schema.CompletionRequest), self.engine.sampling_defaults)
         self._check_model(req.model)
         if req.batch:
             return await self._generate_batch(request, req)
@@ -170,7 +170,8 @@ class OpenAIServer:
     async def chat_completions(self, request: Request) -> Response:
         req, messages = parse_chat(await self._body(request, schema.ChatCompletionRequest),
                                    self.config.default_chat_max_tokens, tool_parser=self.config.tool_call_parser,
-                                   auto_tools=self.config.enable_auto_tool_choice)
+                                   auto_tools=self.config.enable_auto_tool_choice,
+                                   defaults=self.engine.sampling_defaults)
         tools = req.tools.tools if req.tools is not None else None
         self._check_model(req.model)
         # The tokenizer is used by the engine's thread too: render there, between steps.

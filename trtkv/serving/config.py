@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trtkv.errors import ConfigError
+from trtkv.runtime.sampling_defaults import DEFAULT_CHAT_MAX_NEW_TOKENS
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -24,7 +25,7 @@ class ServerConfig:
     max_request_bytes: int = _opt(1 << 20, "largest request body accepted, in bytes (413 above)")
     drain_timeout_s: float = _opt(10.0, "on shutdown, seconds in-flight requests may finish before abort")
     request_timeout_s: float = _opt(30.0, "seconds a client may take to send a request body (408 and close after)")
-    default_chat_max_tokens: int = _opt(256, "chat max_tokens when the client gives none (capped by the context)")
+    default_chat_max_tokens: int = _opt(DEFAULT_CHAT_MAX_NEW_TOKENS, "chat max_tokens when the client gives none (capped by the context)")
     enable_auto_tool_choice: bool = _opt(False, 'allow tool_choice "auto": the model decides, '
                                          "--tool-call-parser reads its calls")
     tool_call_parser: str = field(default="none", metadata={

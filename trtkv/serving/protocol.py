@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
-from trtkv.runtime.sampling import GuidedDecoding, SamplingParams
+from trtkv.runtime.sampling import GuidedDecoding, SamplingDefaults, SamplingParams
 from trtkv.serving.tools import ToolError, ToolPlan, plan_tools, template_messages
+
+_BUILT_IN = SamplingDefaults()
 
 #: HTTP status per engine rejection reason. A full queue is back-pressure (retry later: 429);
 #: a request that can never fit is the client's to change (400, like OpenAI's
@@ -201,20 +203,21 @@ def _guided(body: _Body) -> GuidedDecoding | None:
     return found[0][1] if found else None
 
 
-def _sampling(body: _Body, max_tokens: int, logprobs: int | None) -> SamplingParams:
+def _sampling(body: _Body, defaults: SamplingDefaults, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """The body's sampling parameters; what it leaves out comes from ``defaults``."""
     n = body.get("n", int, 1)
     best_of = body.get("best_of", int, n)
     if best_of != n:
         raise ApiError(400, "'best_of' different from 'n' is not supported", param="best_of")
     stop_token_ids = body.get("stop_token_ids", list, [])
     try:
-        return SamplingParams(
+        return defaults.params(
             n=n, max_new_tokens=max_tokens,
-            temperature=body.get("temperature", float, 1.0),
-            top_p=body.get("top_p", float, 1.0),
-            top_k=body.get("top_k", int, 0),
-            min_p=body.get("min_p", float, 0.0),
-            repetition_penalty=body.get("repetition_penalty", float, 1.0),
+            temperature=body.get("temperature", float),
+            top_p=body.get("top_p", float),
+            top_k=body.get("top_k", int),
+            min_p=body.get("min_p", float),
+            repetition_penalty=body.get("repetition_penalty", float),
             presence_penalty=body.get("presence_penalty", float, 0.0),
             frequency_penalty=body.get("frequency_penalty", float, 0.0),
             seed=body.get("seed", int),
@@ -246,8 +249,8 @@ def _common(body: _Body) -> dict[str, Any]:
             "priority": body.get("priority", int, 0)}
 
 
-def parse_completion(raw: Any) -> GenerateRequest:
-    """Validate a `/v1/completions` body.
+def parse_completion(raw: Any, defaults: SamplingDefaults = _BUILT_IN) -> GenerateRequest:
+    """Validate a `/v1/completions` body; ``defaults``: the model's sampling defaults.
 
     Raises:
         ApiError: 400 naming the offending parameter.
@@ -260,7 +263,7 @@ def parse_completion(raw: Any) -> GenerateRequest:
     common = _common(body)
     prompts = _prompts(body.raw.get("prompt"))
     logprobs = body.get("logprobs", int, None)
-    params = _sampling(body, body.get("max_tokens", int, 16), logprobs)
+    params = _sampling(body, defaults, body.get("max_tokens", int, None), logprobs)
     return GenerateRequest(prompt=prompts[0], params=params, top_logprobs=logprobs or 0,
                            batch=tuple(prompts) if len(prompts) > 1 else (), **common)
 
@@ -294,7 +297,8 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
 
 
 def parse_chat(raw: Any, default_max_tokens: int, *, tool_parser: str = "none",
-               auto_tools: bool = False) -> tuple[GenerateRequest, list[dict[str, Any]]]:
+               auto_tools: bool = False, defaults: SamplingDefaults = _BUILT_IN,
+               ) -> tuple[GenerateRequest, list[dict[str, Any]]]:
     """Validate a `/v1/chat/completions` body; returns the request (prompt still empty) and
     the messages for the chat template.
 
@@ -340,7 +344,7 @@ def parse_chat(raw: Any, default_max_tokens: int, *, tool_parser: str = "none",
     if top is not None and not wants_logprobs:
         raise ApiError(400, "'top_logprobs' needs \"logprobs\": true", param="top_logprobs")
     logprobs = (top or 0) if wants_logprobs else None
-    params = _sampling(body, max_tokens or default_max_tokens, logprobs)
+    params = _sampling(body, defaults, max_tokens or default_max_tokens, logprobs)
     if tools is not None and tools.constraint is not None:
         if params.guided is not None:
             raise ApiError(400, "a forced tool_choice is a structured-output constraint already; "

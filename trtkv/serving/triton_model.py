@@ -8,7 +8,7 @@ one of ``text_input`` / ``input_ids``):
     text_input           STRING [1]   the prompt as text (the model's tokenizer encodes it)
     input_ids            INT32 [-1]   the prompt as token ids
     stream               BOOL [1]     true: one response per engine step; false (default): one
-    max_tokens           INT32 [1]    tokens to generate (default 16)
+    max_tokens           INT32 [1]    tokens to generate (default: the model's, see SamplingDefaults)
     temperature FP32, top_p FP32, top_k INT32, seed INT64, ignore_eos BOOL   [1] each
     sampling_parameters  STRING [1]   a JSON object of the above and min_tokens, stop,
                                       repetition_penalty, presence_penalty, frequency_penalty
@@ -34,7 +34,7 @@ from trtkv.errors import TrtkvError
 from trtkv.runtime.async_engine import AsyncEngine
 from trtkv.runtime.config import EngineConfig
 from trtkv.runtime.engine import Engine
-from trtkv.runtime.sampling import SamplingParams
+from trtkv.runtime.sampling import SamplingDefaults, SamplingParams
 
 #: sampling_parameters keys -> SamplingParams fields (the wire names are vLLM's / OpenAI's).
 _SAMPLING_KEYS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
@@ -80,9 +80,10 @@ def _str_output(name: str, text: str) -> Any:
     return pb_utils.Tensor(name, np.array([text.encode("utf-8")], dtype=np.object_))
 
 
-def sampling_params(request: Any) -> tuple[SamplingParams, bool]:
-    """The request's sampling parameters and whether it streams."""
-    fields: dict[str, Any] = {"max_new_tokens": 16, "temperature": 0.0}
+def sampling_params(request: Any, defaults: SamplingDefaults) -> tuple[SamplingParams, bool]:
+    """The request's sampling parameters (what it leaves out: ``defaults``) and whether it
+    streams."""
+    fields: dict[str, Any] = {}
     raw = _text(request, "sampling_parameters")
     if raw is not None:
         try:
@@ -102,7 +103,7 @@ def sampling_params(request: Any) -> tuple[SamplingParams, bool]:
         if value is not None:
             fields[_SAMPLING_KEYS[name]] = kind(value[0].item())
     stream = _numbers(request, "stream")
-    return SamplingParams(**fields), bool(stream[0]) if stream is not None else False
+    return defaults.params(**fields), bool(stream[0]) if stream is not None else False
 
 
 class TritonPythonModel:
@@ -129,7 +130,7 @@ class TritonPythonModel:
             text, ids = _text(request, "text_input"), _numbers(request, "input_ids")
             if (text is None) == (ids is None):
                 raise BadRequest("give one of 'text_input' (STRING) and 'input_ids' (INT32 token ids)")
-            params, stream = sampling_params(request)
+            params, stream = sampling_params(request, self.engine.sampling_defaults)
             prompt: str | list[int] = text if text is not None else ids.tolist()  # type: ignore[union-attr]
             pieces: list[str] = []
             tokens: list[int] = []

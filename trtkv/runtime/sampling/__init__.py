@@ -3,6 +3,8 @@ incremental detokenization.
 
 Module map:
     params       `SamplingParams` (frozen, validated request knobs)
+    (`SamplingDefaults`, the one set of defaults, lives in `trtkv.runtime.sampling_defaults`:
+    light enough for the CLI to import at start.)
     processors   penalties, stop-token masking, top-k / top-p / min-p filters (pure numpy)
     sampler      `Sampler`, `SampleRow`, `SampleResult`, `make_generator`
     stop         `StopChecker` (finish reasons, stop strings, stream hold-back)
@@ -25,6 +27,7 @@ from trtkv.runtime.sampling.sampler import (
     make_generator,
 )
 from trtkv.runtime.sampling.stop import FinishReason, StopChecker, StopUpdate
+from trtkv.runtime.sampling_defaults import SamplingDefaults
 
 __all__ = [
     "FinishReason",
@@ -34,6 +37,7 @@ __all__ = [
     "SampleResult",
     "SampleRow",
     "Sampler",
+    "SamplingDefaults",
     "SamplingParams",
     "StopChecker",
     "StopUpdate",

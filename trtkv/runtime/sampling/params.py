@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 from trtkv.errors import InvalidRequestError
 from trtkv.runtime.sampling.guided import GuidedDecoding
+from trtkv.runtime.sampling_defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 
 MAX_LOGPROBS = 20
 #: Caps on stop conditions: each stop string is searched in every new piece of text, so an
@@ -40,9 +41,9 @@ class SamplingParams:
 
     n: int = 1
     """Number of independent completions of the prompt (>= 1)."""
-    max_new_tokens: int = 16
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Most tokens generated per completion (>= 1)."""
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     """Softmax temperature; 0 (or below 1e-5) means greedy (argmax)."""
     top_k: int = 0
     """Keep only the k most likely tokens; 0 turns the filter off."""

@@ -43,7 +43,7 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
     kv = KVCacheManager(num_blocks, block_size, num_host, enable_prefix_caching=True,
                         num_offload_blocks=num_offload, remote=store)
     if store is not None:
-        kv.track_new_blocks()
+        kv.tiers.track_new_blocks()
     sched = Scheduler(config, kv)
     pool = simkit.FakePool(num_blocks, num_host + num_offload, block_size)
     outputs: dict[str, list[tuple[int, ...]]] = {}
@@ -60,11 +60,11 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
                 continue
             outputs[r.request_id] = []
             if store is not None:  # the engine's TierTransfer: prefetch on add, stage before scheduling
-                keys = kv.remote_keys(r.prompt, r.cache_salt)
-                kv.stage_remote(keys, store.fetch(keys))
+                keys = kv.tiers.remote_keys(r.prompt, r.cache_salt)
+                kv.tiers.stage_remote(keys, store.fetch(keys))
         plan = sched.schedule()
         sched.check_integrity()
-        for host_block, data in kv.take_host_writes():
+        for host_block, data in kv.tiers.take_host_writes():
             pool.host[host_block] = list(data)  # type: ignore[call-overload]
         hosts_out = [h for _, h in plan.swap_out]
         assert len(set(hosts_out)) == len(hosts_out), "two blocks offloaded into one host block"
@@ -76,7 +76,7 @@ def run_tiered(simkit: SimpleNamespace, requests: list, config: SchedulerConfig,
                 outputs[u.request_id].append((*before[u.seq_id], u.token_id))
         sched.check_integrity()
         if store is not None:
-            for block_id, key in kv.take_new_blocks():
+            for block_id, key in kv.tiers.take_new_blocks():
                 store.blocks[key] = list(pool.device[block_id])
         step += 1
     return outputs, kv

@@ -4,7 +4,8 @@ Owns: device block tables (seq id -> block ids), the number of token slots each 
 holds, copy-on-write of shared blocks, rollback, swap to the host tier (`HostTier`), the
 prefix cache (`PrefixCache`) and the offload tiers below it (`OffloadTier`: cached blocks
 the device pool evicts are copied to host memory and loaded back on a later hit; a shared
-store can fill host blocks). It is a facade: the scheduler never touches a pool.
+store can fill host blocks; what the tiers exchange with it goes through `TierQueues`,
+``kv.tiers``). It is a facade: the scheduler never touches a pool.
 
 Token-slot model: a sequence's table holds ``num_tokens(seq_id)`` slots, the tokens whose
 K/V are (or are about to be, this step) in the pool; it always has exactly
@@ -26,6 +27,7 @@ from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
 from trtkv.runtime.kv.host_tier import HostTier
 from trtkv.runtime.kv.offload import OffloadTier, RemoteBlockSource
 from trtkv.runtime.kv.prefix_cache import PrefixCache, PrefixHit, iter_block_keys
+from trtkv.runtime.kv.tier_queues import TierQueues
 from trtkv.runtime.kv.usage import KVUsage
 
 __all__ = ["BlockCopy", "KVCacheManager", "KVUsage"]
@@ -45,7 +47,7 @@ class KVCacheManager:
             `lookup_prefix` finds nothing and no block is ever keyed.
         num_offload_blocks: host blocks that keep evicted cached blocks (needs prefix
             caching); ids ``num_host_blocks ..`` in the backend's host pool.
-        remote: the shared store (its blocks arrive through `stage_remote`); staged in the offload
+        remote: the shared store (its blocks arrive through `TierQueues.stage_remote`); staged in the offload
             tier's host blocks, so it needs ``num_offload_blocks > 0``.
 
     Raises:
@@ -69,6 +71,8 @@ class KVCacheManager:
             self._pool.on_evict = self._offload.on_evict
         self._tables = BlockTables(self._pool, block_size)
         self._tuples = self._tables.tuples
+        self.tiers = TierQueues(self._offload, self._prefix, self.lookup_prefix, block_size)
+        """Block moves, store staging and new blocks to publish, for the tiers (`TierQueues`)."""
 
     @property
     def num_blocks(self) -> int:
@@ -164,50 +168,6 @@ class KVCacheManager:
             block_keys.extend(iter_block_keys(token_ids, self.block_size, cache_salt, parent,
                                               len(block_keys)))
         return block_keys
-
-    @property
-    def has_remote(self) -> bool:
-        """Whether a shared store backs the prefix cache (`remote_keys` names what to ask it)."""
-        return self._offload.remote is not None and self._offload.is_enabled
-
-    def remote_keys(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
-        """Keys of the full blocks of ``token_ids`` past the local (device + host) hit: what
-        to ask the shared store for. Empty without a store."""
-        if not self.has_remote:
-            return []
-        hit = self.lookup_prefix(token_ids, cache_salt)
-        parent = hit.keys[-1] if hit.keys else None
-        return list(iter_block_keys(token_ids, self.block_size, cache_salt, parent, hit.num_blocks))
-
-    def stage_remote(self, keys: Sequence[bytes], blocks: Sequence[object]) -> int:
-        """Stage the store's blocks for ``keys`` in host blocks, so that the next
-        `lookup_prefix` finds them; returns how many. The engine writes `take_host_writes`
-        into the host pool before the step runs."""
-        return self._offload.stage(keys, blocks)
-
-    def take_moves(self) -> tuple[list[BlockCopy], list[BlockCopy]]:
-        """(swap_out, swap_in) copies the offload tier added since the last call.
-
-        The scheduler calls it once per step, at the end of planning; the copies go into
-        the plan's ``swap_out`` / ``swap_in``.
-        """
-        return self._offload.take_moves()
-
-    def take_host_writes(self) -> list[tuple[int, object]]:
-        """(host block, block data) fetched from the store, to write before the step runs."""
-        return self._offload.take_host_writes()
-
-    def track_new_blocks(self) -> None:
-        """Record every block newly keyed from now on (`take_new_blocks`), for publishing."""
-        self._prefix.new_blocks = []
-
-    def take_new_blocks(self) -> list[tuple[int, bytes]]:
-        """(device block, key) of the blocks keyed since the last call (their K/V are in)."""
-        new = self._prefix.new_blocks
-        if not new:
-            return []
-        self._prefix.new_blocks = []
-        return new
 
     def cache_blocks(self, seq_id: int, token_ids: Sequence[int], num_computed: int,
                      block_keys: Sequence[bytes] = ()) -> None:

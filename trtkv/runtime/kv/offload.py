@@ -4,7 +4,7 @@ Owns: the block moves the offload tiers add to the step being planned (device ->
 copies of evicted cached blocks, host -> device loads of prefix hits), the host blocks the
 engine must fill with blocks fetched from a shared store, the keys of newly computed blocks
 to publish, and the tiers' counters. `KVCacheManager` drives it; the scheduler collects the
-moves into the `StepPlan` with `KVCacheManager.take_moves`.
+moves into the `StepPlan` with `TierQueues.take_moves`.
 
 The shared store is reached only through `RemoteBlockSource`, a protocol: this module does
 no I/O itself. Pure Python; must not import torch, onnx, onnxruntime, tensorrt or redis.

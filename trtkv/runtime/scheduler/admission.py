@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
+from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.inflight import InflightBlocks
@@ -30,6 +31,37 @@ class Admission:
                  inflight: InflightBlocks, counts: Counters, awaiting_store: Set[str]) -> None:
         self.config, self.kv, self.reg, self.inflight, self.counts = config, kv, reg, inflight, counts
         self.awaiting_store = awaiting_store
+
+    def check_new(self, request_id: str, num_prompt: int, max_new_tokens: int, n: int) -> None:
+        """The one admission check of a new request (what can never be served, or not now).
+
+        Raises:
+            InvalidRequestError: empty prompt, ``max_new_tokens < 1`` or a duplicate id.
+            RequestRejectedError: ``too_long``, ``kv_capacity``, ``too_many_seqs`` or
+                ``queue_full`` (counted).
+        """
+        if not num_prompt:
+            raise InvalidRequestError("the prompt is empty; give at least one token")
+        if max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if request_id in self.reg.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        total, config = num_prompt + max_new_tokens, self.config
+        if total > config.max_model_len:
+            self._reject("too_long", f"prompt ({num_prompt}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"max_model_len ({config.max_model_len}); shorten the prompt or lower max_new_tokens")
+        if self.kv.num_blocks_for(total) > self.kv.num_blocks:
+            self._reject("kv_capacity", f"{total} tokens need {self.kv.num_blocks_for(total)} KV blocks but "
+                         f"the pool has {self.kv.num_blocks}; lower max_new_tokens or give the KV cache more memory")
+        if n > config.max_num_seqs:
+            self._reject("too_many_seqs", f"n={n} sequences exceed max_num_seqs ({config.max_num_seqs}); "
+                         "lower n or raise --max-num-seqs")
+        if len(self.reg.waiting) >= config.max_num_queued_requests:
+            self._reject("queue_full", f"{len(self.reg.waiting)} requests are already waiting; retry later")
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.counts.reject(reason)
+        raise RequestRejectedError(reason, message)
 
     def admit(self, step: StepBuilder, num_long: int) -> None:
         """Admit what fits; ``num_long``: long prefills running (see `policy`)."""

@@ -51,7 +51,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence, Set
 
-from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.block_tables import BlockCopy
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.plan import NO_STOP_IDS, ScheduledSeq, SeqUpdate, StepPlan, StopRule
@@ -126,27 +125,7 @@ class Scheduler:
             RequestRejectedError: reason ``too_long``, ``kv_capacity``, ``too_many_seqs``
                 (n > max_num_seqs) or ``queue_full``; nothing changed.
         """
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty; give at least one token")
-        if max_new_tokens < 1:
-            raise InvalidRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if request_id in self._reg.requests:
-            raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        total = len(prompt_ids) + max_new_tokens
-        if total > self.config.max_model_len:
-            self._reject("too_long", f"prompt ({len(prompt_ids)}) + max_new_tokens "
-                         f"({max_new_tokens}) exceeds max_model_len ({self.config.max_model_len});"
-                         " shorten the prompt or lower max_new_tokens")
-        if self.kv.num_blocks_for(total) > self.kv.num_blocks:
-            self._reject("kv_capacity", f"{total} tokens need {self.kv.num_blocks_for(total)} "
-                         f"KV blocks but the pool has {self.kv.num_blocks}; lower max_new_tokens "
-                         "or give the KV cache more memory")
-        if n > self.config.max_num_seqs:
-            self._reject("too_many_seqs", f"n={n} sequences exceed max_num_seqs ({self.config.max_num_seqs}); "
-                         "lower n or raise --max-num-seqs")
-        if len(self._reg.waiting) >= self.config.max_num_queued_requests:
-            self._reject("queue_full", f"{len(self._reg.waiting)} requests are already waiting; "
-                         "retry later")
+        self._admission.check_new(request_id, len(prompt_ids), max_new_tokens, n)
         if arrival_time is None:
             arrival_time = time.monotonic()
         rank = self._policy.rank(priority, arrival_time, len(prompt_ids), max_new_tokens)
@@ -238,7 +217,7 @@ class Scheduler:
         if not step.preempted:
             threshold = self.config.long_prefill_threshold
             self._admission.admit(step, sum(s.prompt_len > threshold for s in prefilling) if threshold else 0)
-        offload_out, offload_in = self.kv.take_moves()
+        offload_out, offload_in = self.kv.tiers.take_moves()
         step.swap_out += offload_out
         step.swap_in += offload_in
         plan = step.plan()
@@ -394,10 +373,6 @@ class Scheduler:
         if self.kv.has_seq(seq.seq_id):
             self.kv.free(seq.seq_id)
         self._reg.drop(seq, status)
-
-    def _reject(self, reason: str, message: str) -> None:
-        self._counts.reject(reason)
-        raise RequestRejectedError(reason, message)
 
     def check_integrity(self) -> None:
         """Assert scheduler and KV invariants (between steps); for tests.

@@ -61,14 +61,14 @@ class TierTransfer:
         self._done: queue.Queue[tuple[str, list[bytes], list[object]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         if store is not None:
-            kv.track_new_blocks()
+            kv.tiers.track_new_blocks()
             self._thread = threading.Thread(target=self._fetch_loop, name="trtkv-kv-prefetch", daemon=True)
             self._thread.start()
 
     def prefetch(self, request_id: str, token_ids: Sequence[int], cache_salt: str | None) -> None:
         """A request was added: look its blocks past the local hit up in the store, in the
         background. Engine thread."""
-        keys = self.kv.remote_keys(token_ids, cache_salt) if self._thread is not None else []
+        keys = self.kv.tiers.remote_keys(token_ids, cache_salt) if self._thread is not None else []
         if keys:
             self.pending.add(request_id)
             self._jobs.put((request_id, keys))
@@ -86,7 +86,7 @@ class TierTransfer:
             return
         while True:
             request_id, keys, blocks = item
-            self.kv.stage_remote(keys, blocks)
+            self.kv.tiers.stage_remote(keys, blocks)
             self.pending.discard(request_id)
             try:
                 item = self._done.get_nowait()
@@ -101,14 +101,14 @@ class TierTransfer:
 
     def stage(self) -> None:
         """Write the blocks `collect` staged into their host blocks (after scheduling)."""
-        writes = self.kv.take_host_writes()
+        writes = self.kv.tiers.take_host_writes()
         if writes:
             ids = [host_block for host_block, _ in writes]
             self.backend.write_host_blocks(ids, np.stack([np.asarray(d) for _, d in writes]))
 
     def publish(self) -> None:
         """Hand the blocks the last step filled to the store (a copy; sent in the background)."""
-        new = self.kv.take_new_blocks()
+        new = self.kv.tiers.take_new_blocks()
         if not new or self.store is None:
             return
         data = self.backend.read_blocks([block_id for block_id, _ in new])

@@ -1,8 +1,14 @@
-"""Engine configuration: one frozen dataclass whose field help is the CLI help."""
+"""Engine configuration: the options a user gives (`EngineConfig`, flat, one field per CLI
+option) and what they resolve to (`ResolvedConfig`, `resolve_config`), once, at start.
+
+Each option whose value a component consumes takes its default from that component's config
+(`BackendConfig`, `SchedulerConfig`): one owner per default.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trtkv.errors import ConfigError
@@ -17,36 +23,47 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _of(owner: type, name: str, help: str, **metadata: Any) -> Any:
+    """An option consumed by ``owner`` (a config dataclass): its default is the owner's."""
+    return field(default=getattr(owner, name), metadata={"help": help, **metadata})
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Options of the runtime engine (backend, KV pool, batching)."""
 
-    backend: str = field(default="onnxruntime", metadata={
-        "help": "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)", "choices": ("onnxruntime", "tensorrt")})
-    kv_dtype: str = field(default="auto", metadata={
-        "help": "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8 (float16/bfloat16 too)",
-        "aliases": ("--kv-cache-dtype",)})
-    num_blocks: int = _opt(0, "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
-    block_size: int = _opt(0, "tokens per KV block; 0 = the manifest's (export --block-size)")
-    kv_cache_gib: float = _opt(0.5, "KV pool size in GiB when --num-blocks is 0")
-    num_host_blocks: int = _opt(0, "KV blocks in the host-memory tier (swap preemption)")
-    num_threads: int = _opt(0, "CPU threads for ONNX Runtime; 0 = all cores")
-    gpu_memory_utilization: float = _opt(0.9, "fraction of GPU memory for weights + KV (tensorrt)")
+    backend: str = _of(BackendConfig, "backend", "model backend: onnxruntime (CPU) or tensorrt (NVIDIA GPU)",
+                       choices=("onnxruntime", "tensorrt"))
+    kv_dtype: str = _of(BackendConfig, "kv_dtype", "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, "
+                        "int8 (float16/bfloat16 too)", aliases=("--kv-cache-dtype",))
+    num_blocks: int = _of(BackendConfig, "num_blocks", "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
+    block_size: int = _of(BackendConfig, "block_size", "tokens per KV block; 0 = the manifest's (export --block-size)")
+    kv_cache_gib: float = _of(BackendConfig, "kv_cache_gib", "KV pool size in GiB when --num-blocks is 0")
+    num_host_blocks: int = _of(BackendConfig, "num_host_blocks", "KV blocks in the host-memory tier (swap preemption)")
+    num_threads: int = _of(BackendConfig, "num_threads", "CPU threads for ONNX Runtime; 0 = all cores")
+    gpu_memory_utilization: float = _of(BackendConfig, "gpu_memory_utilization",
+                                        "fraction of GPU memory for weights + KV (tensorrt)")
     max_model_len: int = _opt(0, "longest prompt + output; 0 = the model's max positions")
-    max_num_seqs: int = _opt(64, "most sequences running in one step")
-    max_num_batched_tokens: int = _opt(2048, "most tokens computed in one step (token budget)")
-    max_num_queued_requests: int = _opt(1024, "most waiting requests; more are rejected (queue_full)")
-    enable_chunked_prefill: bool = _opt(True, "split long prompts across steps")
-    preemption_mode: str = field(default="recompute", metadata={
-        "help": "when KV runs out: recompute or swap (needs --num-host-blocks)", "choices": ("recompute", "swap")})
-    scheduling_policy: str = field(default="priority", metadata={
-        "help": "admission order: priority (priority, then arrival), fcfs (arrival only) or "
-                "short-first (least prompt + max_new_tokens first, aged by --aging-tokens-per-s)",
-        "choices": POLICIES})
-    aging_tokens_per_s: float = _opt(1000.0, "short-first: a waiting request's cost drops this many tokens per "
-                                     "second, so one arriving cost/rate seconds later never goes first")
-    long_prefill_threshold: int = _opt(0, "prompts longer than this (tokens) are long prefills; 0 = no throttle")
-    max_long_prefills: int = _opt(1, "most long prefills (see --long-prefill-threshold) at once; others wait")
+    max_num_seqs: int = _of(SchedulerConfig, "max_num_seqs", "most sequences running in one step")
+    max_num_batched_tokens: int = _of(SchedulerConfig, "max_num_batched_tokens",
+                                      "most tokens computed in one step (token budget)")
+    max_num_queued_requests: int = _of(SchedulerConfig, "max_num_queued_requests",
+                                       "most waiting requests; more are rejected (queue_full)")
+    enable_chunked_prefill: bool = _of(SchedulerConfig, "enable_chunked_prefill", "split long prompts across steps")
+    preemption_mode: str = _of(SchedulerConfig, "preemption_mode",
+                               "when KV runs out: recompute or swap (needs --num-host-blocks)",
+                               choices=("recompute", "swap"))
+    scheduling_policy: str = _of(SchedulerConfig, "scheduling_policy",
+                                 "admission order: priority (priority, then arrival), fcfs (arrival only) or "
+                                 "short-first (least prompt + max_new_tokens first, aged by --aging-tokens-per-s)",
+                                 choices=POLICIES)
+    aging_tokens_per_s: float = _of(SchedulerConfig, "aging_tokens_per_s",
+                                    "short-first: a waiting request's cost drops this many tokens per "
+                                    "second, so one arriving cost/rate seconds later never goes first")
+    long_prefill_threshold: int = _of(SchedulerConfig, "long_prefill_threshold",
+                                      "prompts longer than this (tokens) are long prefills; 0 = no throttle")
+    max_long_prefills: int = _of(SchedulerConfig, "max_long_prefills",
+                                 "most long prefills (see --long-prefill-threshold) at once; others wait")
     max_new_tokens_cap: int = _opt(0, "lower every request's max_new_tokens to this; 0 = no cap")
     enable_prefix_caching: bool = _opt(False, "reuse KV blocks of shared prompt prefixes")
     kv_offload_gib: float = _opt(0.0, "host memory (GiB) keeping KV blocks evicted from the pool for reuse (needs --enable-prefix-caching)")
@@ -88,7 +105,7 @@ class EngineConfig:
             raise ConfigError(f"the {manifest.kv_dtype} KV pool has no calibrated scales, so large K/V "
                               f"values would saturate silently: {how}; or pass --allow-uncalibrated-kv")
 
-    def resolve_offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
+    def _offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
         """Host offload blocks: explicit, from --kv-offload-gib, or (a store without a host
         tier) enough to stage one full-length prompt fetched from the store."""
         if self.kv_offload_blocks:
@@ -97,15 +114,7 @@ class EngineConfig:
             return max(1, int(self.kv_offload_gib * 2**30) // (manifest.kv_bytes_per_token() * block_size))
         return -(-max_model_len // block_size) if self.kv_store_url else 0
 
-    def backend_config(self, num_offload_blocks: int = 0) -> BackendConfig:
-        """The backend's options; its host pool also holds ``num_offload_blocks``."""
-        return BackendConfig(
-            backend=self.backend, kv_dtype=self.kv_dtype, num_blocks=self.num_blocks, block_size=self.block_size,
-            kv_cache_gib=self.kv_cache_gib, num_host_blocks=self.num_host_blocks + num_offload_blocks,
-            num_threads=self.num_threads, gpu_memory_utilization=self.gpu_memory_utilization,
-        )
-
-    def scheduler_config(self, manifest: Manifest) -> SchedulerConfig:
+    def _scheduler_config(self, manifest: Manifest) -> SchedulerConfig:
         max_len = self.max_model_len or manifest.max_position_embeddings
         if max_len > manifest.max_position_embeddings:
             raise ConfigError(
@@ -125,3 +134,76 @@ class EngineConfig:
             long_prefill_threshold=self.long_prefill_threshold,
             max_long_prefills=self.max_long_prefills,
         )
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The KV cache's shape beyond the device pool.
+
+    Attributes:
+        enable_prefix_caching: reuse blocks of shared prompt prefixes.
+        num_swap_blocks: host blocks for swap preemption (host ids ``0 ..``).
+        num_offload_blocks: host blocks keeping evicted cached blocks (ids after the swap
+            blocks; 0 with prefix caching off).
+    """
+
+    enable_prefix_caching: bool
+    num_swap_blocks: int
+    num_offload_blocks: int
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The shared KV store tier (``url`` empty: none)."""
+
+    url: str
+    ttl_s: float
+    max_gib: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """Everything start-up derives from an `EngineConfig` and the model, derived once.
+
+    Attributes:
+        manifest: the export's manifest, loaded once.
+        kv_manifest: the KV pool's manifest (``--kv-dtype`` applied; checked for calibrated
+            scales when quantized).
+        backend: the backend's options; its host pool holds the swap and offload blocks.
+        scheduler: the scheduler's limits (``max_model_len`` resolved against the model).
+        cache: the KV cache's tiers in host memory.
+        store: the shared store tier.
+    """
+
+    manifest: Manifest
+    kv_manifest: Manifest
+    backend: BackendConfig
+    scheduler: SchedulerConfig
+    cache: CacheConfig
+    store: StoreConfig
+
+
+def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfig:
+    """Load the manifest and derive every start-up setting from ``config``, once.
+
+    Raises:
+        ModelDirError: not an exported model directory.
+        ConfigError: an option the model or the other options rule out (message says which).
+    """
+    manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
+    scheduler = config._scheduler_config(manifest)
+    plain = BackendConfig(backend=config.backend, kv_dtype=config.kv_dtype, block_size=config.block_size)
+    kv_manifest = plain.resolve_manifest(manifest)
+    config.check_kv_scales(kv_manifest)
+    offload = config._offload_blocks(kv_manifest, plain.resolve_block_size(kv_manifest), scheduler.max_model_len)
+    backend = BackendConfig(
+        backend=config.backend, kv_dtype=config.kv_dtype, num_blocks=config.num_blocks,
+        block_size=config.block_size, kv_cache_gib=config.kv_cache_gib,
+        num_host_blocks=config.num_host_blocks + offload, num_threads=config.num_threads,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+    )
+    cache = CacheConfig(config.enable_prefix_caching, config.num_host_blocks, offload)
+    store = StoreConfig(config.kv_store_url, config.kv_store_ttl_s, config.kv_store_max_gib,
+                        config.kv_store_timeout_s)
+    return ResolvedConfig(manifest, kv_manifest, backend, scheduler, cache, store)

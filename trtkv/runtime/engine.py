@@ -13,15 +13,15 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trtkv.errors import RequestRejectedError
-from trtkv.manifest import Manifest
 from trtkv.runtime.backends import BaseBackend, create_backend
-from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.config import EngineConfig, resolve_config
 from trtkv.runtime.input_processor import InputProcessor
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.metrics import EngineMetrics
@@ -52,25 +52,24 @@ class Engine:
                  backend: BaseBackend | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.config = config = config or EngineConfig()
-        self.manifest = Manifest.load(self.model_dir, require_onnx=config.backend != "tensorrt")
-        sched_config = config.scheduler_config(self.manifest)
-        plain = config.backend_config()
-        kv_manifest = plain.resolve_manifest(self.manifest)
-        config.check_kv_scales(kv_manifest)
-        num_offload = config.resolve_offload_blocks(
-            kv_manifest, plain.resolve_block_size(kv_manifest), sched_config.max_model_len)
-        self.backend = backend or create_backend(str(self.model_dir), config.backend_config(num_offload))
-        # A backend built by the caller has the host blocks it has: the swap tier's come first.
-        num_offload = max(0, self.backend.num_host_blocks - config.num_host_blocks)
-        store = create_store(self.model_dir, config, self.backend) if num_offload else None
+        self.resolved = resolved = resolve_config(self.model_dir, config)
+        self.manifest = resolved.manifest
+        cache = resolved.cache
+        if backend is None:
+            backend = create_backend(str(self.model_dir), resolved.backend, resolved.manifest)
+        else:  # a backend built by the caller has the host blocks it has: the swap tier's first
+            swap = min(cache.num_swap_blocks, backend.num_host_blocks)
+            offload = backend.num_host_blocks - swap if cache.enable_prefix_caching else 0
+            cache = replace(cache, num_swap_blocks=swap, num_offload_blocks=offload)
+        self.backend = backend
+        store = create_store(self.model_dir, resolved.store, backend) if cache.num_offload_blocks else None
         self.kv = KVCacheManager(
-            self.backend.num_blocks, self.backend.block_size,
-            num_host_blocks=self.backend.num_host_blocks - num_offload,
-            enable_prefix_caching=config.enable_prefix_caching,
-            num_offload_blocks=num_offload if config.enable_prefix_caching else 0, remote=store,
+            backend.num_blocks, backend.block_size, num_host_blocks=cache.num_swap_blocks,
+            enable_prefix_caching=cache.enable_prefix_caching,
+            num_offload_blocks=cache.num_offload_blocks, remote=store,
         )
-        self.tiers = TierTransfer(self.kv, self.backend, store)
-        self.scheduler = Scheduler(sched_config, self.kv, awaiting_store=self.tiers.pending)
+        self.tiers = TierTransfer(self.kv, backend, store)
+        self.scheduler = Scheduler(resolved.scheduler, self.kv, awaiting_store=self.tiers.pending)
         self.eos_token_ids = self.manifest.eos_token_ids
         self.sampler = Sampler(self.eos_token_ids)
         self.tokenizer = load_tokenizer(self.model_dir)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from trtkv.manifest import Manifest
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import StepInputs, build_step_inputs
 
 __all__ = ["BackendConfig", "BaseBackend", "StepInputs", "build_step_inputs", "create_backend"]
 
 
-def create_backend(model_dir: str, config: BackendConfig) -> BaseBackend:
-    """The backend named by ``config.backend`` for an exported model directory."""
+def create_backend(model_dir: str, config: BackendConfig, manifest: Manifest | None = None) -> BaseBackend:
+    """The backend named by ``config.backend`` for an exported model directory (``manifest``:
+    its manifest, when the caller loaded it already)."""
     from trtkv.errors import ConfigError
-    from trtkv.manifest import Manifest
 
-    # An engine directory holds model.engine instead of model.onnx.
-    manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
+    if manifest is None:  # an engine directory holds model.engine instead of model.onnx
+        manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
     if config.backend == "onnxruntime":
         from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from trtkv.runtime.backends.base import BaseBackend
-from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.config import StoreConfig
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.tiers.block_codec import BlockFormat, model_fingerprint
 from trtkv.runtime.tiers.redis_store import RedisKVStore
@@ -33,10 +33,10 @@ from trtkv.runtime.tiers.redis_store import RedisKVStore
 log = logging.getLogger("trtkv.kv_store")
 
 
-def create_store(model_dir: Path, config: EngineConfig, backend: BaseBackend) -> RedisKVStore | None:
-    """The shared store of ``config.kv_store_url`` for this backend, or None (no URL, or a
-    backend without block I/O, which is logged)."""
-    if not config.kv_store_url:
+def create_store(model_dir: Path, config: StoreConfig, backend: BaseBackend) -> RedisKVStore | None:
+    """The shared store of ``config.url`` for this backend, or None (no URL, or a backend
+    without block I/O, which is logged)."""
+    if not config.url:
         return None
     if not backend.supports_block_io:
         log.warning("the %s backend cannot read/write KV blocks: --kv-store-url is ignored",
@@ -45,9 +45,8 @@ def create_store(model_dir: Path, config: EngineConfig, backend: BaseBackend) ->
     m, bs = backend.manifest, backend.block_size
     dtype = backend.read_blocks([0]).dtype
     fmt = BlockFormat.create(model_fingerprint(model_dir, m, bs), m, bs, dtype)
-    max_blocks = int(config.kv_store_max_gib * 2**30) // fmt.num_bytes
-    return RedisKVStore(config.kv_store_url, fmt, ttl_s=config.kv_store_ttl_s,
-                        max_blocks=max_blocks, timeout_s=config.kv_store_timeout_s)
+    max_blocks = int(config.max_gib * 2**30) // fmt.num_bytes
+    return RedisKVStore(config.url, fmt, ttl_s=config.ttl_s, max_blocks=max_blocks, timeout_s=config.timeout_s)
 
 
 class TierTransfer:

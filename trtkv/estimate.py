@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trtkv.errors import ConfigError, ModelDirError
-from trtkv.ops.schema import KV_DTYPE_SPECS, KV_DTYPES
+from trtkv.ops.schema import KV_DTYPE_SPECS, KV_DTYPES, ceil_div
 
 _TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -105,7 +105,7 @@ def estimate(dims: ModelDims, *, memory_gib: float, kv_dtype: str = "auto", bloc
     num_blocks = int(memory_gib * 2**30) // (per_token * block_size)
     num_tokens = num_blocks * block_size
     seq_len = seq_len or dims.max_position_embeddings
-    blocks_per_seq = -(-seq_len // block_size)
+    blocks_per_seq = ceil_div(seq_len, block_size)
     return Estimate(kv, per_token, block_size, num_blocks, num_tokens, seq_len, num_blocks // blocks_per_seq,
                     min(num_tokens, dims.max_position_embeddings))
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES, ceil_div
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def greedy_outputs(model_dir: Path, manifest: Manifest, prompts: list[list[int]]
     from trtkv.runtime.engine import Engine
     from trtkv.runtime.sampling import SamplingParams
 
-    num_blocks = len(prompts) * -(-(max(map(len, prompts)) + num_tokens) // manifest.block_size)
+    num_blocks = len(prompts) * ceil_div(max(map(len, prompts)) + num_tokens, manifest.block_size)
     backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(num_blocks=num_blocks))
     engine = Engine(model_dir, EngineConfig(num_blocks=num_blocks, allow_uncalibrated_kv=True,
                                             max_num_batched_tokens=4096), backend=backend)
@@ -117,7 +117,7 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
                           "give a longer text or a smaller --window-tokens")
     stride = max(1, len(ids) // max(1, num_prompts))
     prompts = [ids[i * stride:i * stride + 32] for i in range(num_prompts) if ids[i * stride:i * stride + 32]]
-    blocks = -(-window_tokens // manifest.block_size)
+    blocks = ceil_div(window_tokens, manifest.block_size)
 
     def pool(kv: str) -> tuple[Manifest, str]:
         if kv == manifest.kv_dtype:

@@ -43,6 +43,7 @@ from trtkv.build.tensorrt_env import (
 )
 from trtkv.errors import BackendUnavailableError, ConfigError, ModelDirError
 from trtkv.manifest import INPUT_NAMES, KV_CACHE_INPUT, MANIFEST_FILE, Manifest
+from trtkv.ops.schema import ceil_div
 
 ENGINE_FILE = "model.engine"
 #: Oldest GPU (compute capability x 10) with FP8 tensor types.
@@ -65,7 +66,7 @@ def profile_shapes(manifest: Manifest, config: BuildConfig) -> dict[str, tuple[S
             f"--max-model-len {max_len} exceeds the model's max_position_embeddings "
             f"({manifest.max_position_embeddings}); lower it"
         )
-    max_blocks_per_seq = -(-max_len // block_size)
+    max_blocks_per_seq = ceil_div(max_len, block_size)
     max_pool = config.max_num_blocks or DEFAULT_MAX_NUM_BLOCKS
     if max_pool < max_blocks_per_seq:
         raise ConfigError(

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPE_SPECS, QUANTIZED_KV_DTYPES
+from trtkv.ops.schema import DEFAULT_KV_SCALES, KV_DTYPE_SPECS, QUANTIZED_KV_DTYPES, ceil_div
 
 SCALE_GRANULARITIES = ("per-tensor", "per-head")
 
@@ -99,7 +99,7 @@ def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: b
     manifest = Manifest.load(model_dir)
     block_size = manifest.block_size
     longest = max(len(p) for p in prompts)
-    num_blocks = -(-longest // block_size)
+    num_blocks = ceil_div(longest, block_size)
     backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(kv_dtype="fp32", num_blocks=num_blocks))
     width = manifest.num_kv_heads if per_head else 1
     k_amax = np.zeros((manifest.num_layers, width), np.float32)
@@ -185,7 +185,7 @@ def _heldout_perplexity(model_dir: Path, base: Manifest, quantized: Manifest,
     from trtkv.runtime.backends.base import BackendConfig
     from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    num_blocks = -(-max(map(len, prompts)) // base.block_size)
+    num_blocks = ceil_div(max(map(len, prompts)), base.block_size)
     windows = [p for p in prompts if len(p) >= 2] or [prompts[0] * 2]
     return tuple(perplexity(OnnxRuntimeBackend(model_dir, m, BackendConfig(num_blocks=num_blocks)), windows, 64)
                  for m in (base, quantized))  # type: ignore[return-value]

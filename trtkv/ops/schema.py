@@ -98,6 +98,11 @@ DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": 
                  "fp8_e4m3": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8"}
 
 
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative ints: e.g. the blocks that hold ``a`` tokens at block size ``b``."""
+    return -(-a // b)
+
+
 def canonical_dtype(name: str) -> str:
     """Our name of a dtype given in any usual spelling (unknown names come back unchanged)."""
     return DTYPE_ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name

@@ -13,7 +13,7 @@ from typing import Any
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype
+from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype, ceil_div
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.policy import POLICIES
@@ -112,7 +112,7 @@ class EngineConfig:
             return self.kv_offload_blocks
         if self.kv_offload_gib:
             return max(1, int(self.kv_offload_gib * 2**30) // (manifest.kv_bytes_per_token() * block_size))
-        return -(-max_model_len // block_size) if self.kv_store_url else 0
+        return ceil_div(max_model_len, block_size) if self.kv_store_url else 0
 
     def _scheduler_config(self, manifest: Manifest) -> SchedulerConfig:
         max_len = self.max_model_len or manifest.max_position_embeddings

@@ -182,6 +182,15 @@ class Engine:
             snap["kv_store"] = self.tiers.stats()
         return snap
 
+    def histogram_buckets(self) -> dict[str, list[tuple[float, int]]]:
+        """Cumulative buckets of every latency histogram (Prometheus ``le`` pairs)."""
+        return {name: h.cumulative() for name, h in self.metrics.histograms.items()}
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV block of the pool."""
+        return self.kv.block_size
+
     def close(self) -> None:
         """Publish what the store tier has queued (briefly) and stop its thread."""
         self.tiers.close()

@@ -56,8 +56,8 @@ def collect(engine: Engine) -> dict[str, Any]:
     """Everything `render` needs, read in one go (call it between steps)."""
     return {
         "stats": engine.stats(),
-        "buckets": {name: h.cumulative() for name, h in engine.metrics.histograms.items()},
-        "block_size": engine.scheduler.kv.block_size,
+        "buckets": engine.histogram_buckets(),
+        "block_size": engine.block_size,
     }
 
 

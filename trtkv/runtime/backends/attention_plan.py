@@ -22,6 +22,7 @@ import numpy as np
 
 from trtkv.errors import BackendUnavailableError
 from trtkv.manifest import Manifest
+from trtkv.ops.schema import ceil_div
 
 #: trtkv::DType values of the plan C ABI.
 _DTYPES = {"fp16": 1, "bf16": 2, "fp8": 3}
@@ -68,7 +69,7 @@ class AttentionPlanner:
                 raise BackendUnavailableError(
                     f"{library} refused the attention workspace for this model (status {status}); rebuild the "
                     "engine and plugins with this trtkv")
-        words = -(-device_bytes // 8)
+        words = ceil_div(device_bytes, 8)
         self.device = torch.zeros(words, dtype=torch.int64, device="cuda")
         self.host = torch.empty(max(host_bytes, 1), dtype=torch.uint8).pin_memory()
 

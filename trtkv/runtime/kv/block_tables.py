@@ -9,16 +9,14 @@ caller. Pure Python.
 
 from __future__ import annotations
 
+from trtkv.ops.schema import ceil_div
 from trtkv.runtime.kv.block_pool import BlockPool
 from trtkv.runtime.kv.errors import KVCacheError
 
+__all__ = ["BlockCopy", "BlockTables", "ceil_div"]
+
 BlockCopy = tuple[int, int]
 """A (source block, destination block) copy the backend performs before the forward pass."""
-
-
-def ceil_div(a: int, b: int) -> int:
-    """``ceil(a / b)`` for non-negative ints."""
-    return -(-a // b)
 
 
 class BlockTables:

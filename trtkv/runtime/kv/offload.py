@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from trtkv.runtime.kv.block_tables import BlockCopy
 from trtkv.runtime.kv.host_cache import HostCache
-
-BlockCopy = tuple[int, int]
 
 
 class RemoteBlockSource(Protocol):

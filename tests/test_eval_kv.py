@@ -35,6 +35,7 @@ def test_rows_against_fp32(int8_calibrated: Path) -> None:
     assert rows["fp16"].kl_divergence < 1e-3 and abs(rows["int8"].perplexity_change_pct) < 5
 
 
+@pytest.mark.slow  # two CLI subprocesses
 def test_cli_json_and_bad_text(int8_calibrated: Path, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text((Path(DEFAULT_MODEL_DIR) / "README.md").read_text() * 6)

@@ -80,6 +80,7 @@ def test_bad_calibration_files(int8_export: Path, tmp_path: Path, content: str, 
         calibrate(int8_export, calibration_file=path)
 
 
+@pytest.mark.slow  # a CLI subprocess over a calibration run
 def test_cli_calibrate_reports_what_it_measured(int8_export: Path, tmp_path: Path) -> None:
     path = tmp_path / "chats.jsonl"
     path.write_text("\n".join(json.dumps(c) for c in CHATS))

@@ -92,3 +92,21 @@ def test_cache_salt_separates_tenants_and_metrics(exported_factory):
     assert snap["num_prefix_hit_tokens"] == 48
     assert snap["prefix_hit_rate"] == pytest.approx(48 / (4 * len(prompt)))
     assert "num_evictions" in snap["kv"]
+
+
+@pytest.mark.parametrize("policy", ["ttl", "cost"])
+def test_every_eviction_policy_keeps_greedy_output_and_reports_itself(policy, exported_factory):
+    """Under eviction pressure each policy serves the same tokens as no caching; its
+    evictions, hits and their ages are in the stats and on /metrics' source."""
+    model_dir = exported_factory("llama")
+    prompts = shared_prefix_prompts(10, 3, 40, seed=1)
+    off = run_one_by_one(Engine(model_dir, EngineConfig(num_blocks=8, block_size=16)), prompts)
+    extra = {"prefix_ttl_s": 3600.0} if policy == "ttl" else {}
+    engine = Engine(model_dir, EngineConfig(num_blocks=8, block_size=16, enable_prefix_caching=True,
+                                            prefix_eviction=policy, **extra))
+    on = run_one_by_one(engine, prompts)
+    assert [t for t, _ in on] == [t for t, _ in off]
+    kv = engine.stats()["scheduler"]["kv"]
+    assert kv["eviction_policy"] == policy and kv["evictions_by_reason"]["capacity"] == kv["num_evictions"] > 0
+    assert kv["num_hit_blocks"] * 16 == sum(c for _, c in on) > 0
+    assert kv["evicted_age_s"] >= 0.0 and kv["num_used"] == 0

@@ -296,6 +296,10 @@ def test_metrics_parse_and_speak_vllm(live_server: LiveServer) -> None:
     generated = families["vllm:generation_tokens"].samples[0]
     assert generated.value >= 2
     assert families["vllm:num_requests_running"].samples[0].value == 0  # nothing in flight now
+    evictions = {(s.labels["reason"], s.labels["policy"]) for s in families["trtkv_prefix_cache_evictions"].samples}
+    assert evictions == {("capacity", "lru"), ("ttl", "lru")}
+    for name in ("trtkv_prefix_cache_evicted_age_seconds", "trtkv_prefix_cache_hit_blocks"):
+        assert name in families, name
 
 
 def test_batch_prompts_on_completions(client, live_server: LiveServer) -> None:

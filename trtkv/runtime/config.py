@@ -15,6 +15,7 @@ from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
 from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype, ceil_div
 from trtkv.runtime.backends.base import BackendConfig
+from trtkv.runtime.kv.eviction import EVICTION_POLICIES
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.policy import POLICIES
 
@@ -66,6 +67,10 @@ class EngineConfig:
                                  "most long prefills (see --long-prefill-threshold) at once; others wait")
     max_new_tokens_cap: int = _opt(0, "lower every request's max_new_tokens to this; 0 = no cap")
     enable_prefix_caching: bool = _opt(False, "reuse KV blocks of shared prompt prefixes")
+    prefix_eviction: str = field(default="lru", metadata={"choices": EVICTION_POLICIES, "help": "which free cached block is reused first: lru (freed longest ago), ttl (lru, "
+                                "and a block free past --prefix-ttl-s expires) or cost (uncached blocks, then the "
+                                "cheapest cached leaf to recompute: fewest hits x shallowest)"})
+    prefix_ttl_s: float = _opt(0.0, "ttl eviction: seconds a cached block may stay free before it expires")
     kv_offload_gib: float = _opt(0.0, "host memory (GiB) keeping KV blocks evicted from the pool for reuse (needs --enable-prefix-caching)")
     kv_offload_blocks: int = _opt(0, "host offload tier size in blocks; overrides --kv-offload-gib")
     kv_store_url: str = _opt("", "shared KV store, e.g. redis://127.0.0.1:6379/0 (needs --enable-prefix-caching)")
@@ -86,6 +91,16 @@ class EngineConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.kv_store_ttl_s <= 0 or self.kv_store_timeout_s <= 0:
             raise ConfigError("--kv-store-ttl-s and --kv-store-timeout-s must be > 0")
+        if self.prefix_eviction not in EVICTION_POLICIES:
+            raise ConfigError(f"--prefix-eviction must be one of {', '.join(EVICTION_POLICIES)}, "
+                              f"got {self.prefix_eviction!r}")
+        if self.prefix_eviction != "lru" and not self.enable_prefix_caching:
+            raise ConfigError(f"--prefix-eviction {self.prefix_eviction} orders prefix-cache blocks: "
+                              "add --enable-prefix-caching")
+        if self.prefix_eviction == "ttl" and not self.prefix_ttl_s > 0:
+            raise ConfigError("--prefix-eviction ttl needs --prefix-ttl-s SECONDS (> 0)")
+        if self.prefix_ttl_s and self.prefix_eviction != "ttl":
+            raise ConfigError("--prefix-ttl-s applies to --prefix-eviction ttl; add it or drop --prefix-ttl-s")
         if not isinstance(self.max_new_tokens_cap, int) or self.max_new_tokens_cap < 0:
             raise ConfigError(f"--max-new-tokens-cap must be an integer >= 0 (0 = no cap), "
                               f"got {self.max_new_tokens_cap!r}")
@@ -145,11 +160,15 @@ class CacheConfig:
         num_swap_blocks: host blocks for swap preemption (host ids ``0 ..``).
         num_offload_blocks: host blocks keeping evicted cached blocks (ids after the swap
             blocks; 0 with prefix caching off).
+        eviction: the device pool's eviction policy (lru, ttl, cost).
+        prefix_ttl_s: with ttl, seconds a free cached block lives.
     """
 
     enable_prefix_caching: bool
     num_swap_blocks: int
     num_offload_blocks: int
+    eviction: str = "lru"
+    prefix_ttl_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +222,8 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
         num_host_blocks=config.num_host_blocks + offload, num_threads=config.num_threads,
         gpu_memory_utilization=config.gpu_memory_utilization,
     )
-    cache = CacheConfig(config.enable_prefix_caching, config.num_host_blocks, offload)
+    cache = CacheConfig(config.enable_prefix_caching, config.num_host_blocks, offload, config.prefix_eviction,
+                        config.prefix_ttl_s)
     store = StoreConfig(config.kv_store_url, config.kv_store_ttl_s, config.kv_store_max_gib,
                         config.kv_store_timeout_s)
     return ResolvedConfig(manifest, kv_manifest, backend, scheduler, cache, store)

@@ -66,7 +66,8 @@ class Engine:
         self.kv = KVCacheManager(
             backend.num_blocks, backend.block_size, num_host_blocks=cache.num_swap_blocks,
             enable_prefix_caching=cache.enable_prefix_caching,
-            num_offload_blocks=cache.num_offload_blocks, remote=store,
+            num_offload_blocks=cache.num_offload_blocks, remote=store, eviction=cache.eviction,
+            prefix_ttl_s=cache.prefix_ttl_s,
         )
         self.tiers = TierTransfer(self.kv, backend, store)
         self.scheduler = Scheduler(resolved.scheduler, self.kv, awaiting_store=self.tiers.pending)

@@ -104,8 +104,17 @@ class _SnapshotCollector(Collector):
         yield gauge("kv_host_blocks_used", "KV blocks held in the host (swap) tier", kv.get("num_host_used", 0))
         yield gauge("kv_host_blocks_free", "free KV blocks in the host (swap) tier", kv.get("num_host_free", 0))
         yield gauge("prefix_cache_blocks", "device blocks carrying a prefix-cache key", kv.get("num_cached", 0))
-        yield counter("prefix_cache_evictions", "cached blocks whose key was dropped on reuse",
-                      kv.get("num_evictions", 0))
+        policy = kv.get("eviction_policy", "lru")
+        evicted = CounterMetricFamily("trtkv_prefix_cache_evictions",
+                                      "cached blocks whose key was dropped, by reason (capacity: reused; "
+                                      "ttl: expired) and eviction policy", labels=["reason", "policy"])
+        by_reason = kv.get("evictions_by_reason", {})
+        for reason in sorted({"capacity", "ttl", *by_reason}):
+            evicted.add_metric([reason, policy], by_reason.get(reason, 0))
+        yield evicted
+        yield counter("prefix_cache_evicted_age_seconds", "sum of the seconds evicted blocks had been free "
+                      "(divide by trtkv_prefix_cache_evictions for the mean age)", kv.get("evicted_age_s", 0.0))
+        yield counter("prefix_cache_hit_blocks", "device prefix-cache hits, in blocks", kv.get("num_hit_blocks", 0))
         yield counter("prefix_cache_query_tokens", "prompt tokens looked up in the prefix cache",
                       sched.get("num_prefix_query_tokens", 0))
         yield counter("prefix_cache_hit_tokens", "prompt tokens served from the prefix cache",

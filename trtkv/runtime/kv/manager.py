@@ -19,7 +19,9 @@ Pure Python; must not import torch, onnx, onnxruntime or tensorrt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import time
+from collections.abc import Callable, Sequence
 
 from trtkv.runtime.kv.block_pool import BlockPool
 from trtkv.runtime.kv.block_tables import BlockCopy, BlockTables
@@ -49,6 +51,10 @@ class KVCacheManager:
             caching); ids ``num_host_blocks ..`` in the backend's host pool.
         remote: the shared store (its blocks arrive through `TierQueues.stage_remote`); staged in the offload
             tier's host blocks, so it needs ``num_offload_blocks > 0``.
+        eviction: which free cached block allocation evicts first: lru, ttl or cost (see
+            `trtkv.runtime.kv.eviction`).
+        prefix_ttl_s: with ttl, seconds a cached block may stay free before it expires.
+        clock: monotonic seconds for the ttl policy and eviction ages (tests pass a fake).
 
     Raises:
         KVCacheError: on a non-positive ``block_size`` or negative block counts.
@@ -56,14 +62,15 @@ class KVCacheManager:
 
     def __init__(self, num_blocks: int, block_size: int, num_host_blocks: int = 0,
                  enable_prefix_caching: bool = False, num_offload_blocks: int = 0,
-                 remote: RemoteBlockSource | None = None) -> None:
+                 remote: RemoteBlockSource | None = None, eviction: str = "lru",
+                 prefix_ttl_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         if block_size <= 0:
             raise KVCacheError(f"block_size must be > 0, got {block_size}")
         if num_offload_blocks and not enable_prefix_caching:
             raise KVCacheError("the offload tier keeps cached blocks: enable prefix caching")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self._pool = BlockPool(num_blocks)
+        self._pool = BlockPool(num_blocks, eviction, prefix_ttl_s, clock)
         self._host = HostTier(num_host_blocks)
         self._prefix = PrefixCache(self._pool, block_size)
         self._offload = OffloadTier(num_offload_blocks, num_host_blocks, remote)
@@ -137,6 +144,8 @@ class KVCacheManager:
             num_offloaded=self._offload.num_offloaded,
             num_host_hit_blocks=self._offload.num_host_hits,
             num_store_hit_blocks=self._offload.num_store_hits,
+            eviction_policy=pool.eviction, evictions_by_reason=dict(pool.evictions_by_reason),
+            evicted_age_s=pool.evicted_age_s, num_hit_blocks=pool.num_hit_blocks,
         )
 
     # -- prefix cache ---------------------------------------------------------------------
@@ -259,10 +268,10 @@ class KVCacheManager:
         for block_id in prefix.block_ids:  # first, so that allocating cannot evict them
             self._pool.touch(block_id)
         new = self._pool.allocate(self.num_blocks_for(num_tokens) - num_dev)
-        for host_block, block_id, key in zip(prefix.host_block_ids, new, prefix.keys[num_dev:],
-                                             strict=False):
+        for depth, host_block, block_id in zip(itertools.count(num_dev), prefix.host_block_ids, new,
+                                               strict=False):
             self._offload.load(host_block, block_id)
-            self._pool.set_key(block_id, key)
+            self._pool.set_key(block_id, prefix.keys[depth], prefix.keys[depth - 1] if depth else None, depth)
         self._tables.add(seq_id, [*prefix.block_ids, *new], num_tokens)
         if self.enable_prefix_caching:
             self._prefix.start(seq_id, prefix)

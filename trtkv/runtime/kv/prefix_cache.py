@@ -138,12 +138,13 @@ class PrefixCache:
         parent = chain[-1] if chain else None
         for i in range(len(chain), num_computed // bs):
             if i < len(block_keys):
-                parent = block_keys[i]
+                key = block_keys[i]
             else:
-                parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], self._salts[seq_id])
-            chain.append(parent)
-            if self._pool.set_key(table[i], parent) and self.new_blocks is not None:
-                self.new_blocks.append((table[i], parent))
+                key = hash_block(parent, token_ids[i * bs : (i + 1) * bs], self._salts[seq_id])
+            chain.append(key)
+            if self._pool.set_key(table[i], key, parent, i) and self.new_blocks is not None:
+                self.new_blocks.append((table[i], key))
+            parent = key
 
     def fork(self, parent_seq_id: int, child_seq_id: int) -> None:
         if parent_seq_id in self._chains:
@@ -157,8 +158,9 @@ class PrefixCache:
 
     def restore(self, seq_id: int, table: Sequence[int]) -> None:
         """Re-key a sequence's fresh device blocks after a swap-in, where not taken."""
-        for block_id, key in zip(table, self._chains.get(seq_id, ()), strict=False):
-            self._pool.set_key(block_id, key)
+        chain = self._chains.get(seq_id, [])
+        for i, (block_id, key) in enumerate(zip(table, chain, strict=False)):
+            self._pool.set_key(block_id, key, chain[i - 1] if i else None, i)
 
     def forget(self, seq_id: int) -> None:
         self._chains.pop(seq_id, None)

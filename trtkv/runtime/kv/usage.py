@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class KVUsage:
     num_cached: int
     """Device blocks that carry a prefix-cache key (in use or free)."""
     num_evictions: int
-    """Cached device blocks whose key was dropped when allocation reused them."""
+    """Cached device blocks whose key was dropped (allocation reused them, or they expired)."""
     num_offload_total: int = 0
     """Host blocks of the offload tier (0: off)."""
     num_offload_used: int = 0
@@ -28,6 +28,14 @@ class KVUsage:
     """Prefix-hit blocks loaded from the host tier instead of recomputed."""
     num_store_hit_blocks: int = 0
     """Blocks fetched from the shared store (staged in host blocks)."""
+    eviction_policy: str = "lru"
+    """The device pool's prefix-cache eviction policy (lru, ttl, cost)."""
+    evictions_by_reason: dict[str, int] = field(default_factory=dict)
+    """``capacity`` (reused for new blocks) and ``ttl`` (expired) evictions."""
+    evicted_age_s: float = 0.0
+    """Sum of the seconds each evicted block had been free (mean age: / num_evictions)."""
+    num_hit_blocks: int = 0
+    """Device prefix-cache hits, in blocks."""
 
     @property
     def usage_fraction(self) -> float:

@@ -7,6 +7,7 @@ Each option whose value a component consumes takes its default from that compone
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,15 +78,20 @@ class EngineConfig:
     kv_store_ttl_s: float = _opt(3600.0, "seconds a block published to the KV store lives")
     kv_store_max_gib: float = _opt(1.0, "most GiB of KV blocks this model keeps in the store; the oldest are dropped")
     kv_store_timeout_s: float = _opt(0.1, "timeout of each KV store call; a slow or down store is skipped for a while")
+    kv_disk_dir: str = _opt("", "local disk KV tier: blocks evicted from host memory are kept in files here and "
+                            "loaded back on a prefix hit, across restarts (needs --enable-prefix-caching)")
+    kv_disk_gib: float = _opt(4.0, "most GiB of KV block files in --kv-disk-dir; the least recently used go first")
     allow_uncalibrated_kv: bool = _opt(False, "run an fp8/int8 KV pool on the documented default scales "
                                        "(no calibration: values past the scale's range saturate)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
-        tiers = self.kv_offload_gib or self.kv_offload_blocks or self.kv_store_url
+        tiers = self.kv_offload_gib or self.kv_offload_blocks or self.kv_store_url or self.kv_disk_dir
         if tiers and not self.enable_prefix_caching:
-            raise ConfigError("--kv-offload-gib, --kv-offload-blocks and --kv-store-url keep "
+            raise ConfigError("--kv-offload-gib, --kv-offload-blocks, --kv-store-url and --kv-disk-dir keep "
                               "prefix-cache blocks: add --enable-prefix-caching")
+        if not (math.isfinite(self.kv_disk_gib) and self.kv_disk_gib > 0):
+            raise ConfigError(f"--kv-disk-gib must be a finite number > 0, got {self.kv_disk_gib}")
         for name in ("kv_offload_gib", "kv_offload_blocks", "kv_store_max_gib"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -121,13 +127,13 @@ class EngineConfig:
                               f"values would saturate silently: {how}; or pass --allow-uncalibrated-kv")
 
     def _offload_blocks(self, manifest: Manifest, block_size: int, max_model_len: int) -> int:
-        """Host offload blocks: explicit, from --kv-offload-gib, or (a store without a host
-        tier) enough to stage one full-length prompt fetched from the store."""
+        """Host offload blocks: explicit, from --kv-offload-gib, or (a store or disk tier
+        without a host tier) enough to stage one full-length prompt fetched from it."""
         if self.kv_offload_blocks:
             return self.kv_offload_blocks
         if self.kv_offload_gib:
             return max(1, int(self.kv_offload_gib * 2**30) // (manifest.kv_bytes_per_token() * block_size))
-        return ceil_div(max_model_len, block_size) if self.kv_store_url else 0
+        return ceil_div(max_model_len, block_size) if self.kv_store_url or self.kv_disk_dir else 0
 
     def _scheduler_config(self, manifest: Manifest) -> SchedulerConfig:
         max_len = self.max_model_len or manifest.max_position_embeddings
@@ -173,12 +179,15 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """The shared KV store tier (``url`` empty: none)."""
+    """The tiers below host memory: the local disk (``disk_dir`` empty: none) and the shared
+    KV store (``url`` empty: none)."""
 
     url: str
     ttl_s: float
     max_gib: float
     timeout_s: float
+    disk_dir: str = ""
+    disk_gib: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -225,5 +234,5 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
     cache = CacheConfig(config.enable_prefix_caching, config.num_host_blocks, offload, config.prefix_eviction,
                         config.prefix_ttl_s)
     store = StoreConfig(config.kv_store_url, config.kv_store_ttl_s, config.kv_store_max_gib,
-                        config.kv_store_timeout_s)
+                        config.kv_store_timeout_s, config.kv_disk_dir, config.kv_disk_gib)
     return ResolvedConfig(manifest, kv_manifest, backend, scheduler, cache, store)

@@ -36,7 +36,7 @@ from trtkv.runtime.sampling import (
     SamplingParams,
 )
 from trtkv.runtime.scheduler.scheduler import Scheduler
-from trtkv.runtime.tiers.transfer import TierTransfer, create_store
+from trtkv.runtime.tiers.transfer import TierTransfer, create_disk_store, create_store
 
 
 class Engine:
@@ -62,14 +62,17 @@ class Engine:
             offload = backend.num_host_blocks - swap if cache.enable_prefix_caching else 0
             cache = replace(cache, num_swap_blocks=swap, num_offload_blocks=offload)
         self.backend = backend
-        store = create_store(self.model_dir, resolved.store, backend) if cache.num_offload_blocks else None
+        store = disk = None
+        if cache.num_offload_blocks:
+            store = create_store(self.model_dir, resolved.store, backend)
+            disk = create_disk_store(self.model_dir, resolved.store, backend)
         self.kv = KVCacheManager(
             backend.num_blocks, backend.block_size, num_host_blocks=cache.num_swap_blocks,
             enable_prefix_caching=cache.enable_prefix_caching,
-            num_offload_blocks=cache.num_offload_blocks, remote=store, eviction=cache.eviction,
+            num_offload_blocks=cache.num_offload_blocks, remote=store if store is not None else disk, eviction=cache.eviction,
             prefix_ttl_s=cache.prefix_ttl_s,
         )
-        self.tiers = TierTransfer(self.kv, backend, store)
+        self.tiers = TierTransfer(self.kv, backend, store, disk)
         self.scheduler = Scheduler(resolved.scheduler, self.kv, awaiting_store=self.tiers.pending)
         self.eos_token_ids = self.manifest.eos_token_ids
         self.sampler = Sampler(self.eos_token_ids)
@@ -179,7 +182,7 @@ class Engine:
         snap = self.metrics.snapshot(self.scheduler.stats())
         running = self.scheduler.num_running_requests()
         snap["requests"] = {"running": running, "waiting": len(self.outputs.requests) - running}
-        if self.tiers.store is not None:
+        if self.tiers.store is not None or self.tiers.disk is not None:
             snap["kv_store"] = self.tiers.stats()
         return snap
 

@@ -4,7 +4,7 @@ Owns the metric names and their mapping from `Engine.stats()`, the engine's hist
 server's own counters. Two families of names:
 
 - ``trtkv_*``: everything trtkv measures (KV blocks, prefix cache, preemptions, rejections,
-  histograms, HTTP, the shared KV store tier).
+  histograms, HTTP, the shared KV store and disk tiers).
 - ``vllm:*`` (with a ``model_name`` label): the names vLLM dashboards and the Kubernetes
   Gateway API Inference Extension read, with the same meaning:
 
@@ -152,6 +152,9 @@ class _SnapshotCollector(Collector):
             for key, value in sorted(store.items()):
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     yield gauge(f"kv_store_{key}", f"shared KV store tier: {key.replace('_', ' ')}", value)
+            for key, value in sorted(store.get("disk", {}).items()):  # the disk tier's: hits, writes, corrupt...
+                if isinstance(value, int | float):
+                    yield gauge(f"kv_disk_{key}", f"disk KV tier: {key.replace('_', ' ')}", float(value))
         http = CounterMetricFamily("trtkv_http_requests", "HTTP requests answered, by endpoint and status",
                                    labels=["endpoint", "status"])
         for (endpoint, status), n in sorted(self.server.get("http_requests", {}).items()):

@@ -124,6 +124,10 @@ class BaseBackend(ABC):
         """Write host blocks from ``data`` [n, L, 2, block_size, Hkv, D] (pool dtype)."""
         raise NotImplementedError(f"{type(self).__name__} cannot write host KV blocks")
 
+    def read_host_blocks(self, host_block_ids: Sequence[int]) -> np.ndarray:
+        """Copies of host blocks: [n, L, 2, block_size, Hkv, D], the pool's storage dtype."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read host KV blocks")
+
     def apply_block_moves(self, plan: StepPlan) -> None:
         if plan.swap_out:
             self.swap_out(plan.swap_out)

@@ -127,6 +127,10 @@ class OnnxRuntimeBackend(BaseBackend):
         ids = np.asarray(block_ids, dtype=np.int64)
         return np.stack([pool[ids] for pool in self.pools], axis=1)
 
+    def read_host_blocks(self, host_block_ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(host_block_ids, dtype=np.int64)
+        return np.stack([host_pool[ids] for host_pool in self.host_pools], axis=1)
+
     def write_host_blocks(self, host_block_ids: Sequence[int], data: np.ndarray) -> None:
         ids = np.asarray(host_block_ids, dtype=np.int64)
         for i, host_pool in enumerate(self.host_pools):

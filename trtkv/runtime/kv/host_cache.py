@@ -15,6 +15,7 @@ Pure Python; must not import torch, onnx, onnxruntime or tensorrt.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class HostCache:
@@ -34,6 +35,9 @@ class HostCache:
         self._pinned: set[int] = set()
         self.num_evictions = 0
         """Host blocks whose content was dropped to make room."""
+        self.on_evict: Callable[[int, bytes], None] | None = None
+        """Called with (host block, key) as a key is evicted, before its block is reused
+        (the disk tier spills it)."""
 
     @property
     def num_used(self) -> int:
@@ -69,6 +73,8 @@ class HostCache:
             block = self._lru.pop(victim)
             del self._key_of[block]
             self.num_evictions += 1
+            if self.on_evict is not None:
+                self.on_evict(block, victim)
         self._lru[key] = block
         self._key_of[block] = key
         self._pinned.add(block)

@@ -47,6 +47,9 @@ class OffloadTier:
         self.swap_out: list[BlockCopy] = []
         self.swap_in: list[BlockCopy] = []
         self.host_writes: list[tuple[int, object]] = []
+        self.spills: list[tuple[int, bytes]] = []
+        """(host block, key) evicted from host memory, to copy to the disk tier before the
+        step reuses the block (only with `spill_evicted`)."""
         self.num_offloaded = 0
         """Device blocks copied to host memory as the device pool evicted them."""
         self.num_host_hits = 0
@@ -57,6 +60,10 @@ class OffloadTier:
     @property
     def is_enabled(self) -> bool:
         return self.cache.num_blocks > 0
+
+    def spill_evicted(self) -> None:
+        """Record every host eviction in `spills` (a disk tier below host memory)."""
+        self.cache.on_evict = lambda block, key: self.spills.append((block, key))
 
     def on_evict(self, device_block: int, key: bytes) -> None:
         """The device pool is reusing a cached block: keep its content in host memory.

@@ -65,6 +65,16 @@ class TierQueues:
         """(host block, block data) fetched from the store, to write before the step runs."""
         return self._offload.take_host_writes()
 
+    def spill_evicted(self) -> None:
+        """From now on, record the blocks host memory evicts (`take_spills`), for a disk tier."""
+        self._offload.spill_evicted()
+
+    def take_spills(self) -> list[tuple[int, bytes]]:
+        """(host block, key) evicted from host memory since the last call; their data is still
+        in the host pool until the next step runs (read it before `execute`)."""
+        spills, self._offload.spills = self._offload.spills, []
+        return spills
+
     def track_new_blocks(self) -> None:
         """Record every block newly keyed from now on (`take_new_blocks`), for publishing."""
         self._prefix.new_blocks = []

@@ -83,17 +83,18 @@ class BlockFormat:
     @property
     def num_bytes(self) -> int:
         """Bytes of one block's data (header excluded)."""
-        return int(np.prod(self.shape)) * self._dtype.itemsize
+        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     @property
-    def _dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype:
+        """The numpy dtype of the blocks."""
         from trtkv.ops.reference import KV_NUMPY_DTYPES
 
         return KV_NUMPY_DTYPES[self.kv_dtype]
 
     def encode(self, key: bytes, block: np.ndarray) -> bytes:
         """Bytes of one block ([L, 2, B, Hkv, D], the pool's dtype) stored under ``key``."""
-        if block.shape != self.shape or block.dtype != self._dtype:
+        if block.shape != self.shape or block.dtype != self.dtype:
             raise ValueError(f"block {block.shape} {block.dtype} does not match {self}")
         data = np.ascontiguousarray(block).tobytes()
         fields = self._header(key)
@@ -121,7 +122,7 @@ class BlockFormat:
         data = payload[start + n :]
         if len(data) != self.num_bytes or digest != _digest(expected, data):
             return None
-        return np.frombuffer(data, dtype=self._dtype).reshape(self.shape)
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape)
 
 
 def _digest(header: dict[str, object], data: bytes) -> str:

@@ -1,14 +1,18 @@
-"""The engine's glue between the KV manager's offload tier, the backend and the shared store.
+"""The engine's glue between the KV manager's offload tier, the backend, the disk tier and
+the shared store.
 
-Owns: moving block *data* that the plan's block moves cannot express, and every network
-call of the store tier, which never runs inside `Scheduler.schedule()`:
+Owns: moving block *data* that the plan's block moves cannot express, and every file and
+network call of the disk and store tiers, none of which runs inside `Scheduler.schedule()`:
 
 - a new request's lookup: the engine hands its prompt to `prefetch` when it is added; a
-  background thread asks the store for the blocks past the local hit while the engine keeps
-  stepping (the request waits in the queue meanwhile: `pending`); `collect`, before the next
-  schedule, stages what came back in host blocks;
-- those blocks are written into the backend's host pool after scheduling and before the step
-  runs (the plan's ``swap_in`` then loads them);
+  background thread reads the blocks past the local (device + host) hit from the disk tier,
+  then asks the store for the rest, while the engine keeps stepping (the request waits in the
+  queue meanwhile: `pending`); `collect`, before the next schedule, stages what came back in
+  host blocks;
+- blocks host memory evicted (the disk tier's input) are read from the host pool after
+  scheduling, before the step can reuse their host blocks, and written to disk;
+- staged blocks are written into the backend's host pool after that and before the step runs
+  (the plan's ``swap_in`` then loads them);
 - blocks the step filled are read from the device pool after it ran and handed to the
   store's publisher thread.
 """
@@ -24,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from trtkv.errors import ConfigError
 from trtkv.runtime.backends.base import BaseBackend
 from trtkv.runtime.config import StoreConfig
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.tiers.block_codec import BlockFormat, model_fingerprint
+from trtkv.runtime.tiers.disk_store import DiskKVStore
 from trtkv.runtime.tiers.redis_store import RedisKVStore
 
 log = logging.getLogger("trtkv.kv_store")
@@ -49,11 +55,32 @@ def create_store(model_dir: Path, config: StoreConfig, backend: BaseBackend) -> 
     return RedisKVStore(config.url, fmt, ttl_s=config.ttl_s, max_blocks=max_blocks, timeout_s=config.timeout_s)
 
 
+def create_disk_store(model_dir: Path, config: StoreConfig, backend: BaseBackend) -> DiskKVStore | None:
+    """The disk tier of ``config.disk_dir`` for this backend, or None (no directory, or a
+    backend without block I/O, which is logged).
+
+    Raises:
+        ConfigError: the directory cannot be created or read.
+    """
+    if not config.disk_dir:
+        return None
+    if not backend.supports_block_io:
+        log.warning("the %s backend cannot read/write KV blocks: --kv-disk-dir is ignored", type(backend).__name__)
+        return None
+    m, bs = backend.manifest, backend.block_size
+    fmt = BlockFormat.create(model_fingerprint(model_dir, m, bs), m, bs, backend.read_blocks([0]).dtype)
+    try:
+        return DiskKVStore(config.disk_dir, fmt, int(config.disk_gib * 2**30))
+    except OSError as exc:
+        raise ConfigError(f"--kv-disk-dir {config.disk_dir}: {exc.strerror or exc}; give a writable directory") from None
+
+
 class TierTransfer:
     """Moves block data between the backend and the store around each step."""
 
-    def __init__(self, kv: KVCacheManager, backend: BaseBackend, store: RedisKVStore | None) -> None:
-        self.kv, self.backend, self.store = kv, backend, store
+    def __init__(self, kv: KVCacheManager, backend: BaseBackend, store: RedisKVStore | None,
+                 disk: DiskKVStore | None = None) -> None:
+        self.kv, self.backend, self.store, self.disk = kv, backend, store, disk
         self.pending: set[str] = set()
         """Requests whose store lookup is in flight (the scheduler does not admit them yet)."""
         self._jobs: queue.Queue[tuple[str, list[bytes]] | None] = queue.Queue()
@@ -61,6 +88,9 @@ class TierTransfer:
         self._thread: threading.Thread | None = None
         if store is not None:
             kv.tiers.track_new_blocks()
+        if disk is not None:
+            kv.tiers.spill_evicted()
+        if store is not None or disk is not None:
             self._thread = threading.Thread(target=self._fetch_loop, name="trtkv-kv-prefetch", daemon=True)
             self._thread.start()
 
@@ -93,13 +123,27 @@ class TierTransfer:
                 return
 
     def _fetch_loop(self) -> None:
-        assert self.store is not None
         while (job := self._jobs.get()) is not None:
             request_id, keys = job
-            self._done.put((request_id, keys, self.store.fetch(keys)))  # never raises
+            self._done.put((request_id, keys, self._fetch(keys)))
+
+    def _fetch(self, keys: list[bytes]) -> list[object]:
+        """The leading run of ``keys`` found: on disk first, then the rest in the store (each
+        never raises)."""
+        blocks = self.disk.fetch(keys) if self.disk is not None else []
+        if self.store is not None and len(blocks) < len(keys):
+            blocks += self.store.fetch(keys[len(blocks):])
+        return blocks
 
     def stage(self) -> None:
-        """Write the blocks `collect` staged into their host blocks (after scheduling)."""
+        """After scheduling, before the step: spill the blocks host memory evicted to disk
+        (their host blocks still hold them), then write the blocks `collect` staged into
+        their host blocks."""
+        spills = self.kv.tiers.take_spills()
+        if spills and self.disk is not None:
+            data = self.backend.read_host_blocks([host_block for host_block, _ in spills])
+            for (_, key), block in zip(spills, data, strict=True):
+                self.disk.put(key, block)
         writes = self.kv.tiers.take_host_writes()
         if writes:
             ids = [host_block for host_block, _ in writes]
@@ -115,7 +159,11 @@ class TierTransfer:
             self.store.publish(key, block)
 
     def stats(self) -> dict[str, Any]:
-        return self.store.stats() if self.store is not None else {}
+        """The store's stats, and the disk tier's under ``disk``."""
+        out = self.store.stats() if self.store is not None else {}
+        if self.disk is not None:
+            out["disk"] = self.disk.stats()
+        return out
 
     def close(self) -> None:
         if self._thread is not None:

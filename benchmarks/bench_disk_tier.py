@@ -1,9 +1,11 @@
-"""Disk KV tier vs recompute: time to first token of long shared-prefix prompts after a restart.
+"""Disk KV tier vs recompute: prefill tokens saved on a shared-prefix workload larger than
+host memory, and time to first token of long shared-prefix prompts after a restart.
 
-An engine with a disk tier serves a set of long prompts (a shared document plus a question)
-once, so their prefix blocks end up in files; then a fresh engine (a server restart) serves
-new questions on the same documents, with the disk tier (prefix blocks read back from
-files) and without it (recomputed), alternated in one run.
+1. The same stream (each of several long documents plus a new question, in rounds) through
+   an engine with device + host tiers only and one with a disk tier below them: prompt
+   tokens computed by each.
+2. A fresh engine (a server restart) serves new questions on the same documents, with the
+   disk tier (prefix blocks read back from files) and without it (recomputed), alternated.
 
     python benchmarks/bench_disk_tier.py EXPORTED_MODEL_DIR [--prefix-tokens 768] [--rounds 3]
 """
@@ -48,12 +50,22 @@ def main() -> None:
     args = parser.parse_args()
     base = dict(num_blocks=64, block_size=16, enable_prefix_caching=True, max_num_batched_tokens=4096)
     disk_dir = tempfile.mkdtemp(prefix="trtkv-disk-bench-")
-    warm = Engine(args.model_dir, EngineConfig(**base, kv_offload_blocks=64, kv_disk_dir=disk_dir))  # type: ignore[arg-type]
-    vocab = warm.manifest.vocab_size
-    for p in prompts(vocab, args.num_docs, args.prefix_tokens, seed=0) * 2:  # the docs fill disk
-        ttft(warm, p)
-    warm.close()
-    print(f"{args.model_dir}: {args.num_docs} documents of {args.prefix_tokens} tokens, "
+    computed = {}
+    for mode in ("host only", "host + disk"):
+        extra = {"kv_disk_dir": disk_dir} if mode == "host + disk" else {}
+        engine = Engine(args.model_dir, EngineConfig(**base, kv_offload_blocks=64, **extra))  # type: ignore[arg-type]
+        vocab = engine.manifest.vocab_size
+        docs = prompts(vocab, args.num_docs, args.prefix_tokens, seed=0)
+        for r in range(3):  # each round: every document with a new question
+            for p in docs:
+                ttft(engine, p[: args.prefix_tokens] + [100 + r, 6, 7])
+        computed[mode] = engine.stats()["counters"]["prompt_tokens_computed"]
+        engine.close()
+    total = 3 * args.num_docs * (args.prefix_tokens + 3)
+    print(f"{args.model_dir}: {args.num_docs} documents of {args.prefix_tokens} tokens x 3 rounds "
+          f"({total} prompt tokens; device 64 + host 64 blocks of 16 hold {128 * 16} tokens)")
+    print(f"prompt tokens computed: host only {computed['host only']}, host + disk {computed['host + disk']} "
+          f"({computed['host only'] / computed['host + disk']:.2f}x fewer with the disk tier); "
           f"{sum(1 for _ in Path(disk_dir).rglob('*.kvb'))} block files on disk")
     times: dict[str, list[float]] = {"recompute": [], "disk": []}
     cached: dict[str, list[int]] = {"recompute": [], "disk": []}

@@ -134,3 +134,44 @@ def test_disk_options_are_checked(tmp_path: Path) -> None:
         EngineConfig(kv_disk_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="kv-disk-gib"):
         EngineConfig(enable_prefix_caching=True, kv_disk_dir=str(tmp_path), kv_disk_gib=0)
+
+
+_FULL_DISK_RUN = """
+import json, sys
+from tests.runtime.test_prefix_engine import run_one_by_one, shared_prefix_prompts
+from trtkv.runtime.config import EngineConfig
+from trtkv.runtime.engine import Engine
+engine = Engine(sys.argv[1], EngineConfig(num_blocks=12, block_size=16, max_num_seqs=2, enable_prefix_caching=True,
+                                          kv_offload_blocks=4, kv_disk_dir=sys.argv[2]))
+out = run_one_by_one(engine, shared_prefix_prompts(12, 4, 64, seed=3))
+print(json.dumps({"tokens": [list(t) for t, _ in out], "disk": engine.stats()["kv_store"]["disk"]}))
+"""
+
+
+def _full_disk() -> None:  # in the child: the kernel refuses any file past 4 KiB (EFBIG)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_full_disk_fails_no_request(exported_factory, tmp_path: Path) -> None:
+    """The server's disk fills up: every request still completes with the same tokens, the
+    tier stops writing with one warning, nothing partial is left; and a directory that cannot
+    be created is refused at start with one line."""
+    import json
+    import subprocess
+    import sys
+
+    model_dir = exported_factory("llama")
+    off = run_one_by_one(Engine(model_dir, EngineConfig(num_blocks=12, block_size=16, max_num_seqs=2)),
+                         shared_prefix_prompts(12, 4, 64, seed=3))
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK_RUN, str(model_dir), str(tmp_path)], capture_output=True,
+                       text=True, timeout=300, preexec_fn=_full_disk, cwd=Path(__file__).parents[3])
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["tokens"] == [list(t) for t, _ in off]
+    assert result["disk"]["write_errors"] == 1 and result["disk"]["writes"] == 0 and not result["disk"]["writable"]
+    assert r.stderr.count("cannot write") == 1, r.stderr
+    assert not list(tmp_path.rglob("*.kvb")) and not list(tmp_path.rglob(".tmp-*"))
+    with pytest.raises(ConfigError, match="writable directory"):
+        Engine(model_dir, EngineConfig(num_blocks=12, block_size=16, enable_prefix_caching=True,
+                                       kv_disk_dir="/proc/trtkv/kv"))

@@ -160,7 +160,7 @@ def _run(*args: str, env: dict[str, str], cwd: Path, stdin: str = "") -> subproc
 
 def test_cli_hub_id_generate_and_uncached_error(hub_cache, tmp_path):
     env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "TRTKV_CACHE": str(tmp_path / "c")}
-    args = ["generate", "org/tiny", "--json", "--max-new-tokens", "6", "--ignore-eos",
+    args = ["generate", "org/tiny", "--json", "--max-new-tokens", "6", "--ignore-eos", "--temperature", "0",
             "--prompt-ids", "5,6,7", "--num-threads", "1", "--num-blocks", "64"]
     first = _run(*args, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -85,6 +85,10 @@ class Manifest:
     kv_calibration: dict[str, Any] = field(default_factory=dict)
     """How the fp8/int8 scales were calibrated (source, samples, tokens, granularity,
     saturation at the default scales); empty when they were not."""
+    weights: str = "none"
+    """Weight-only quantization of the linear layers (none, int8, int4: MatMulNBits)."""
+    weight_group_size: int = 0
+    """Inputs per weight scale with ``weights`` quantized (0: none)."""
 
     def _type_problem(self) -> str:
         """What is wrong with the field types or ranges ('' if nothing): a hand-edited manifest

@@ -119,6 +119,9 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     config = config or BuildConfig()
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = Manifest.load(onnx_dir)
+    if manifest.weights != "none":
+        raise ConfigError(f"{onnx_dir} has {manifest.weights} weights as ONNX Runtime MatMulNBits, which TensorRT "
+                          "cannot build; export again without --weights for a TensorRT engine")
     shapes = profile_shapes(manifest, config)
     check_output_dir(out_dir, source=onnx_dir, what="the exported model directory")
     trt = import_tensorrt(config.flavor)

@@ -25,5 +25,6 @@ def export(
     from trtkv.model_source import export_model
 
     manifest = export_model(model, output, config)
-    print(f"exported {manifest.architecture} ({manifest.num_layers} layers, {manifest.dtype}, "
+    weights = f", {manifest.weights} weights" if manifest.weights != "none" else ""
+    print(f"exported {manifest.architecture} ({manifest.num_layers} layers, {manifest.dtype}{weights}, "
           f"KV {manifest.kv_dtype}) to {output}", file=sys.stderr)

@@ -25,6 +25,18 @@ class ExportConfig:
     kv_scales: str = field(default="per-head", metadata={"help": "calibrated KV scale granularity: per-head or per-tensor"})
     calibration_file: str = field(default="", metadata={
         "help": "fp8/int8 KV: calibrate on this text (plain, or .jsonl chats / texts; see trtkv calibrate)"})
+    weights: str = field(default="none", metadata={
+        "choices": ("none", "int8", "int4"),
+        "help": "weight-only quantization of every linear layer (ONNX Runtime MatMulNBits, one scale per "
+                "--weight-group-size inputs): int8 (1/4 of fp32's weight bytes) or int4 (1/8)"})
+    weight_group_size: int = field(default=32, metadata={"help": "inputs per weight scale (--weights; a power of two >= 16)"})
+    weight_accuracy_level: int = field(default=4, metadata={
+        "choices": (0, 4), "help": "--weights compute: 4 = int8 activations (ONNX Runtime's fast path), "
+                                   "0 = fp32 from the dequantized weights (exact, slow for int8)"})
+    weight_algo: str = field(default="auto", metadata={
+        "choices": ("auto", "rtn", "hqq"),
+        "help": "--weights rounding: rtn (symmetric round to nearest), hqq (scale + zero point fitted per group, "
+                "no calibration data; needs torch) or auto (hqq for int4, rtn for int8)"})
     external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
@@ -42,6 +54,17 @@ class ExportConfig:
                               "add --kv-dtype fp8 or int8")
         if self.kv_scales not in ("per-tensor", "per-head"):
             raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
+        if self.weights not in ("none", "int8", "int4"):
+            raise ConfigError(f"--weights must be none, int8 or int4, got {self.weights!r}")
+        if self.weights != "none" and self.dtype != "fp32":
+            raise ConfigError(f"--weights {self.weights} quantizes fp32 weights for ONNX Runtime's CPU kernel; "
+                              f"use --dtype fp32 (got {self.dtype})")
+        if self.weight_group_size < 16 or self.weight_group_size & (self.weight_group_size - 1):
+            raise ConfigError(f"--weight-group-size must be a power of two >= 16, got {self.weight_group_size}")
+        if self.weight_algo not in ("auto", "rtn", "hqq"):
+            raise ConfigError(f"--weight-algo must be auto, rtn or hqq, got {self.weight_algo!r}")
+        if self.weight_accuracy_level not in (0, 4):
+            raise ConfigError(f"--weight-accuracy-level must be 0 or 4, got {self.weight_accuracy_level}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"--block-size must be a power of two >= 1, got {self.block_size}")
 

@@ -93,11 +93,17 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
     kv_scales = [(default_scale, default_scale) for _ in range(spec.num_layers)]
     with WeightReader(hf_dir) as reader:
         _check_weights(reader, spec)
-        graph_builder = LlamaGraph(spec, config.dtype, kv_dtype, _weight_fn(reader, config.dtype))
+        graph_builder = LlamaGraph(spec, config.dtype, kv_dtype, _weight_fn(reader, config.dtype),
+                                   matmul_linear=config.weights != "none")
         graph = graph_builder.build(inv_freq, attention_scaling, kv_scales, _progress(config, spec))
     model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype),
                               producer_name="trtkv")
     model.ir_version = 10
+    if config.weights != "none":
+        from trtkv.export.weights import quantize_linear_weights
+
+        model = quantize_linear_weights(model, config.weights, config.weight_group_size,
+                                        config.weight_accuracy_level, config.weight_algo)
     _save_onnx(model, out_dir, config.external_data_min_mib)
     manifest = Manifest(
         architecture=spec.model_type, num_layers=spec.num_layers, hidden_size=spec.hidden_size,
@@ -109,6 +115,7 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
         block_size=config.block_size, sliding_windows=spec.sliding_windows,
         eos_token_ids=spec.eos_token_ids, bos_token_id=spec.bos_token_id, rope=spec.rope,
         tie_word_embeddings=spec.tie_word_embeddings, source=str(hf_dir.resolve()),
+        weights=config.weights, weight_group_size=config.weight_group_size if config.weights != "none" else 0,
     )
     manifest.save(out_dir)
     _copy_tokenizer(hf_dir, out_dir)

@@ -34,10 +34,14 @@ WeightFn = Callable[[str], np.ndarray]
 class LlamaGraph:
     """Emits the decoder into a `GraphBuilder`; one method per block of the model."""
 
-    def __init__(self, spec: ArchSpec, dtype: str, kv_dtype: str, weights: WeightFn) -> None:
+    def __init__(self, spec: ArchSpec, dtype: str, kv_dtype: str, weights: WeightFn,
+                 matmul_linear: bool = False) -> None:
         self.spec, self.dtype, self.kv_dtype = spec, dtype, kv_dtype
         self.ct = COMPUTE_TYPES[dtype]
         self.weights = weights
+        self.matmul_linear = matmul_linear
+        """Linear layers as MatMul(x, W^T) (+ Add) instead of Gemm(transB): the form weight-only
+        quantization (`trtkv.export.weights`) rewrites into MatMulNBits."""
         self.b = GraphBuilder()
 
     # -- weights -------------------------------------------------------------------------
@@ -47,10 +51,21 @@ class LlamaGraph:
         return self.b.initializer(arr, name, onnx_type)
 
     def linear(self, x: str, prefix: str, bias: bool) -> str:
+        if self.matmul_linear:
+            return self._matmul(x, f"{prefix}.weight", f"{prefix}.bias" if bias else None)
         inputs = [x, self.w(f"{prefix}.weight")]
         if bias:
             inputs.append(self.w(f"{prefix}.bias"))
         out: str = self.b.op("Gemm", *inputs, transB=1)
+        return out
+
+    def _matmul(self, x: str, weight_name: str, bias_name: str | None) -> str:
+        """x @ W^T with W^T stored as an initializer [in, out] (named ``<weight>.T``)."""
+        arr = np.ascontiguousarray(np.asarray(self.weights(weight_name)).T)
+        onnx_type = TensorProto.BFLOAT16 if self.dtype == "bf16" else None
+        out: str = self.b.op("MatMul", x, self.b.initializer(arr, f"{weight_name}.T", onnx_type))
+        if bias_name is not None:
+            out = self.b.op("Add", out, self.w(bias_name))
         return out
 
     def rms_norm(self, x: str, weight_name: str) -> str:
@@ -131,8 +146,12 @@ class LlamaGraph:
             h = b.op("Add", h, self.mlp(self.rms_norm(h, f"model.layers.{i}.post_attention_layernorm.weight"), i))
         last = b.op("Gather", h, "logits_indices", axis=0)
         last = self.rms_norm(last, "model.norm.weight")
-        head = "model.embed_tokens.weight" if s.tie_word_embeddings else self.w("lm_head.weight")
-        logits = b.op("Gemm", last, head, transB=1)
+        head_name = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+        if self.matmul_linear:  # a transposed copy of a tied table: the Gather keeps the original
+            logits = self._matmul(last, head_name, None)
+        else:
+            head = head_name if s.tie_word_embeddings else self.w(head_name)
+            logits = b.op("Gemm", last, head, transB=1)
         b.op("Cast", logits, to=TensorProto.FLOAT, outputs=[LOGITS_OUTPUT])
         return helper.make_graph(b.nodes, f"trtkv_{s.model_type}", self.inputs(), self.outputs(), b.initializers)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,58 +27,64 @@ DEFAULT_CHAT_MAX_NEW_TOKENS = 256
 ``--default-chat-max-tokens``), capped by what the context has left."""
 
 _FROM_GENERATION_CONFIG = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
+_INT_FIELDS = ("top_k", "max_new_tokens")
 
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """Values a request gets for the sampling fields it leaves out.
+    """Values a request gets for the sampling fields it leaves out: the model's settings
+    (``overrides``) over `SamplingParams`' own defaults, which stay the one copy of the
+    built-in values.
 
     Attributes:
+        overrides: (field, value) pairs the model's generation config sets.
         source: where they come from (``built-in``, or the generation_config.json path).
     """
 
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    overrides: tuple[tuple[str, float], ...] = ()
     source: str = "built-in"
 
     @classmethod
     def for_model(cls, model_dir: str | Path) -> SamplingDefaults:
-        """The built-in defaults overlaid with the model's generation_config.json (when it
-        has one that parses; a broken file is ignored: it only refines defaults)."""
+        """The model's generation_config.json over the built-in defaults (when it has one
+        that parses; a broken file is ignored: it only refines defaults)."""
         path = Path(model_dir) / "generation_config.json"
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return cls()
-        return cls().overlay(config, source=str(path)) if isinstance(config, dict) else cls()
+        return cls.from_generation_config(config, source=str(path)) if isinstance(config, dict) else cls()
 
-    def overlay(self, config: dict[str, Any], *, source: str) -> SamplingDefaults:
-        """These defaults with the valid sampling fields of a generation config."""
-        kinds = {f.name: f.type for f in fields(self)}
-        found: dict[str, Any] = {}
+    @classmethod
+    def from_generation_config(cls, config: dict[str, Any], *, source: str) -> SamplingDefaults:
+        """The valid sampling fields of a generation config (``do_sample: false`` = greedy)."""
+        found: dict[str, float] = {}
         for name in _FROM_GENERATION_CONFIG:
             value = config.get(name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 continue
-            if kinds[name] == "int" and (value != int(value) or value < 0):
+            if name in _INT_FIELDS and (value != int(value) or value < (1 if name == "max_new_tokens" else 0)):
                 continue
-            found[name] = int(value) if kinds[name] == "int" else float(value)
-        if found.get("max_new_tokens") == 0:
-            del found["max_new_tokens"]
+            found[name] = int(value) if name in _INT_FIELDS else float(value)
         if config.get("do_sample") is False:
             found["temperature"] = 0.0
-        return replace(self, **found, source=source) if found else self
+        return cls(tuple(sorted(found.items())), source) if found else cls()
+
+    def value(self, name: str) -> Any:
+        """The default of one `SamplingParams` field."""
+        for key, v in self.overrides:
+            if key == name:
+                return v
+        from trtkv.runtime.sampling.params import SamplingParams  # params imports this module
+
+        return {f.name: f.default for f in fields(SamplingParams)}[name]
 
     def fill(self, given: dict[str, Any]) -> dict[str, Any]:
-        """``given`` (SamplingParams fields; None = not given) with the defaults filled in."""
+        """``given`` (SamplingParams fields; None = not given) with the model's settings
+        filled in where not given (the rest take `SamplingParams`' defaults)."""
         out = {k: v for k, v in given.items() if v is not None}
-        for f in fields(self):
-            if f.name != "source" and out.get(f.name) is None:
-                out[f.name] = getattr(self, f.name)
+        for key, v in self.overrides:
+            out.setdefault(key, v)
         return out
 
     def params(self, **given: Any) -> SamplingParams:

@@ -21,7 +21,7 @@ def _model(tmp_path: Path, config: object) -> Path:
 def test_built_in_defaults_are_sampling_params_defaults() -> None:
     d = SamplingDefaults()
     assert d.params() == SamplingParams()
-    assert (d.max_new_tokens, d.temperature, d.source) == (16, 1.0, "built-in")
+    assert (d.value("max_new_tokens"), d.value("temperature"), d.source) == (16, 1.0, "built-in")
 
 
 @pytest.mark.parametrize(("config", "want"), [
@@ -34,8 +34,8 @@ def test_built_in_defaults_are_sampling_params_defaults() -> None:
 ])
 def test_generation_config_overrides_what_it_sets(tmp_path: Path, config: object, want: dict[str, object]) -> None:
     d = SamplingDefaults.for_model(_model(tmp_path, config))
-    got = {k: getattr(d, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")}
-    assert got == {**{k: getattr(SamplingDefaults(), k) for k in got}, **want}
+    got = {k: d.value(k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")}
+    assert got == {**{k: SamplingDefaults().value(k) for k in got}, **want}
     assert (d.source == "built-in") == (not want)
 
 

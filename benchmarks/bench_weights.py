@@ -1,7 +1,8 @@
 """Weight-only quantization (export --weights int8|int4) on a real model: speed and accuracy
 side by side, in one run.
 
-For each of fp32 / int8 / int4 weights (group 32, ONNX Runtime MatMulNBits): model file size;
+For each of fp32 / int8 / int4 (rtn) / int4 (hqq) weights (group 32, ONNX Runtime MatMulNBits,
+int8 activations): model file size;
 perplexity of held-out real text through the paged path (fp32 KV); greedy agreement of the
 first N tokens with the fp32 export on prompts cut from the text; single-stream decode speed
 (2 threads, runs alternated).
@@ -32,7 +33,7 @@ from trtkv.runtime.engine import load_tokenizer
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
-VARIANTS = ("none", "int8", "int4")
+VARIANTS = ("none", "int8", "int4", "int4-hqq")
 
 
 def english_text() -> str:
@@ -73,8 +74,10 @@ def main() -> None:
     for w in VARIANTS:
         level = args.accuracy_level if w != "none" else 0
         d = Path(args.out) / f"{Path(args.source).stem}-{w}{f'-acc{level}' if level else ''}"
+        weights, _, algo = w.partition("-")
         if not (d / "manifest.json").is_file():  # a .gguf is dequantized first
-            export_model(args.source, d, ExportConfig(weights=w, weight_accuracy_level=level, progress=False))
+            export_model(args.source, d, ExportConfig(weights=weights, weight_algo=algo or "rtn",
+                                                      weight_accuracy_level=level, progress=False))
         dirs[w] = d
     text = Path(args.text).read_text() if args.text else english_text()
     manifest = Manifest.load(dirs["none"])

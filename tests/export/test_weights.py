@@ -35,16 +35,16 @@ def _logits(model_dir: Path, prompt: list[int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exports(checkpoint_factory, tmp_path_factory):
-    cache: dict[tuple[str, str], Path] = {}
+    cache: dict[tuple[str, str, str], Path] = {}
 
-    def make(family: str, weights: str) -> Path:
-        if (family, weights) not in cache:
-            out = tmp_path_factory.mktemp(f"w_{family}_{weights}")
+    def make(family: str, weights: str, algo: str = "rtn") -> Path:
+        if (family, weights, algo) not in cache:
+            out = tmp_path_factory.mktemp(f"w_{family}_{weights}_{algo}")
             # Accuracy level 0 (fp32 compute) so that the kernel's math is checked exactly below.
-            export(checkpoint_factory(family), out, ExportConfig(weights=weights, weight_accuracy_level=0,
-                                                                 progress=False))
-            cache[family, weights] = out
-        return cache[family, weights]
+            export(checkpoint_factory(family), out, ExportConfig(weights=weights, weight_algo=algo,
+                                                                 weight_accuracy_level=0, progress=False))
+            cache[family, weights, algo] = out
+        return cache[family, weights, algo]
 
     return make
 
@@ -92,14 +92,14 @@ def _dequantize(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> np.ndarra
     return w.reshape(attrs["N"], -1)[:, : attrs["K"]]
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4"])
-def test_the_kernel_computes_with_round_to_nearest_weights(weights, exports, checkpoint_factory, tmp_path):
+@pytest.mark.parametrize(("weights", "algo"), [("int8", "rtn"), ("int4", "rtn"), ("int4", "hqq")])
+def test_the_kernel_computes_with_round_to_nearest_weights(weights, algo, exports, checkpoint_factory, tmp_path):
     """Exactness of the lowering: the quantized graph's logits equal an fp32 graph's that
     multiplies by the dequantized weights, and those are the checkpoint's rounded to the
     nearest step (one scale per 32 inputs: the group's largest magnitude / 2^(bits-1))."""
     from safetensors.numpy import load_file
 
-    q_dir = exports("qwen2", weights)
+    q_dir = exports("qwen2", weights, algo)
     model = onnx.load(str(q_dir / "model.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     original = load_file(str(checkpoint_factory("qwen2") / "model.safetensors"))

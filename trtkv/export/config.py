@@ -33,10 +33,11 @@ class ExportConfig:
     weight_accuracy_level: int = field(default=4, metadata={
         "choices": (0, 4), "help": "--weights compute: 4 = int8 activations (ONNX Runtime's fast path), "
                                    "0 = fp32 from the dequantized weights (exact, slow for int8)"})
-    weight_algo: str = field(default="auto", metadata={
-        "choices": ("auto", "rtn", "hqq"),
-        "help": "--weights rounding: rtn (symmetric round to nearest), hqq (scale + zero point fitted per group, "
-                "no calibration data; needs torch) or auto (hqq for int4, rtn for int8)"})
+    weight_algo: str = field(default="rtn", metadata={
+        "choices": ("rtn", "hqq"),
+        "help": "--weights rounding: rtn (symmetric round to nearest: ONNX Runtime's fast kernel) or hqq (scale "
+                "and fractional zero point fitted per group, no calibration data; more accurate int4, but ONNX "
+                "Runtime runs fractional zero points on a slow path; needs torch)"})
     external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
@@ -61,8 +62,8 @@ class ExportConfig:
                               f"use --dtype fp32 (got {self.dtype})")
         if self.weight_group_size < 16 or self.weight_group_size & (self.weight_group_size - 1):
             raise ConfigError(f"--weight-group-size must be a power of two >= 16, got {self.weight_group_size}")
-        if self.weight_algo not in ("auto", "rtn", "hqq"):
-            raise ConfigError(f"--weight-algo must be auto, rtn or hqq, got {self.weight_algo!r}")
+        if self.weight_algo not in ("rtn", "hqq"):
+            raise ConfigError(f"--weight-algo must be rtn or hqq, got {self.weight_algo!r}")
         if self.weight_accuracy_level not in (0, 4):
             raise ConfigError(f"--weight-accuracy-level must be 0 or 4, got {self.weight_accuracy_level}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

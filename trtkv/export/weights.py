@@ -5,11 +5,12 @@ Every linear layer (attention q/k/v/o, MLP gate/up/down, the LM head) is emitted
 ``MatMul(x, W^T)`` (`LlamaGraph.matmul_linear`) and rewritten by ONNX Runtime's own
 quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`) into ``com.microsoft
 MatMulNBits``, one fp32 scale (and, with hqq, zero point) per ``group_size`` input values of
-each output column: int8 by symmetric round to nearest, int4 by HQQ (Half-Quadratic
-Quantization: fitted without calibration data; on SmolLM2-135M +0.3% perplexity where round to
-nearest costs +20%). With int4 the LM head is kept at int8, as llama.cpp keeps its output
-matrix at more bits (an int4 head alone adds 8% perplexity there; RESULTS, "Weight-only
-quantization"). Embedding lookups, norms, rotary tables and the trtkv ops stay
+each output column, by symmetric round to nearest (``rtn``, the default) or HQQ (``hqq``,
+Half-Quadratic Quantization, fitted without calibration data). On SmolLM2-135M (RESULTS,
+"Weight-only quantization") int8 rtn costs +0.4% perplexity at 1.6x the decode speed; int4
+rtn +20%; int4 hqq +0.3%, but its fractional zero points send ONNX Runtime's kernel down a
+slow path (0.3x). With int4 the LM head is kept at int8, as llama.cpp keeps its output matrix
+at more bits (an int4 head alone adds 8% perplexity there). Embedding lookups, norms, rotary tables and the trtkv ops stay
 as they are. ONNX Runtime's CPU kernel computes with int8-quantized activations
 (``accuracy_level`` 4, the default: its fast path) or in fp32 from the dequantized weights
 (0: exact, but 5x slower than fp32 weights for int8 on the 2-core dev machine; RESULTS).
@@ -33,12 +34,12 @@ HEAD_WEIGHTS = ("model.embed_tokens.weight.T", "lm_head.weight.T")
 
 
 def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: int,
-                            accuracy_level: int = 4, algo: str = "auto") -> onnx.ModelProto:
+                            accuracy_level: int = 4, algo: str = "rtn") -> onnx.ModelProto:
     """``model`` with its MatMul weights as MatMulNBits (``weights``: int8 or int4).
 
-    ``algo``: ``rtn`` (symmetric round to nearest), ``hqq`` (Half-Quadratic Quantization:
-    asymmetric, scale and zero point fitted per group without calibration data; needs torch)
-    or ``auto`` (hqq for int4, rtn for int8).
+    ``algo``: ``rtn`` (symmetric round to nearest) or ``hqq`` (Half-Quadratic Quantization:
+    asymmetric, scale and fractional zero point fitted per group without calibration data;
+    needs torch).
 
     Raises:
         ConfigError: onnxruntime's quantizer is missing (it needs the ``onnx-ir`` package), or
@@ -54,13 +55,12 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
         raise ConfigError(f"--weights needs onnxruntime's weight quantizer ({exc}); "
                           "pip install onnx-ir (a trtkv dependency)") from None
     bits = WEIGHT_BITS[weights]
-    algo = ("hqq" if bits == 4 else "rtn") if algo == "auto" else algo
     if algo == "hqq":
         try:
             import torch  # noqa: F401  (onnxruntime's HQQ runs on torch)
         except ImportError:
-            raise ConfigError("--weight-algo hqq (the int4 default) needs torch: pip install torch==2.13.0 "
-                              "(the CPU wheel), or pass --weight-algo rtn") from None
+            raise ConfigError("--weight-algo hqq needs torch: pip install torch==2.13.0 (the CPU wheel), "
+                              "or use --weight-algo rtn") from None
     head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in HEAD_WEIGHTS]
 
     def run(m: onnx.ModelProto, bits: int, exclude: list[str], include: list[str] | None,

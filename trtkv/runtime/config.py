@@ -8,7 +8,7 @@ Each option whose value a component consumes takes its default from that compone
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -221,16 +221,15 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
     """
     manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
     scheduler = config._scheduler_config(manifest)
-    plain = BackendConfig(backend=config.backend, kv_dtype=config.kv_dtype, block_size=config.block_size)
-    kv_manifest = plain.resolve_manifest(manifest)
-    config.check_kv_scales(kv_manifest)
-    offload = config._offload_blocks(kv_manifest, plain.resolve_block_size(kv_manifest), scheduler.max_model_len)
     backend = BackendConfig(
         backend=config.backend, kv_dtype=config.kv_dtype, num_blocks=config.num_blocks,
-        block_size=config.block_size, kv_cache_gib=config.kv_cache_gib,
-        num_host_blocks=config.num_host_blocks + offload, num_threads=config.num_threads,
-        gpu_memory_utilization=config.gpu_memory_utilization,
+        block_size=config.block_size, kv_cache_gib=config.kv_cache_gib, num_host_blocks=config.num_host_blocks,
+        num_threads=config.num_threads, gpu_memory_utilization=config.gpu_memory_utilization,
     )
+    kv_manifest = backend.resolve_manifest(manifest)
+    config.check_kv_scales(kv_manifest)
+    offload = config._offload_blocks(kv_manifest, backend.resolve_block_size(kv_manifest), scheduler.max_model_len)
+    backend = replace(backend, num_host_blocks=config.num_host_blocks + offload)  # the offload tier's come after
     cache = CacheConfig(config.enable_prefix_caching, config.num_host_blocks, offload, config.prefix_eviction,
                         config.prefix_ttl_s)
     store = StoreConfig(config.kv_store_url, config.kv_store_ttl_s, config.kv_store_max_gib,

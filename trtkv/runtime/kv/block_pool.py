@@ -103,7 +103,8 @@ class BlockPool:
         """
         if num > len(self._free):
             raise NoFreeBlocksError(f"need {num} free KV blocks, pool has {len(self._free)}")
-        self.expire()
+        if self._ttl is not None:
+            self.expire()
         block_ids = []
         for _ in range(num):
             block_id = self._free.pop(self)

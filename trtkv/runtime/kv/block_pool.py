@@ -14,11 +14,11 @@ with the cost policy).
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from trtkv.runtime.kv.errors import KVCacheError, NoFreeBlocksError
-from trtkv.runtime.kv.eviction import EVICTION_POLICIES, TTLQueue, make_free_queue
+from trtkv.runtime.kv.eviction import EVICTION_POLICIES, make_free_queue
 
 
 class BlockPool:
@@ -48,15 +48,17 @@ class BlockPool:
         self.eviction = eviction
         self._clock = clock
         self._ref_counts = [0] * num_blocks
-        self._free = make_free_queue(eviction, num_blocks, ttl_s, clock)
-        self._ttl = self._free if isinstance(self._free, TTLQueue) else None
+        self._free = make_free_queue(eviction, num_blocks)
+        self._ttl_s = ttl_s if eviction == "ttl" else 0.0
         self._key_of_block: dict[int, bytes] = {}
         self._block_of_key: dict[bytes, int] = {}
         self._parent: dict[int, bytes | None] = {}  # keyed block -> the key of the block before it
         self._depth: dict[int, int] = {}  # keyed block -> its index in its prefix chain
         self._hits: dict[int, int] = {}  # keyed block -> prefix hits since it was keyed
         self._children: Counter[bytes] = Counter()  # key -> keyed blocks whose parent it is
-        self._released_at: dict[int, float] = {}  # keyed free block -> when it was freed
+        # Keyed free block -> when it was freed; in release order (the clock is monotonic), so
+        # the ttl policy's expired blocks are a prefix.
+        self._released_at: OrderedDict[int, float] = OrderedDict()
         self.num_evictions = 0
         """Keyed blocks whose key was dropped because allocation reused them or they expired."""
         self.evictions_by_reason: Counter[str] = Counter()
@@ -103,7 +105,7 @@ class BlockPool:
         """
         if num > len(self._free):
             raise NoFreeBlocksError(f"need {num} free KV blocks, pool has {len(self._free)}")
-        if self._ttl is not None:
+        if self._ttl_s:
             self.expire()
         block_ids = []
         for _ in range(num):
@@ -120,12 +122,16 @@ class BlockPool:
     def expire(self) -> int:
         """With the ttl policy, drop the keys of cached blocks free for longer than the ttl;
         returns how many. Called by `allocate` and, per block, by `block_of`."""
-        if self._ttl is None:
+        if not self._ttl_s:
             return 0
-        expired = self._ttl.expired()
-        for block_id in expired:
-            self._drop_key(block_id, "ttl")
-        return len(expired)
+        cutoff, num = self._clock() - self._ttl_s, 0
+        while self._released_at:
+            block_id, released = next(iter(self._released_at.items()))
+            if released >= cutoff:
+                break
+            self._drop_key(block_id, "ttl")  # takes it out of _released_at
+            num += 1
+        return num
 
     def _drop_key(self, block_id: int, reason: str) -> None:
         key = self._key_of_block.pop(block_id)
@@ -141,8 +147,6 @@ class BlockPool:
         released = self._released_at.pop(block_id, None)
         if released is not None:
             self.evicted_age_s += self._clock() - released
-        if self._ttl is not None:
-            self._ttl.forget(block_id)
         self.num_evictions += 1
         self.evictions_by_reason[reason] += 1
 
@@ -199,9 +203,11 @@ class BlockPool:
         """The block holding content ``key``, in use or free; None when not cached (or, with
         the ttl policy, free past its ttl: its key is dropped now)."""
         block_id = self._block_of_key.get(key)
-        if block_id is not None and self._ttl is not None and self._ttl.is_expired(block_id):
-            self._drop_key(block_id, "ttl")
-            return None
+        if block_id is not None and self._ttl_s:
+            released = self._released_at.get(block_id)
+            if released is not None and self._clock() - released > self._ttl_s:
+                self._drop_key(block_id, "ttl")
+                return None
         return block_id
 
     def set_key(self, block_id: int, key: bytes, parent: bytes | None = None, depth: int = 0) -> bool:

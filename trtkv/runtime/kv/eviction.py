@@ -9,7 +9,8 @@ Policies (``--prefix-eviction``):
     not (the default).
 ``ttl``
     ``lru``, and a cached block free for longer than ``ttl_s`` expires: its key is dropped,
-    so it is never a hit again. Checked lazily, at allocation and at lookup (no timer).
+    so it is never a hit again. Checked lazily, at allocation and at lookup (no timer), by the
+    pool, from the release times it keeps.
 ``cost``
     Blocks without a key go first (nothing is lost); then, among cached blocks, leaves of
     the prefix tree before blocks other cached blocks extend (evicting an inner block would
@@ -26,9 +27,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 EVICTION_POLICIES = ("lru", "ttl", "cost")
@@ -73,53 +73,6 @@ class FreeQueue:
 
     def changed(self, block_id: int, facts: BlockFacts) -> None:
         """A free block's key or score changed (only the cost policy cares)."""
-
-
-class TTLQueue(FreeQueue):
-    """``lru`` order; `expired` names the cached blocks free for longer than ``ttl_s``, whose
-    keys the pool then drops."""
-
-    name = "ttl"
-
-    def __init__(self, num_blocks: int, ttl_s: float, clock: Callable[[], float]) -> None:
-        super().__init__(num_blocks)
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._keyed: OrderedDict[int, float] = OrderedDict()  # cached free block -> release time
-
-    def push(self, block_id: int, facts: BlockFacts) -> None:
-        super().push(block_id, facts)
-        if facts.is_keyed(block_id):
-            self._keyed[block_id] = self._clock()
-
-    def remove(self, block_id: int) -> None:
-        super().remove(block_id)
-        self._keyed.pop(block_id, None)
-
-    def pop(self, facts: BlockFacts) -> int:
-        block_id = super().pop(facts)
-        self._keyed.pop(block_id, None)
-        return block_id
-
-    def is_expired(self, block_id: int) -> bool:
-        released = self._keyed.get(block_id)
-        return released is not None and self._clock() - released > self.ttl_s
-
-    def expired(self) -> list[int]:
-        """Cached free blocks past their TTL, oldest first; they leave the expiry queue."""
-        out: list[int] = []
-        cutoff = self._clock() - self.ttl_s
-        while self._keyed:
-            block_id, released = next(iter(self._keyed.items()))
-            if released >= cutoff:
-                break
-            del self._keyed[block_id]
-            out.append(block_id)
-        return out
-
-    def forget(self, block_id: int) -> None:
-        """A free block lost its key."""
-        self._keyed.pop(block_id, None)
 
 
 class CostQueue(FreeQueue):
@@ -184,13 +137,11 @@ class CostQueue(FreeQueue):
             heapq.heapify(self._heap)
 
 
-def make_free_queue(policy: str, num_blocks: int, ttl_s: float = 0.0,
-                    clock: Callable[[], float] = time.monotonic) -> FreeQueue:
-    """The free queue of an eviction policy (one of `EVICTION_POLICIES`)."""
-    if policy == "lru":
+def make_free_queue(policy: str, num_blocks: int) -> FreeQueue:
+    """The free queue of an eviction policy (one of `EVICTION_POLICIES`); ttl keeps lru's
+    order (the pool expires blocks by their release times)."""
+    if policy in ("lru", "ttl"):
         return FreeQueue(num_blocks)
-    if policy == "ttl":
-        return TTLQueue(num_blocks, ttl_s, clock)
     if policy == "cost":
         return CostQueue(num_blocks)
     raise ValueError(f"unknown eviction policy {policy!r}; use one of {', '.join(EVICTION_POLICIES)}")

@@ -19,6 +19,7 @@ from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.kv.eviction import EVICTION_POLICIES
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.policy import POLICIES
+from trtkv.runtime.spec.config import SPECULATIVE_METHODS, SpeculativeConfig
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -81,6 +82,18 @@ class EngineConfig:
     kv_disk_dir: str = _opt("", "local disk KV tier: blocks evicted from host memory are kept in files here and "
                             "loaded back on a prefix hit, across restarts (needs --enable-prefix-caching)")
     kv_disk_gib: float = _opt(4.0, "most GiB of KV block files in --kv-disk-dir; the least recently used go first")
+    speculative_method: str = _of(SpeculativeConfig, "method", "speculative decoding: none, ngram (draft tokens "
+                                  "looked up in the prompt and output: no extra model) or draft (--draft-model "
+                                  "proposes them)", choices=SPECULATIVE_METHODS)
+    num_speculative_tokens: int = _of(SpeculativeConfig, "num_speculative_tokens",
+                                      "most draft tokens per sequence per step (they count against "
+                                      "--max-num-batched-tokens); 0 = 4 with a --speculative-method")
+    draft_model: str = _of(SpeculativeConfig, "draft_model", "--speculative-method draft: a trtkv export of a "
+                           "smaller model with the same tokenizer (its own KV pool, as many tokens as the target's)")
+    prompt_lookup_max: int = _of(SpeculativeConfig, "prompt_lookup_max",
+                                 "ngram: longest suffix of the sequence looked up in its history (tokens)")
+    prompt_lookup_min: int = _of(SpeculativeConfig, "prompt_lookup_min",
+                                 "ngram: shortest suffix looked up; shorter matches propose nothing")
     allow_uncalibrated_kv: bool = _opt(False, "run an fp8/int8 KV pool on the documented default scales "
                                        "(no calibration: values past the scale's range saturate)")
 
@@ -107,9 +120,19 @@ class EngineConfig:
             raise ConfigError("--prefix-eviction ttl needs --prefix-ttl-s SECONDS (> 0)")
         if self.prefix_ttl_s and self.prefix_eviction != "ttl":
             raise ConfigError("--prefix-ttl-s applies to --prefix-eviction ttl; add it or drop --prefix-ttl-s")
+        self.speculative()  # raises on a bad combination
         if not isinstance(self.max_new_tokens_cap, int) or self.max_new_tokens_cap < 0:
             raise ConfigError(f"--max-new-tokens-cap must be an integer >= 0 (0 = no cap), "
                               f"got {self.max_new_tokens_cap!r}")
+
+    def speculative(self) -> SpeculativeConfig:
+        """Speculative decoding's options (validated).
+
+        Raises:
+            ConfigError: an option the others rule out.
+        """
+        return SpeculativeConfig(self.speculative_method, self.num_speculative_tokens, self.draft_model,
+                                 self.prompt_lookup_max, self.prompt_lookup_min)
 
     def check_kv_scales(self, manifest: Manifest) -> None:
         """Refuse an fp8/int8 pool whose scales were never calibrated (``manifest``: the
@@ -202,6 +225,7 @@ class ResolvedConfig:
         scheduler: the scheduler's limits (``max_model_len`` resolved against the model).
         cache: the KV cache's tiers in host memory.
         store: the shared store tier.
+        speculative: speculative decoding's options.
     """
 
     manifest: Manifest
@@ -210,6 +234,7 @@ class ResolvedConfig:
     scheduler: SchedulerConfig
     cache: CacheConfig
     store: StoreConfig
+    speculative: SpeculativeConfig = SpeculativeConfig()
 
 
 def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfig:
@@ -234,4 +259,4 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
                         config.prefix_ttl_s)
     store = StoreConfig(config.kv_store_url, config.kv_store_ttl_s, config.kv_store_max_gib,
                         config.kv_store_timeout_s, config.kv_disk_dir, config.kv_disk_gib)
-    return ResolvedConfig(manifest, kv_manifest, backend, scheduler, cache, store)
+    return ResolvedConfig(manifest, kv_manifest, backend, scheduler, cache, store, config.speculative())

@@ -24,7 +24,7 @@ from trtkv.runtime.backends import BaseBackend, create_backend
 from trtkv.runtime.config import EngineConfig, resolve_config
 from trtkv.runtime.input_processor import InputProcessor
 from trtkv.runtime.kv.manager import KVCacheManager
-from trtkv.runtime.metrics import EngineMetrics
+from trtkv.runtime.metrics import EngineMetrics, speculative_stats
 from trtkv.runtime.output_processor import OutputProcessor, RequestState
 from trtkv.runtime.outputs import RequestOutput
 from trtkv.runtime.plan import StepPlan
@@ -36,6 +36,7 @@ from trtkv.runtime.sampling import (
     SamplingParams,
 )
 from trtkv.runtime.scheduler.scheduler import Scheduler
+from trtkv.runtime.spec import Draft, DraftSlot, create_proposer
 from trtkv.runtime.tiers.transfer import TierTransfer, create_disk_store, create_store
 
 
@@ -86,6 +87,11 @@ class Engine:
                                      max_new_tokens_cap=config.max_new_tokens_cap, model_dir=self.model_dir,
                                      defaults=self.sampling_defaults)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.grammars, self.metrics)
+        self.speculative = resolved.speculative
+        self.proposer = create_proposer(
+            resolved.speculative, target_model_dir=self.model_dir, target=self.manifest, backend=resolved.backend,
+            num_blocks=backend.num_blocks, block_size=backend.block_size, eos_token_ids=self.eos_token_ids)
+        """Proposes draft tokens each step (speculative decoding); None when it is off."""
         self._ids = itertools.count()
 
     # -- requests -------------------------------------------------------------------------
@@ -150,27 +156,51 @@ class Engine:
         # every waiting request still waiting for one, wait for it instead of spinning.
         idle = self.scheduler.num_running == 0 and self.scheduler.num_waiting <= len(self.tiers.pending)
         self.tiers.collect(wait_s=0.5 if idle else 0.0)
-        plan = self.scheduler.schedule()
+        drafts = self._propose() if self.proposer is not None else {}
+        plan = self.scheduler.schedule({i: d.token_ids for i, d in drafts.items()})
         self.tiers.stage()
         start = time.monotonic()
         logits = self.backend.execute(plan)
-        sampled, results = self._sample(plan, logits)
+        sampled, results = self._sample(plan, logits, drafts)
         updates = self.scheduler.update(plan, sampled)
+        if self.proposer is not None and not self.scheduler.has_unfinished():
+            self.proposer.close()  # the draft model's blocks of what just finished
         self.tiers.publish()
         now = time.monotonic()
         self._record_step(plan, now - start, now)
         return self.outputs.process(updates, results, now, self.scheduler.finish)
 
-    def _sample(self, plan: StepPlan, logits: np.ndarray) -> tuple[dict[int, list[int]], dict[int, SampleResult]]:
-        rows, seq_ids = self.outputs.sample_rows(plan)
+    def _propose(self) -> dict[int, Draft]:
+        """Draft tokens for the sequences that decode next step (not for grammar-guided
+        requests: a draft token the grammar forbids would only be rejected)."""
+        assert self.proposer is not None
+        k = self.speculative.num_tokens
+        slots = []
+        for seq_id, request_id, token_ids, room in self.scheduler.decoding_seqs():
+            req = self.outputs.requests.get(request_id)
+            seq = req.seqs.get(seq_id) if req is not None else None
+            if seq is not None and seq.guide is None and room > 0:
+                slots.append(DraftSlot(seq_id, token_ids, min(k, room), req.params, seq.generator))  # type: ignore[union-attr]
+        return self.proposer.propose(slots)
+
+    def _sample(self, plan: StepPlan, logits: np.ndarray, drafts: dict[int, Draft]
+                ) -> tuple[dict[int, list[int]], dict[int, SampleResult]]:
+        rows, seq_ids = self.outputs.sample_rows(plan, drafts)
         results = self.sampler.sample(logits, rows) if rows else []
         sampled = {sid: list(r.token_ids) for sid, r in zip(seq_ids, results, strict=True)}
+        if drafts:
+            c = self.metrics.counters
+            for row, result in zip(rows, results, strict=True):
+                if row.draft:
+                    c["spec_decode_num_drafts"] += 1
+                    c["spec_decode_num_draft_tokens"] += len(row.draft)
+                    c["spec_decode_num_accepted_tokens"] += len(result.token_ids) - 1
         return sampled, dict(zip(seq_ids, results, strict=True))
 
     def _record_step(self, plan: StepPlan, seconds: float, now: float) -> None:
         if not plan.seqs:
             return
-        prefill_tokens = sum(s.num_tokens for s in plan.seqs if s.num_tokens > 1 or not s.sample)
+        prefill_tokens = sum(s.num_tokens for s in plan.seqs if (s.num_tokens > 1 and not s.num_draft) or not s.sample)
         self.metrics.counters["prompt_tokens_computed"] += prefill_tokens
         self.metrics.counters["steps"] += 1
         self.metrics.observe("prefill_step_seconds" if prefill_tokens else "decode_step_seconds", seconds)
@@ -184,6 +214,9 @@ class Engine:
         snap["requests"] = {"running": running, "waiting": len(self.outputs.requests) - running}
         if self.tiers.store is not None or self.tiers.disk is not None:
             snap["kv_store"] = self.tiers.stats()
+        spec = speculative_stats(self.metrics.counters)
+        if spec is not None:
+            snap["speculative"] = spec
         return snap
 
     def histogram_buckets(self) -> dict[str, list[tuple[float, int]]]:
@@ -196,8 +229,11 @@ class Engine:
         return self.kv.block_size
 
     def close(self) -> None:
-        """Publish what the store tier has queued (briefly) and stop its thread."""
+        """Publish what the store tier has queued (briefly) and stop its thread; release the
+        draft model's blocks."""
         self.tiers.close()
+        if self.proposer is not None:
+            self.proposer.close()
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,17 @@ class EngineMetrics:
         if scheduler_stats is not None:
             snap["scheduler"] = _asdict(scheduler_stats)
         return snap
+
+
+def speculative_stats(counters: Mapping[str, int]) -> dict[str, float] | None:
+    """Acceptance rate and mean accepted length from the engine's counters; None when no
+    draft was verified yet."""
+    drafts = counters.get("spec_decode_num_drafts", 0)
+    if not drafts:
+        return None
+    accepted = counters.get("spec_decode_num_accepted_tokens", 0)
+    return {"acceptance_rate": accepted / max(counters.get("spec_decode_num_draft_tokens", 0), 1),
+            "mean_accepted_length": (accepted + drafts) / drafts}
 
 
 def _asdict(obj: Any) -> Any:

@@ -13,7 +13,7 @@ string, a complete grammar) are passed back through ``finish_seq``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from trtkv.runtime.sampling import (
     make_generator,
 )
 from trtkv.runtime.sampling.guided import Guide
+from trtkv.runtime.spec.base import Draft
 
 
 @dataclass
@@ -108,9 +109,12 @@ class OutputProcessor:
         return SeqOutputState(index, make_generator(req.params.seed, index),
                               StopChecker(req.params, self.eos_token_ids), detok, guide)
 
-    def sample_rows(self, plan: StepPlan) -> tuple[list[SampleRow], list[int]]:
+    def sample_rows(self, plan: StepPlan, drafts: Mapping[int, Draft] | None = None
+                    ) -> tuple[list[SampleRow], list[int]]:
         """The sampler's rows for the sequences of ``plan`` that sample, and their seq ids.
-        A request's first draw also draws its forks' first tokens (n > 1)."""
+        A request's first draw also draws its forks' first tokens (n > 1). A sequence with
+        a draft in the plan (``num_draft``) gets a row that verifies it (``drafts``: the
+        proposals, for the distributions a sampling draft model drew from)."""
         rows: list[SampleRow] = []
         seq_ids: list[int] = []
         for s in plan.seqs:
@@ -124,7 +128,13 @@ class OutputProcessor:
                 req.forks = [self._new_seq(req, i, seq.guide.fork() if seq.guide else None)
                              for i in range(1, req.params.n)]
                 gens += [f.generator for f in req.forks]
-            rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens, seq.guide))
+            if s.num_draft:
+                proposal = drafts[s.seq_id] if drafts else None
+                probs = proposal.probs[: s.num_draft] if proposal is not None and proposal.probs is not None else None
+                rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens, None,
+                                      s.token_ids[1:], probs))
+            else:
+                rows.append(SampleRow(req.params, req.prompt_ids, seq.output_ids, gens, seq.guide))
             seq_ids.append(s.seq_id)
         return rows, seq_ids
 
@@ -137,6 +147,8 @@ class OutputProcessor:
             req = touched[u.request_id] = self.requests[u.request_id]
             if u.parent_seq_id is None:
                 seq = req.seqs[u.seq_id]
+                if seq.finish_reason is not None:  # stopped on its text at an earlier accepted draft token
+                    continue
                 lps = results[u.seq_id].logprobs
             else:
                 seq = req.seqs[u.seq_id] = req.forks[u.sample_index - 1]

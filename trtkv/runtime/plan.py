@@ -68,6 +68,9 @@ class ScheduledSeq(NamedTuple):
         all_logits: yield logits for every token of ``token_ids`` instead (scoring,
             perplexity); the scheduler never sets it.
         request_id: the request the sequence belongs to (backends ignore it).
+        num_draft: speculative decoding: the last ``num_draft`` of ``token_ids`` are draft
+            tokens to verify (``token_ids`` is the last sampled token then the draft), and
+            a sampling sequence yields logits for its last ``1 + num_draft`` tokens.
     """
 
     seq_id: int
@@ -77,6 +80,7 @@ class ScheduledSeq(NamedTuple):
     sample: bool
     all_logits: bool = False
     request_id: str = ""
+    num_draft: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -18,6 +18,7 @@ server's own counters. Two families of names:
   | vllm:request_success{finished_reason} | finished sequences by reason |
   | vllm:time_to_first_token_seconds, vllm:time_per_output_token_seconds, vllm:inter_token_latency_seconds, vllm:e2e_request_latency_seconds, vllm:request_queue_time_seconds | the engine's histograms of the same meaning |
   | vllm:cache_config_info{block_size,num_gpu_blocks} | the pool's configuration (value 1) |
+  | vllm:spec_decode_num_drafts / _num_draft_tokens / _num_accepted_tokens | speculative decoding: verified drafts, their tokens, the accepted ones |
 
 Plus the standard ``process_*`` metrics.
 """
@@ -145,6 +146,14 @@ class _SnapshotCollector(Collector):
                          ("prompt_tokens_computed", "prompt tokens computed (not cached)"),
                          ("steps", "engine steps that ran the model")):
             yield counter(key, doc, counters.get(key, 0))
+        spec = stats.get("speculative")
+        if spec:
+            for key, doc in _SPEC_COUNTERS.items():
+                yield counter(key, doc, counters.get(key, 0))
+            yield gauge("spec_decode_acceptance_rate", "accepted / proposed draft tokens, since start",
+                        spec["acceptance_rate"])
+            yield gauge("spec_decode_mean_accepted_length", "tokens a verified draft step yields per sequence "
+                        "(accepted draft tokens + 1), since start", spec["mean_accepted_length"])
         for name in self.snapshot["buckets"]:
             yield self._histogram(f"trtkv_{name}", HISTOGRAMS.get(name, name), name, [], [])
         store = stats.get("kv_store")
@@ -193,6 +202,9 @@ class _SnapshotCollector(Collector):
         counters = stats.get("counters", {})
         yield counter("prompt_tokens", "prompt tokens computed (vLLM-compatible)", counters.get("prompt_tokens_computed", 0))
         yield counter("generation_tokens", "generation tokens (vLLM-compatible)", counters.get("generation_tokens", 0))
+        if stats.get("speculative"):
+            for key, doc in _SPEC_COUNTERS.items():
+                yield counter(key, doc + " (vLLM-compatible)", counters.get(key, 0))
         success = CounterMetricFamily("vllm:request_success", "finished requests by reason (vLLM-compatible)",
                                       labels=["model_name", "finished_reason"])
         for reason, n in sorted(stats.get("finished_by_reason", {}).items()):
@@ -212,6 +224,13 @@ class _SnapshotCollector(Collector):
         family = HistogramMetricFamily(name, doc, labels=labels)
         family.add_metric(values, [(_bound(b), c) for b, c in buckets], total)
         return family
+
+
+_SPEC_COUNTERS = {
+    "spec_decode_num_drafts": "sequence-steps that verified a draft",
+    "spec_decode_num_draft_tokens": "draft tokens proposed and verified",
+    "spec_decode_num_accepted_tokens": "draft tokens accepted",
+}
 
 
 def _usage(kv: Mapping[str, Any]) -> float:

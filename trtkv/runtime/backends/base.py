@@ -99,8 +99,9 @@ class BaseBackend(ABC):
         """Run one step: block moves (swap_out, swap_in, block_copies) then the forward pass.
 
         Returns:
-            float32 [R, vocab]: logits of the last token of each sequence with ``sample`` set,
-            in plan order.
+            float32 [R, vocab]: logits of the last token of each sequence with ``sample`` set
+            (of its last ``1 + num_draft`` tokens with a speculative draft; of every token
+            with ``all_logits``), in plan order.
         """
 
     @abstractmethod

@@ -21,7 +21,8 @@ class StepInputs:
         block_tables: int32 [S, M] block ids, padded with 0 (never read past a sequence's length).
         slot_mapping: int64 [T] pool slot (block * B + offset) of each new token.
         logits_indices: int64 [R] rows of the tokens whose logits are wanted: the last token of
-            each sampling sequence, every token of an ``all_logits`` one, in plan order.
+            each sampling sequence (its last ``1 + num_draft`` with a speculative draft),
+            every token of an ``all_logits`` one, in plan order.
     """
 
     input_ids: np.ndarray
@@ -59,7 +60,7 @@ def build_step_inputs(plan: StepPlan, block_size: int) -> StepInputs:
         if s.all_logits:
             rows.append(np.arange(qsl[i], qsl[i + 1]))
         elif s.sample:
-            rows.append(qsl[i + 1 : i + 2] - 1)
+            rows.append(qsl[i + 1 : i + 2] - 1 if not s.num_draft else np.arange(qsl[i + 1] - 1 - s.num_draft, qsl[i + 1]))
     return StepInputs(
         input_ids=input_ids,
         positions=positions,

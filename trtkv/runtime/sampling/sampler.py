@@ -57,6 +57,13 @@ class SampleRow:
             first token is drawn independently with its own generator.
         guide: the sequence's grammar state when the request asks for structured output;
             tokens it forbids are never drawn.
+        draft: speculative decoding: draft tokens to verify. The row then spans
+            ``1 + len(draft)`` rows of the logits (the target's distribution after the last
+            token and after each draft token) and yields the accepted draft prefix plus one
+            token (see `Sampler.sample`).
+        draft_probs: float [len(draft), V]: the distribution each draft token was drawn
+            from (a draft model sampling); None when each was chosen deterministically
+            (n-gram lookup, greedy drafting): a point mass on it.
     """
 
     params: SamplingParams
@@ -64,14 +71,28 @@ class SampleRow:
     output_ids: Sequence[int]
     generators: Sequence[np.random.Generator]
     guide: Guide | None = None
+    draft: Sequence[int] = ()
+    draft_probs: npt.NDArray[np.floating] | None = None
 
     def __post_init__(self) -> None:
         assert len(self.generators) >= 1, "a SampleRow needs at least one generator"
+        assert not self.draft or (len(self.generators) == 1 and self.guide is None), \
+            "a draft is verified for one sequence without a grammar"
 
     @property
     def num_samples(self) -> int:
         """Tokens drawn from this row (``len(generators)``)."""
         return len(self.generators)
+
+    @property
+    def num_logit_rows(self) -> int:
+        """Rows of the logits this row spans (``1 + len(draft)``)."""
+        return 1 + len(self.draft)
+
+    def at_draft_position(self, j: int) -> SampleRow:
+        """The plain row of the target's ``j``-th logits row: the output so far is
+        ``output_ids`` followed by ``draft[:j]`` (penalties and min_tokens see it)."""
+        return SampleRow(self.params, self.prompt_ids, [*self.output_ids, *self.draft[:j]], self.generators)
 
 
 class TokenLogprob(NamedTuple):
@@ -94,7 +115,8 @@ class SampleResult:
     """Tokens drawn from one row.
 
     Attributes:
-        token_ids: ``row.num_samples`` token ids, in the order of ``row.generators``.
+        token_ids: ``row.num_samples`` token ids, in the order of ``row.generators``; for a
+            row with a draft, the accepted draft tokens then the one drawn after them.
         logprobs: one entry per token when ``params.logprobs`` is set, else None.
     """
 
@@ -118,24 +140,98 @@ class Sampler:
         """Draw tokens for every row.
 
         Args:
-            logits: float32 [R, V], one row per sequence that samples this step.
-            rows: R rows, in the order of ``logits``.
+            logits: float32 [R', V]: one row per sequence that samples this step, or
+                ``row.num_logit_rows`` rows for a row with a speculative draft.
+            rows: the rows, in the order of ``logits``.
 
         Returns:
-            R results, in the order of ``rows``.
+            One result per row, in the order of ``rows``.
 
         Logprobs are the log-softmax of the logits after penalties and temperature (temperature
         1 for greedy rows) but before the top-k / top-p / min-p filters, so reported values are
         finite except for tokens masked by ``min_tokens``.
+
+        A draft is verified against the target's distributions p_0..p_k (each after the same
+        pipeline, with the draft's earlier tokens counted as output). Greedy: draft token j is
+        kept while it is p_j's argmax, then p_j's argmax follows, so the tokens are exactly
+        those of non-speculative greedy decoding. Sampled (rejection sampling, Leviathan et
+        al. 2023 / Chen et al. 2023): draft token d_j drawn from q_j is kept with probability
+        min(1, p_j(d_j) / q_j(d_j)) (one uniform draw); at the first rejection a token is drawn
+        from normalize(max(p_j - q_j, 0)) and verification stops; if all are kept one more is
+        drawn from p_k. Each emitted token is then distributed exactly as the target samples.
         """
-        if logits.ndim != 2 or logits.shape[0] != len(rows):
-            raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows")
-        work = logits.astype(np.float64)
+        num_logit_rows = sum(r.num_logit_rows for r in rows)
+        if logits.ndim != 2 or logits.shape[0] != num_logit_rows:
+            raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows "
+                             f"({num_logit_rows} logits rows)")
+        if num_logit_rows == len(rows):
+            return self._sample_plain(logits, rows)
+        plain = [r.at_draft_position(j) if r.draft else r for r in rows for j in range(r.num_logit_rows)]
+        work, filtered = self._prepare(logits, plain)
+        results = []
+        i = 0
+        for row in rows:
+            span = range(i, i + row.num_logit_rows)
+            i += row.num_logit_rows
+            if not row.draft:
+                ids = self._choose(work, filtered, span.start, row)
+                results.append(SampleResult(ids, _logprobs(work[span.start], ids, row.params.logprobs)))
+                continue
+            if row.params.is_greedy:
+                ids = _verify_greedy(work[span.start:span.stop], row.draft)
+            else:
+                probs = np.stack([_probs(filtered[r]) for r in span])
+                ids = _verify_sampled(probs, row.draft, row.draft_probs, row.generators[0])
+            lps = None
+            if row.params.logprobs is not None:
+                lps = [_logprobs(work[span.start + j], [t], row.params.logprobs)[0]  # type: ignore[index]
+                       for j, t in enumerate(ids)]
+            results.append(SampleResult(ids, lps))
+        return results
+
+    def _sample_plain(self, logits: npt.NDArray[np.floating], rows: Sequence[SampleRow]) -> list[SampleResult]:
+        work, filtered = self._prepare(logits, rows)
+        token_ids: list[list[int]] = [[] for _ in rows]
         greedy_idx = [i for i, r in enumerate(rows) if r.params.is_greedy]
+        if greedy_idx:
+            best = np.argmax(work[greedy_idx], axis=1)  # first maximum -> lowest id on ties
+            for i, token in zip(greedy_idx, best.tolist(), strict=True):
+                token_ids[i] = [token] * rows[i].num_samples
+        for i, f in filtered.items():
+            token_ids[i] = [_draw(f, g) for g in rows[i].generators]
+        return [
+            SampleResult(ids, _logprobs(work[i], ids, row.params.logprobs))
+            for i, (row, ids) in enumerate(zip(rows, token_ids, strict=True))
+        ]
+
+    def draw(self, logits: npt.NDArray[np.floating], rows: Sequence[SampleRow]
+             ) -> list[tuple[int, npt.NDArray[np.float64] | None]]:
+        """One token per row and the distribution it was drawn from (None: greedy, a point
+        mass): what a draft model proposes with (`SampleRow.draft_probs`)."""
+        work, filtered = self._prepare(logits, rows)
+        out: list[tuple[int, npt.NDArray[np.float64] | None]] = []
+        for i, row in enumerate(rows):
+            if row.params.is_greedy:
+                out.append((int(np.argmax(work[i])), None))
+            else:
+                probs = _probs(filtered[i])
+                out.append((_draw_probs(probs, row.generators[0]), probs))
+        return out
+
+    def _choose(self, work: proc.FloatArray, filtered: dict[int, proc.FloatArray], i: int,
+                row: SampleRow) -> list[int]:
+        if row.params.is_greedy:
+            return [int(np.argmax(work[i]))] * row.num_samples
+        return [_draw(filtered[i], g) for g in row.generators]
+
+    def _prepare(self, logits: npt.NDArray[np.floating], rows: Sequence[SampleRow]
+                 ) -> tuple[proc.FloatArray, dict[int, proc.FloatArray]]:
+        """The pipeline up to the draw: ``work`` (float64 [R, V], penalized logits, divided by
+        the temperature on sampled rows: the logprob base) and, per sampled row, its
+        filtered logits (top-k / top-p / min-p applied)."""
+        work = logits.astype(np.float64)
         sample_idx = [i for i, r in enumerate(rows) if not r.params.is_greedy]
-        # From here on `work` holds the logprob base: penalized logits, and for sampled rows
-        # also divided by the temperature. Extreme penalties or temperatures overflow; one
-        # pass of _make_finite mends those rows.
+        # Extreme penalties or temperatures overflow; one pass of _make_finite mends those rows.
         with np.errstate(over="ignore"):
             for i, row in enumerate(rows):
                 self._process_row(work[i], row)
@@ -143,20 +239,11 @@ class Sampler:
                 temps = np.array([rows[i].params.temperature for i in sample_idx])
                 work[sample_idx] /= temps[:, None]
         _make_finite(work)
-        token_ids: list[list[int]] = [[] for _ in rows]
-        if greedy_idx:
-            best = np.argmax(work[greedy_idx], axis=1)  # first maximum -> lowest id on ties
-            for i, token in zip(greedy_idx, best.tolist(), strict=True):
-                token_ids[i] = [token] * rows[i].num_samples
-        if sample_idx:
-            filtered = work[sample_idx]  # fancy indexing copies: `work` keeps unfiltered logits
-            self._apply_filters(filtered, [rows[i] for i in sample_idx])
-            for j, i in enumerate(sample_idx):
-                token_ids[i] = [_draw(filtered[j], g) for g in rows[i].generators]
-        return [
-            SampleResult(ids, _logprobs(work[i], ids, row.params.logprobs))
-            for i, (row, ids) in enumerate(zip(rows, token_ids, strict=True))
-        ]
+        if not sample_idx:
+            return work, {}
+        filtered = work[sample_idx]  # fancy indexing copies: `work` keeps unfiltered logits
+        self._apply_filters(filtered, [rows[i] for i in sample_idx])
+        return work, dict(zip(sample_idx, filtered, strict=True))
 
     def _process_row(self, row: proc.FloatArray, sample_row: SampleRow) -> None:
         params = sample_row.params
@@ -205,14 +292,59 @@ def _draw(logits: proc.FloatArray, generator: np.random.Generator) -> int:
     Returns:
         The sampled token id; never a token of probability 0.
     """
+    return _draw_probs(np.exp(logits - logits.max()), generator)
+
+
+def _draw_probs(weights: proc.FloatArray, generator: np.random.Generator) -> int:
+    """`_draw` from unnormalized non-negative weights (one ``random()`` call)."""
     u = generator.random()
-    weights = np.exp(logits - logits.max())
     cdf = np.cumsum(weights)
     assert cdf[-1] > 0, "every token was filtered out"
     token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    if token >= logits.shape[0]:  # u * total rounded up to total: take the last live token
+    if token >= weights.shape[0]:  # u * total rounded up to total: take the last live token
         token = int(np.flatnonzero(weights > 0)[-1])
     return token
+
+
+def _probs(filtered: proc.FloatArray) -> proc.FloatArray:
+    """The distribution of one row of filtered logits (-inf: probability 0)."""
+    weights = np.exp(filtered - filtered.max())
+    return weights / weights.sum()  # type: ignore[no-any-return]
+
+
+def _verify_greedy(work: proc.FloatArray, draft: Sequence[int]) -> list[int]:
+    """Keep draft tokens while each is the argmax of its row, then that row's argmax."""
+    best = np.argmax(work, axis=1).tolist()  # first maximum -> lowest id on ties, as unspeculated
+    ids: list[int] = []
+    for j, d in enumerate(draft):
+        if best[j] != d:
+            break
+        ids.append(d)
+    ids.append(best[len(ids)])
+    return ids
+
+
+def _verify_sampled(probs: proc.FloatArray, draft: Sequence[int],
+                    draft_probs: npt.NDArray[np.floating] | None, generator: np.random.Generator) -> list[int]:
+    """Rejection sampling of a draft against the target's ``probs`` [k+1, V] (see
+    `Sampler.sample`); ``draft_probs`` None: each draft token had probability 1."""
+    ids: list[int] = []
+    for j, d in enumerate(draft):
+        q_d = 1.0 if draft_probs is None else float(draft_probs[j, d])
+        if generator.random() * q_d < probs[j, d]:  # accept with min(1, p/q)
+            ids.append(d)
+            continue
+        residual = probs[j].copy()
+        if draft_probs is None:
+            residual[d] = 0.0
+        else:
+            residual = np.maximum(residual - draft_probs[j], 0.0)
+        if not residual.sum() > 0:  # p <= q everywhere only when p == q: the draft was right
+            residual = probs[j]
+        ids.append(_draw_probs(residual, generator))
+        return ids
+    ids.append(_draw_probs(probs[len(draft)], generator))
+    return ids
 
 
 def _logprobs(scaled: proc.FloatArray, token_ids: list[int], num_top: int | None

@@ -60,6 +60,19 @@ class SeqRegistry:
         self.add_running(child)
         return child
 
+    def fork_waiting(self, parent: SeqState, token: int) -> SeqState:
+        """A waiting child of a parent that holds no device blocks (preempted): its tokens
+        plus ``token``, computed from scratch (or the prefix cache) when admitted."""
+        rank_class, rank_time, arrival, _ = parent.key
+        child = self._create(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
+                             parent.max_new_tokens, parent.priority,
+                             (rank_class, rank_time, arrival), parent.cache_salt)
+        child.block_keys = list(parent.block_keys)
+        child.stop = parent.stop
+        child.status = SeqStatus.WAITING
+        self.waiting.push(child)
+        return child
+
     def add_running(self, seq: SeqState) -> None:
         seq.status = SeqStatus.RUNNING
         bisect.insort(self.running, seq, key=_sort_key)
@@ -126,7 +139,7 @@ class SeqRegistry:
             assert seq.status is SeqStatus.RUNNING and not kv.is_swapped(seq.seq_id)
             want = seq.num_computed + in_flight.get(seq.seq_id, 0)
             assert kv.num_tokens(seq.seq_id) == want, f"seq {seq.seq_id}: KV slots != computed"
-            assert seq.num_computed < seq.num_tokens, f"seq {seq.seq_id} has nothing to compute"
+            assert seq.num_computed < seq.num_tokens or seq.held, f"seq {seq.seq_id} has nothing to compute"
         for seq in self.swapped:
             assert seq.status is SeqStatus.SWAPPED and kv.is_swapped(seq.seq_id)
             assert kv.num_tokens(seq.seq_id) == seq.num_computed, f"swapped seq {seq.seq_id}"

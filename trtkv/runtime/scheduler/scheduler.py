@@ -60,6 +60,7 @@ from trtkv.runtime.scheduler.inflight import InflightBlocks
 from trtkv.runtime.scheduler.policy import SchedulingPolicy
 from trtkv.runtime.scheduler.registry import SeqRegistry
 from trtkv.runtime.scheduler.sequence import SeqState, SeqStatus, SeqView
+from trtkv.runtime.scheduler.speculative import accept_draft, add_drafts
 from trtkv.runtime.scheduler.stats import Counters, SchedulerStats
 from trtkv.runtime.scheduler.step import StepBuilder
 
@@ -197,8 +198,14 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------------
 
-    def schedule(self) -> StepPlan:
+    def schedule(self, drafts: Mapping[int, Sequence[int]] | None = None) -> StepPlan:
         """Plan the next step. Call `update` with the plan before scheduling again.
+
+        Args:
+            drafts: speculative decoding: draft tokens per decoding sequence (see
+                `decoding_seqs`). A decode takes as many as the step's spare token budget
+                (after one token for every decode), its remaining ``max_new_tokens`` and free
+                KV blocks allow (``ScheduledSeq.num_draft``); drafts never preempt anything.
 
         Raises:
             RuntimeError: the previous non-empty plan was not passed to `update`.
@@ -211,6 +218,8 @@ class Scheduler:
         for seq in self._reg.running:
             (decoding if seq.is_decoding else prefilling).append(seq)
         self._schedule_decodes(decoding, step)
+        if drafts:
+            add_drafts(step, drafts, self._reg.seqs, self.kv)
         for seq in prefilling:
             if seq.status is _RUNNING:  # not preempted earlier in this step
                 self._schedule_prefill(seq, step)
@@ -233,7 +242,11 @@ class Scheduler:
             plan: the plan returned by the last `schedule()`.
             sampled: for each live sequence of the plan with ``sample=True``, its new tokens:
                 the first extends it, each further one forks a child sequence that shares its
-                blocks (parallel sampling).
+                blocks (parallel sampling). No tokens: the sequence is held (`extend` gives
+                them later: a beam of beam search). For a sequence with a draft (``num_draft``): the
+                accepted draft prefix then one token, all extending it; the rejected rest
+                is rolled back (its KV slots and the blocks past them are freed, and no
+                block holding a rejected token is published to the prefix cache).
 
         Returns:
             One `SeqUpdate` per token of ``sampled``: a sequence's own, then its forks'
@@ -242,24 +255,34 @@ class Scheduler:
 
         Raises:
             RuntimeError: ``plan`` is not the plan in flight.
-            ValueError: ``sampled`` lacks a sampling sequence or names one that did not
-                sample; nothing changed.
+            ValueError: ``sampled`` lacks a sampling sequence, names one that did not
+                sample, or does not start a draft's sequence with an accepted prefix of it;
+                nothing changed.
         """
         if plan is not self._in_flight and not (plan.is_empty and self._in_flight is None):
             raise RuntimeError("update() got a plan other than the one last scheduled")
         live = [s for s in plan.seqs if s.seq_id in self._reg.seqs]
         samplers = {s.seq_id for s in live if s.sample}
-        if sampled.keys() != samplers or not all(sampled.values()):
+        if sampled.keys() != samplers:
             extra = sampled.keys() - samplers
-            missing = [i for i in samplers if not sampled.get(i)]
+            missing = [i for i in samplers if i not in sampled]
             raise ValueError(f"sampled must give tokens for exactly the sampling seqs of the "
                              f"plan: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for s in live:
+            if s.num_draft:
+                tokens = sampled[s.seq_id]
+                if len(tokens) > s.num_draft + 1 or tuple(tokens[:-1]) != s.token_ids[1:len(tokens)]:
+                    raise ValueError(f"seq {s.seq_id}: {list(tokens)} is not an accepted prefix of its draft "
+                                     f"{list(s.token_ids[1:])} and one token")
         self._in_flight = None
         updates: list[SeqUpdate] = []
         seqs, caching = self._reg.seqs, self.kv.enable_prefix_caching
         for s in live:
             seq = seqs[s.seq_id]
             assert seq.num_computed == s.start_pos, f"seq {seq.seq_id} moved during the step"
+            if s.num_draft:
+                self._accept(seq, s, sampled[s.seq_id], updates)
+                continue
             seq.num_computed += len(s.token_ids)
             if caching:  # before forking, so that children inherit the keys
                 self.kv.cache_blocks(seq.seq_id, seq.token_ids, seq.num_computed, seq.block_keys)
@@ -267,6 +290,9 @@ class Scheduler:
             if not s.sample:
                 continue
             tokens = sampled[s.seq_id]
+            if not tokens:
+                seq.held = True
+                continue
             token = tokens[0]
             if len(tokens) == 1:  # the hot path: one token, and the sequence goes on
                 token_ids = seq.token_ids
@@ -285,6 +311,34 @@ class Scheduler:
             for i, child in enumerate(children, start=1):
                 updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
         return updates
+
+    def extend(self, seq_id: int, tokens: Sequence[int]) -> list[SeqUpdate]:
+        """Give a held sequence (one `update` gave no tokens) its next tokens: the first
+        extends it, each further one forks a child (sharing its blocks; a preempted parent's
+        children wait to be computed). Returns their `SeqUpdate`s, as `update` does.
+
+        Raises:
+            KeyError: unknown sequence. ValueError: not held, or no tokens.
+        """
+        seq = self._reg.seqs[seq_id]
+        if not seq.held or not tokens:
+            raise ValueError(f"seq {seq_id} is not held for tokens, or no tokens were given")
+        seq.held = False
+        cached = seq.num_cached_tokens
+        children = [self._fork(seq, t) if seq.status is _RUNNING else self._reg.fork_waiting(seq, t)
+                    for t in tokens[1:]]
+        seq.num_samples = 1
+        seq.token_ids.append(tokens[0])
+        updates = [self._stop_check(seq, tokens[0], None, 0, cached)]
+        for i, child in enumerate(children, start=1):
+            updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
+        return updates
+
+    def _accept(self, seq: SeqState, s: ScheduledSeq, tokens: Sequence[int], updates: list[SeqUpdate]) -> None:
+        kept = accept_draft(seq, s, tokens, self.kv)
+        cached = seq.num_cached_tokens
+        updates.extend(SeqUpdate(seq.seq_id, seq.request_id, tokens[j], None, j, cached) for j in range(kept - 1))
+        updates.append(self._stop_check(seq, tokens[kept - 1], None, kept - 1, cached))
 
     def _stop_check(self, seq: SeqState, token: int, parent: int | None, index: int,
                     cached: int) -> SeqUpdate:
@@ -316,6 +370,13 @@ class Scheduler:
                                         seq.request_id))
             scheduled.add(seq_id)
             step.token_budget -= 1
+
+    def decoding_seqs(self) -> list[tuple[int, str, list[int], int]]:
+        """Running sequences that decode next step, for a draft proposer: (seq_id,
+        request_id, token ids (read only), most draft tokens it can use: its remaining
+        max_new_tokens less one)."""
+        return [(s.seq_id, s.request_id, s.token_ids, s.max_new_tokens - (len(s.token_ids) - s.prompt_len) - 1)
+                for s in self._reg.running if s.is_decoding]
 
     def _schedule_prefill(self, seq: SeqState, step: StepBuilder) -> None:
         if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:

@@ -55,6 +55,9 @@ class SeqState:
     num_samples: int = 1
     """Sequences this one becomes when its prompt is done (a request's n; 1 once forked):
     admission reserves that many of max_num_seqs, so forks never exceed it."""
+    held: bool = False
+    """Sampled, but its next token is decided later (`Scheduler.extend`): a beam waiting for
+    the other beams of its request. Running, it computes nothing until extended."""
     block_keys: list[bytes] = field(default_factory=list)
     """Prefix-cache keys of its full blocks, hashed once at its first admission attempt
     (empty with caching off); tokens are only appended, so the keys stay valid."""

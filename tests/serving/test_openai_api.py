@@ -379,3 +379,27 @@ def test_malformed_http_gets_a_json_error_and_the_schema_is_published(live_serve
     assert code == 404 and reply["error"]["code"] == "not_found"
     code, _, reply = http(live_server.base_url, "GET", "/v1/completions")
     assert code == 405 and reply["error"]["code"] == "method_not_allowed"
+
+
+def test_beam_search_extra_parameters(client, chat_model_dir) -> None:
+    """vLLM's use_beam_search / length_penalty / early_stopping: the n best beams, as the
+    engine's beam search gives them; refused with sampling filters."""
+    from trtkv.runtime.config import EngineConfig
+    from trtkv.runtime.llm import LLM
+    from trtkv.runtime.sampling import SamplingParams
+
+    ids = [5, 6, 7, 8]
+    body = {"use_beam_search": True, "length_penalty": 0.8, "early_stopping": True}
+    out = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, n=3, extra_body=body)
+    llm = LLM(chat_model_dir, EngineConfig(num_threads=1))
+    want = llm.generate([ids], SamplingParams(n=3, max_new_tokens=6, use_beam_search=True, length_penalty=0.8,
+                                               early_stopping=True))[0]
+    assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == [c.text for c in want.outputs]
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="beam search does not support top_p"):
+        client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, n=2, top_p=0.5,
+                                  extra_body={"use_beam_search": True})
+    with pytest.raises(openai.BadRequestError, match="early_stopping"):
+        client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, n=2,
+                                  extra_body={"use_beam_search": True, "early_stopping": "sometimes"})

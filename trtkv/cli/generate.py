@@ -43,6 +43,13 @@ def generate(
     stop: Stop = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="keep going past EOS",
                                              rich_help_panel="Sampling")] = False,
+    use_beam_search: Annotated[bool, typer.Option("--use-beam-search", rich_help_panel="Beam search", help=(
+        "beam search with --n beams: the n best hypotheses, best first (as transformers' num_beams, "
+        "do_sample=False; temperature and seed unused)"))] = False,
+    length_penalty: Annotated[float, typer.Option(rich_help_panel="Beam search", help=(
+        "a finished hypothesis scores logprob_sum / length ** this"))] = 1.0,
+    early_stopping: Annotated[str, typer.Option(rich_help_panel="Beam search", help=(
+        "true: stop once n hypotheses finished; false: when no beam can beat them (heuristic); never"))] = "false",
     chat: Annotated[bool, typer.Option("--chat", rich_help_panel="Chat", help=(
         "each --prompt is a user message, rendered by the chat template"))] = False,
     system: System = None,
@@ -84,7 +91,8 @@ def generate(
     model_dir = resolve_model(model)
     params = SamplingDefaults.for_model(model_dir).params(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()), guided=guided)
+        ignore_eos=ignore_eos, n=n, stop=tuple(stop or ()), guided=guided, use_beam_search=use_beam_search,
+        length_penalty=length_penalty, early_stopping=_early_stopping(early_stopping))
     llm = LLM(model_dir, engine)
     outs = (llm.chat(conversations, params, chat_template=template) if conversations is not None
             else llm.generate(prompts, params))
@@ -104,6 +112,13 @@ def generate(
                       f"{len(comp.token_ids)} tokens)\n{shown}{comp.text}", flush=True)
     if stats:
         print(json.dumps(llm.engine.stats(), default=str, indent=1), file=sys.stderr)
+
+
+def _early_stopping(value: str) -> bool | str:
+    options: dict[str, bool | str] = {"true": True, "false": False, "never": "never"}
+    if value.lower() not in options:
+        raise TrtkvError(f"--early-stopping must be true, false or never, got {value!r}")
+    return options[value.lower()]
 
 
 def _constraint(schema: str | None, regex: str | None, choice: list[str] | None,

@@ -19,15 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from trtkv.errors import RequestRejectedError
+from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.backends import BaseBackend, create_backend
+from trtkv.runtime.beam_search import BeamSearch
 from trtkv.runtime.config import EngineConfig, resolve_config
 from trtkv.runtime.input_processor import InputProcessor
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.metrics import EngineMetrics, speculative_stats
 from trtkv.runtime.output_processor import OutputProcessor, RequestState
 from trtkv.runtime.outputs import RequestOutput
-from trtkv.runtime.plan import StepPlan
+from trtkv.runtime.plan import NO_STOP_IDS, StepPlan
 from trtkv.runtime.sampling import (
     GrammarCompiler,
     Sampler,
@@ -87,6 +88,8 @@ class Engine:
                                      max_new_tokens_cap=config.max_new_tokens_cap, model_dir=self.model_dir,
                                      defaults=self.sampling_defaults)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.grammars, self.metrics)
+        self.beams = BeamSearch(self.scheduler, self.tokenizer, self.eos_token_ids, self.metrics)
+        """The beam-search requests (``SamplingParams.use_beam_search``)."""
         self.speculative = resolved.speculative
         self.proposer = create_proposer(
             resolved.speculative, target_model_dir=self.model_dir, target=self.manifest, backend=resolved.backend,
@@ -111,18 +114,25 @@ class Engine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         inp = self.inputs.process(prompt, params)
         now = time.monotonic()
+        beam = inp.params.use_beam_search
+        if beam and inp.params.n * 2 > self.manifest.vocab_size:
+            raise InvalidRequestError(f"beam search with n={inp.params.n} beams needs a vocabulary of at least "
+                                      f"{2 * inp.params.n} tokens; lower n")
         try:
             # The scheduler is the one admission check (id, empty prompt, length, capacity,
             # n, queue), so the engine's and the scheduler's rejection counts always agree.
             seq_id = self.scheduler.add_request(
                 request_id, inp.prompt_ids, inp.params.max_new_tokens, priority=priority,
-                arrival_time=now, cache_salt=cache_salt, n=inp.params.n, stop=inp.stop,
+                arrival_time=now, cache_salt=cache_salt, n=inp.params.n, stop=NO_STOP_IDS if beam else inp.stop,
             )
         except RequestRejectedError as exc:
             self.metrics.rejected_by_reason[exc.reason] += 1
             raise
         try:
-            self.outputs.add(RequestState(request_id, inp.prompt_ids, inp.params, now, inp.is_capped), seq_id)
+            if beam:
+                self.beams.add(request_id, inp.prompt_ids, inp.params, seq_id, now)
+            else:
+                self.outputs.add(RequestState(request_id, inp.prompt_ids, inp.params, now, inp.is_capped), seq_id)
         except BaseException:
             self.scheduler.abort_request(request_id)  # nothing is kept
             raise
@@ -136,18 +146,18 @@ class Engine:
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Abort a request in any state, freeing its KV blocks. Unknown ids return None."""
-        out = self.outputs.abort(request_id)
+        out = self.outputs.abort(request_id) or self.beams.abort(request_id)
         if out is not None:
             self.scheduler.abort_request(request_id)
             self.tiers.forget(request_id)
         return out
 
     def has_unfinished(self) -> bool:
-        return bool(self.outputs.requests)
+        return bool(self.outputs.requests) or bool(self.beams.requests)
 
     @property
     def num_requests(self) -> int:
-        return len(self.outputs.requests)
+        return len(self.outputs.requests) + len(self.beams.requests)
 
     # -- one step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -161,14 +171,15 @@ class Engine:
         self.tiers.stage()
         start = time.monotonic()
         logits = self.backend.execute(plan)
-        sampled, results = self._sample(plan, logits, drafts)
+        sampled, results, beam_rows = self._sample(plan, logits, drafts)
         updates = self.scheduler.update(plan, sampled)
         if self.proposer is not None and not self.scheduler.has_unfinished():
             self.proposer.close()  # the draft model's blocks of what just finished
         self.tiers.publish()
         now = time.monotonic()
         self._record_step(plan, now - start, now)
-        return self.outputs.process(updates, results, now, self.scheduler.finish)
+        finished_beams = self.beams.step(beam_rows, now) if beam_rows else []
+        return self.outputs.process(updates, results, now, self.scheduler.finish) + finished_beams
 
     def _propose(self) -> dict[int, Draft]:
         """Draft tokens for the sequences that decode next step (not for grammar-guided
@@ -184,10 +195,26 @@ class Engine:
         return self.proposer.propose(slots)
 
     def _sample(self, plan: StepPlan, logits: np.ndarray, drafts: dict[int, Draft]
-                ) -> tuple[dict[int, list[int]], dict[int, SampleResult]]:
-        rows, seq_ids = self.outputs.sample_rows(plan, drafts)
+                ) -> tuple[dict[int, list[int]], dict[int, SampleResult], dict[int, np.ndarray]]:
+        """Tokens of the sampling sequences; beams' rows go to beam search instead (their
+        sequences are held: no tokens until it decides)."""
+        beam_rows: dict[int, np.ndarray] = {}
+        if self.beams.requests:
+            keep: list[int] = []
+            i = 0
+            for s in plan.seqs:
+                if s.sample:
+                    if self.beams.owns(s.seq_id):
+                        beam_rows[s.seq_id] = logits[i]
+                    else:
+                        keep.extend(range(i, i + 1 + s.num_draft))
+                    i += 1 + s.num_draft
+            if beam_rows:
+                logits = logits[keep]
+        rows, seq_ids = self.outputs.sample_rows(plan, drafts, skip=beam_rows)
         results = self.sampler.sample(logits, rows) if rows else []
-        sampled = {sid: list(r.token_ids) for sid, r in zip(seq_ids, results, strict=True)}
+        sampled: dict[int, list[int]] = {sid: list(r.token_ids) for sid, r in zip(seq_ids, results, strict=True)}
+        sampled.update({sid: [] for sid in beam_rows})
         if drafts:
             c = self.metrics.counters
             for row, result in zip(rows, results, strict=True):
@@ -195,7 +222,7 @@ class Engine:
                     c["spec_decode_num_drafts"] += 1
                     c["spec_decode_num_draft_tokens"] += len(row.draft)
                     c["spec_decode_num_accepted_tokens"] += len(result.token_ids) - 1
-        return sampled, dict(zip(seq_ids, results, strict=True))
+        return sampled, dict(zip(seq_ids, results, strict=True)), beam_rows
 
     def _record_step(self, plan: StepPlan, seconds: float, now: float) -> None:
         if not plan.seqs:
@@ -211,7 +238,7 @@ class Engine:
         stats)."""
         snap = self.metrics.snapshot(self.scheduler.stats())
         running = self.scheduler.num_running_requests()
-        snap["requests"] = {"running": running, "waiting": len(self.outputs.requests) - running}
+        snap["requests"] = {"running": running, "waiting": self.num_requests - running}
         if self.tiers.store is not None or self.tiers.disk is not None:
             snap["kv_store"] = self.tiers.stats()
         spec = speculative_stats(self.metrics.counters)

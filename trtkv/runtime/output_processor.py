@@ -13,7 +13,7 @@ string, a complete grammar) are passed back through ``finish_seq``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,16 +109,17 @@ class OutputProcessor:
         return SeqOutputState(index, make_generator(req.params.seed, index),
                               StopChecker(req.params, self.eos_token_ids), detok, guide)
 
-    def sample_rows(self, plan: StepPlan, drafts: Mapping[int, Draft] | None = None
-                    ) -> tuple[list[SampleRow], list[int]]:
+    def sample_rows(self, plan: StepPlan, drafts: Mapping[int, Draft] | None = None,
+                    skip: Mapping[int, object] | Set[int] = frozenset()) -> tuple[list[SampleRow], list[int]]:
         """The sampler's rows for the sequences of ``plan`` that sample, and their seq ids.
         A request's first draw also draws its forks' first tokens (n > 1). A sequence with
         a draft in the plan (``num_draft``) gets a row that verifies it (``drafts``: the
-        proposals, for the distributions a sampling draft model drew from)."""
+        proposals, for the distributions a sampling draft model drew from). Sequences in
+        ``skip`` (beams: beam search scores them) get none."""
         rows: list[SampleRow] = []
         seq_ids: list[int] = []
         for s in plan.seqs:
-            if not s.sample:
+            if not s.sample or s.seq_id in skip:
                 continue
             req = self.requests[s.request_id]
             seq = req.seqs[s.seq_id]

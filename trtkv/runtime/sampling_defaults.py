@@ -81,10 +81,13 @@ class SamplingDefaults:
 
     def fill(self, given: dict[str, Any]) -> dict[str, Any]:
         """``given`` (SamplingParams fields; None = not given) with the model's settings
-        filled in where not given (the rest take `SamplingParams`' defaults)."""
+        filled in where not given (the rest take `SamplingParams`' defaults); a beam search
+        takes only the model's max_new_tokens."""
         out = {k: v for k, v in given.items() if v is not None}
+        beam = bool(out.get("use_beam_search"))
         for key, v in self.overrides:
-            out.setdefault(key, v)
+            if not beam or key == "max_new_tokens":  # beam search takes no sampling shape
+                out.setdefault(key, v)
         return out
 
     def params(self, **given: Any) -> SamplingParams:

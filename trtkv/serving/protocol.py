@@ -228,9 +228,20 @@ def _sampling(body: _Body, defaults: SamplingDefaults, max_tokens: int | None, l
             min_tokens=body.get("min_tokens", int, 0),
             skip_special_tokens=body.get("skip_special_tokens", bool, True),
             guided=_guided(body),
+            use_beam_search=body.get("use_beam_search", bool, False),
+            length_penalty=body.get("length_penalty", float, 1.0),
+            early_stopping=_early_stopping(body),
         )
     except InvalidRequestError as exc:
         raise ApiError.from_engine(exc) from None
+
+
+def _early_stopping(body: _Body) -> bool | str:
+    """vLLM's extra parameter: true, false or "never"."""
+    value = body.raw.get("early_stopping", False)
+    if value is True or value is False or value == "never":
+        return value  # type: ignore[no-any-return]
+    raise ApiError(400, f"'early_stopping' must be true, false or \"never\", got {value!r:.40}", param="early_stopping")
 
 
 def _common(body: _Body) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class _Sampling(_Body):
     guided_choice: Annotated[list[Text], Field(min_length=1)] | None = None
     guided_grammar: str | None = None
     structured_outputs: dict[str, Any] | None = None
+    use_beam_search: bool | None = Field(None, description="beam search with n beams (vLLM's extra parameter)")
+    length_penalty: float | None = Field(None, description="beam search: score = logprob sum / length ** this")
+    early_stopping: bool | Literal["never"] | None = Field(None, description="beam search: true, false or \"never\"")
 
 
 class CompletionRequest(_Sampling):

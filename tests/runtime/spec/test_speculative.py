@@ -157,3 +157,20 @@ def test_options_are_checked(exported_factory, tmp_path):
     other = exported_factory("llama", vocab_size=384)
     with pytest.raises(ConfigError, match="vocabulary of 384 tokens"):
         Engine(exported_factory("llama"), EngineConfig(speculative_method="draft", draft_model=str(other)))
+
+
+def test_metrics_report_acceptance(chat_model_dir):
+    import json
+
+    from trtkv.serving import prometheus
+
+    vocab = json.loads((chat_model_dir / "manifest.json").read_text())["vocab_size"]
+    _, engine = _generate(chat_model_dir, _repetitive_prompts(vocab, n=3, seed=4), speculative_method="ngram")
+    c = engine.stats()["counters"]
+    spec = engine.stats()["speculative"]
+    assert spec["acceptance_rate"] == c["spec_decode_num_accepted_tokens"] / c["spec_decode_num_draft_tokens"]
+    assert spec["mean_accepted_length"] == 1 + c["spec_decode_num_accepted_tokens"] / c["spec_decode_num_drafts"]
+    page = prometheus.render(prometheus.collect(engine), {}, model_name="m").decode()
+    assert f'vllm:spec_decode_num_accepted_tokens_total{{model_name="m"}} {float(c["spec_decode_num_accepted_tokens"])}' in page
+    assert f"trtkv_spec_decode_num_draft_tokens_total {float(c['spec_decode_num_draft_tokens'])}" in page
+    assert "trtkv_spec_decode_acceptance_rate" in page

@@ -73,6 +73,17 @@ class SamplingParams:
     """Leave special tokens out of the detokenized text."""
     guided: GuidedDecoding | None = None
     """Structured output: the text must follow this JSON schema / regex / choice / grammar."""
+    use_beam_search: bool = False
+    """Beam search with ``n`` beams (Hugging Face's ``num_beams``, ``do_sample=False``): the
+    ``n`` best finished hypotheses are returned, best first. Deterministic: temperature and
+    seed are not used; sampling filters, penalties, logprobs, stop strings, min_tokens and
+    structured output are refused."""
+    length_penalty: float = 1.0
+    """Beam search: a finished hypothesis scores sum(logprobs) / generated_length ** length_penalty."""
+    early_stopping: bool | str = False
+    """Beam search: True stops once ``n`` hypotheses are finished; False stops when no running
+    beam can still beat the worst finished one at its current length (the heuristic of
+    Hugging Face); "never" at the longest length a positive length_penalty could reach."""
 
     def __post_init__(self) -> None:
         for name in ("stop", "stop_token_ids"):
@@ -136,11 +147,31 @@ class SamplingParams:
                        hint=" for every entry (token ids are ints >= 0)")
         if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
             raise InvalidRequestError(f"guided={self.guided!r:.60} is invalid: give a GuidedDecoding")
-        for name in ("ignore_eos", "skip_special_tokens"):
+        if self.use_beam_search or self.length_penalty != 1.0 or self.early_stopping is not False:
+            self._validate_beam_search()
+        for name in ("ignore_eos", "skip_special_tokens", "use_beam_search"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(
                     f"{name}={getattr(self, name)!r} is invalid: give True or False"
                 )
+
+    def _validate_beam_search(self) -> None:
+        if not self.use_beam_search:
+            raise InvalidRequestError("length_penalty and early_stopping apply to beam search: add use_beam_search=True "
+                                      "(--use-beam-search)")
+        _check_float("length_penalty", self.length_penalty, "(-inf, inf)", -math.inf)
+        if self.early_stopping not in (True, False, "never"):
+            raise InvalidRequestError(f"early_stopping={self.early_stopping!r} is invalid: give true, false or \"never\"")
+        unsupported = {
+            "top_k": self.top_k != 0, "top_p": self.top_p != 1.0, "min_p": self.min_p != 0.0,
+            "repetition_penalty": self.repetition_penalty != 1.0, "presence_penalty": self.presence_penalty != 0.0,
+            "frequency_penalty": self.frequency_penalty != 0.0, "logprobs": self.logprobs is not None,
+            "stop": bool(self.stop), "min_tokens": self.min_tokens != 0, "guided": self.guided is not None,
+        }
+        given = [name for name, on in unsupported.items() if on]
+        if given:
+            raise InvalidRequestError(f"beam search does not support {', '.join(given)}: drop "
+                                      f"{'it' if len(given) == 1 else 'them'} or use_beam_search")
 
     def with_max_new_tokens_cap(self, cap: int) -> SamplingParams:
         """These params with max_new_tokens (and min_tokens) lowered to ``cap``; 0 = no cap.

@@ -52,8 +52,9 @@ CASES = [  # n, length_penalty, early_stopping, extra end token
 ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize(("family", "case"), [
+    pytest.param(family, case, marks=() if (family, case) in (("llama", 1), ("qwen2", 4)) else pytest.mark.slow)
+    for family in ("llama", "qwen2") for case in range(len(CASES))])
 def test_beam_search_equals_hf(family, case, checkpoint_factory, exported_factory):
     n, lp, es, extra_end = CASES[case]
     ckpt, model_dir = checkpoint_factory(family), exported_factory(family)
@@ -80,6 +81,7 @@ def test_beam_search_equals_hf(family, case, checkpoint_factory, exported_factor
             assert c.finish_reason == ("stop" if ended else "length")
 
 
+@pytest.mark.slow
 def test_beams_share_blocks_and_survive_preemption(checkpoint_factory, exported_factory):
     ckpt, model_dir = checkpoint_factory("llama"), exported_factory("llama")
     prompt = _prompts(1, seed=9)[0] + _prompts(1, seed=10)[0]
@@ -126,3 +128,26 @@ def test_beam_search_options_are_checked(exported_factory):
     out = engine.abort(rid)
     assert out is not None and out.finished and not engine.has_unfinished()
     assert engine.kv.usage().num_used == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [
+    {"enable_prefix_caching": True},
+    {"kv_dtype": "fp8", "allow_uncalibrated_kv": True},
+    {"kv_dtype": "int8", "allow_uncalibrated_kv": True, "enable_prefix_caching": True},
+    {"max_num_batched_tokens": 8, "max_num_seqs": 4, "enable_chunked_prefill": True},
+])
+def test_beam_search_with_prefix_caching_chunking_and_quantized_pools(options, exported_factory):
+    """Beams equal those of a plain run on a pool of the same dtype (no caching, no chunking),
+    for a request and for the same request again (served from the prefix cache when on)."""
+    model_dir = exported_factory("llama")
+    prompt = _prompts(1, seed=12)[0] * 2
+    params = SamplingParams(n=3, use_beam_search=True, max_new_tokens=10, ignore_eos=True)
+    base_opts = {k: v for k, v in options.items() if k in ("kv_dtype", "allow_uncalibrated_kv")}
+    (want,), _ = _run(Engine(model_dir, EngineConfig(num_threads=1, block_size=4, **base_opts)), [prompt], params)
+    engine = Engine(model_dir, EngineConfig(num_threads=1, block_size=4, **options))
+    (first, second), _ = _run(engine, [prompt, prompt], params)
+    assert [c.token_ids for c in first.outputs] == [c.token_ids for c in want.outputs]
+    assert [c.token_ids for c in second.outputs] == [c.token_ids for c in want.outputs]
+    if options.get("enable_prefix_caching"):
+        assert engine.scheduler.stats().num_prefix_hit_tokens > 0

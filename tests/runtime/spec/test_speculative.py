@@ -62,8 +62,13 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("setting", sorted(SETTINGS))
-@pytest.mark.parametrize("method", ["ngram", "draft"])
+def _slow_unless(fast: bool, *values):
+    return pytest.param(*values, marks=() if fast else pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("method", "setting"), [
+    _slow_unless(setting in ("plain", "kv-pressure-recompute"), method, setting)
+    for method in ("ngram", "draft") for setting in sorted(SETTINGS)])
 def test_greedy_equals_plain_greedy(method, setting, chat_model_dir):
     """The trained built-in model (its draft: itself, so drafts are long and mostly right)."""
     import json
@@ -82,6 +87,7 @@ def test_greedy_equals_plain_greedy(method, setting, chat_model_dir):
         assert engine.scheduler.stats().num_preemptions > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_greedy_equals_plain_greedy_every_family(family, exported_factory):
     """Random-weight models; the draft is a different, 1-layer random model of the family."""
@@ -96,6 +102,7 @@ def test_greedy_equals_plain_greedy_every_family(family, exported_factory):
         assert engine.stats()["counters"]["spec_decode_num_drafts"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_dtype", ["fp8", "int8"])
 def test_greedy_equals_plain_greedy_quantized_pool(kv_dtype, chat_model_dir):
     import json

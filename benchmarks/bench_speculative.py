@@ -92,7 +92,7 @@ def main() -> None:
             outs: dict[str, list] = {n: [] for n in llms}
             counters: dict[str, dict[str, int]] = {n: {} for n in llms}
             ntok = 0
-            for rep in range(args.reps):
+            for _ in range(args.reps):
                 for name, llm in llms.items():
                     total, out_all = 0.0, []
                     for b in batches:

@@ -84,8 +84,9 @@ def profile_shapes(manifest: Manifest, config: BuildConfig) -> dict[str, tuple[S
         "query_start_loc": ((2,), (s_opt + 1,), (s_max + 1,)),
         "context_lens": ((1,), (s_opt,), (s_max,)),
         "block_tables": ((1, 1), (s_opt, m_opt), (s_max, max_blocks_per_seq)),
-        # R = sampling sequences; 0 when every sequence is mid-prefill.
-        "logits_indices": ((0,), (s_opt,), (s_max,)),
+        # R = sampling sequences (each 1 + its draft tokens with speculative decoding, so up
+        # to the step's tokens); 0 when every sequence is mid-prefill.
+        "logits_indices": ((0,), (s_opt,), (t_max,)),
     }
     kv_tail = (2, block_size, manifest.num_kv_heads, manifest.head_dim)
     pool_opt = min(max_pool, max(max_blocks_per_seq * s_opt, 1))

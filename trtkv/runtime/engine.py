@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trtkv.errors import InvalidRequestError, RequestRejectedError
+from trtkv.errors import ConfigError, InvalidRequestError, RequestRejectedError
 from trtkv.runtime.backends import BaseBackend, create_backend
 from trtkv.runtime.beam_search import BeamSearch
 from trtkv.runtime.config import EngineConfig, resolve_config
@@ -95,6 +95,13 @@ class Engine:
             resolved.speculative, target_model_dir=self.model_dir, target=self.manifest, backend=resolved.backend,
             num_blocks=backend.num_blocks, block_size=backend.block_size, eos_token_ids=self.eos_token_ids)
         """Proposes draft tokens each step (speculative decoding); None when it is off."""
+        limits = resolved.scheduler
+        rows = min(limits.max_num_batched_tokens, limits.max_num_seqs * (1 + self.speculative.num_tokens))
+        if self.proposer is not None and backend.max_logits_rows is not None and backend.max_logits_rows < rows:
+            self.proposer.close()
+            raise ConfigError(f"this engine returns at most {backend.max_logits_rows} logits rows per step, and "
+                              f"speculative decoding may need {rows}: rebuild it with this trtkv (`trtkv build`), "
+                              "or lower --max-num-batched-tokens / --num-speculative-tokens")
         self._ids = itertools.count()
 
     # -- requests -------------------------------------------------------------------------

@@ -181,3 +181,18 @@ def test_metrics_report_acceptance(chat_model_dir):
     assert f'vllm:spec_decode_num_accepted_tokens_total{{model_name="m"}} {float(c["spec_decode_num_accepted_tokens"])}' in page
     assert f"trtkv_spec_decode_num_draft_tokens_total {float(c['spec_decode_num_draft_tokens'])}" in page
     assert "trtkv_spec_decode_acceptance_rate" in page
+
+
+def test_engine_profile_too_small_for_drafts_is_refused(exported_factory):
+    """An engine whose profile bounds the logits rows below what drafts may need (a TensorRT
+    engine built before speculative decoding) is refused at start, with what to do."""
+    from trtkv.manifest import Manifest
+    from trtkv.runtime.backends.base import BackendConfig
+    from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    model_dir = exported_factory("llama")
+    backend = OnnxRuntimeBackend(model_dir, Manifest.load(model_dir), BackendConfig(num_blocks=32))
+    backend.max_logits_rows = 8
+    with pytest.raises(ConfigError, match="at most 8 logits rows"):
+        Engine(model_dir, EngineConfig(speculative_method="ngram"), backend=backend)
+    Engine(model_dir, EngineConfig(), backend=backend)  # without drafts it serves

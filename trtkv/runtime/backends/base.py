@@ -91,6 +91,8 @@ class BaseBackend(ABC):
     num_blocks: int
     block_size: int
     num_host_blocks: int
+    max_logits_rows: int | None = None
+    """Most logits rows one step may ask for (an engine profile's bound); None: no bound."""
     supports_block_io: bool = False
     """Whether `read_blocks` / `write_host_blocks` work (needed by the shared store tier)."""
 

@@ -134,6 +134,7 @@ class TensorRTBackend(BaseBackend):
             )
         self._runtime = runtime
         self.block_size, self.max_num_tokens, self.max_blocks_per_seq, max_pool = self._profile_limits()
+        self.max_logits_rows = int(self.engine.get_tensor_profile_shape("logits_indices", 0)[2][0])
         if config.block_size and config.block_size != self.block_size:
             raise ConfigError(
                 f"--block-size {config.block_size} differs from the engine's {self.block_size}; "

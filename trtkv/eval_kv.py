@@ -97,9 +97,9 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
 
     model_dir = Path(model_dir)
     manifest = Manifest.load(model_dir)
-    bad = [k for k in kv_dtypes if k not in KV_DTYPES]
+    bad = [k for k in kv_dtypes if k not in KV_DTYPES and k != DYNAMIC_INT8]
     if bad:
-        raise ConfigError(f"--kv-dtype {bad[0]!r} is not a KV dtype; use {', '.join(KV_DTYPES)}")
+        raise ConfigError(f"--kv-dtype {bad[0]!r} is not a KV dtype; use {', '.join(KV_DTYPES)} or {DYNAMIC_INT8}")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
         from trtkv.errors import ModelDirError
@@ -120,6 +120,8 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
     blocks = ceil_div(window_tokens, manifest.block_size)
 
     def pool(kv: str) -> tuple[Manifest, str]:
+        if kv == DYNAMIC_INT8:
+            return manifest.with_kv("int8").with_scale_mode("dynamic"), "dynamic (per token, head)"
         if kv == manifest.kv_dtype:
             calibrated = kv in QUANTIZED_KV_DTYPES and manifest.has_calibrated_kv_scales
             how = manifest.kv_calibration.get("granularity", "") if calibrated else ""
@@ -146,9 +148,13 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
                  for lp, blp in zip(chunks, base_chunks, strict=True)]
         kl = sum(float((np.exp(blp) * (blp - lp)).sum()) for lp, blp in pairs) / sum(len(lp) for lp, _ in pairs)
         base_ppl = rows[0].perplexity if rows else ppl
-        rows.append(KVEval(kv, label, m.kv_bytes_per_token(), ppl, (ppl / base_ppl - 1) * 100, kl,
+        rows.append(KVEval(m.kv_dtype, label, m.kv_bytes_per_token(), ppl, (ppl / base_ppl - 1) * 100, kl,
                            *agreement(outs, base_out)))
     return rows
+
+
+DYNAMIC_INT8 = "int8-dynamic"
+"""eval-kv's name for an int8 pool with dynamic (per-token) scales."""
 
 
 def perplexity(backend: object, windows: list[list[int]], chunk: int) -> float:

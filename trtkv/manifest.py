@@ -17,9 +17,11 @@ from typing import Any
 from trtkv.errors import ModelDirError
 from trtkv.ops.schema import (
     DEFAULT_KV_SCALES,
+    DYNAMIC_SCALE_KV_DTYPES,
     KV_DTYPE_SPECS,
     KV_DTYPES,
     KV_LAYOUT,
+    KV_SCALE_MODES,
     OP_DOMAIN,
     OP_SET_VERSION,
     OPS,
@@ -85,6 +87,9 @@ class Manifest:
     kv_calibration: dict[str, Any] = field(default_factory=dict)
     """How the fp8/int8 scales were calibrated (source, samples, tokens, granularity,
     saturation at the default scales); empty when they were not."""
+    kv_scale_mode: str = "static"
+    """``static``: ``k_scales`` / ``v_scales`` per layer (calibrated or defaults); ``dynamic``:
+    a scale per token and KV head stored beside the codes (int8; pool rows of head_dim + 1)."""
     weights: str = "none"
     """Weight-only quantization of the linear layers (none, int8, int4: MatMulNBits)."""
     weight_group_size: int = 0
@@ -110,6 +115,10 @@ class Manifest:
         for name in ("sliding_windows", "k_scales", "v_scales"):
             if len(getattr(self, name)) != self.num_layers:
                 return f"{name} has {len(getattr(self, name))} entries for {self.num_layers} layers"
+        if self.kv_scale_mode not in KV_SCALE_MODES:
+            return f"kv_scale_mode must be one of {', '.join(KV_SCALE_MODES)}, got {self.kv_scale_mode!r}"
+        if self.dynamic_kv_scales and self.kv_dtype not in DYNAMIC_SCALE_KV_DTYPES:
+            return f"kv_scale_mode dynamic needs a {'/'.join(DYNAMIC_SCALE_KV_DTYPES)} KV pool, not {self.kv_dtype}"
         if not all(is_int(w) and w >= 0 for w in self.sliding_windows):
             return f"sliding_windows must be integers >= 0, got {list(self.sliding_windows)!r}"
         for name in ("k_scales", "v_scales"):
@@ -120,25 +129,52 @@ class Manifest:
         return ""
 
     def kv_bytes_per_token(self) -> int:
-        """Bytes of KV storage per token over all layers (scales excluded)."""
+        """Bytes of KV storage per token over all layers (dynamic scales included)."""
         elem = KV_DTYPE_SPECS[self.kv_dtype].itemsize
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+        return 2 * self.num_layers * self.num_kv_heads * self.pool_head_dim * elem
+
+    @property
+    def pool_head_dim(self) -> int:
+        """The pool's last dimension: head_dim, plus one exponent byte with dynamic scales."""
+        return self.head_dim + (self.kv_scale_mode == "dynamic")
+
+    @property
+    def dynamic_kv_scales(self) -> bool:
+        return self.kv_scale_mode == "dynamic"
 
     @property
     def has_calibrated_kv_scales(self) -> bool:
         """Whether a quantized pool's scales were measured (`trtkv calibrate`), not the
         documented defaults (which saturate on many real models)."""
         default = (DEFAULT_KV_SCALES.get(self.kv_dtype, 1.0),)
-        return any(s != default for s in (*self.k_scales, *self.v_scales))
+        return self.dynamic_kv_scales or any(s != default for s in (*self.k_scales, *self.v_scales))
+
+    def with_scale_mode(self, mode: str) -> Manifest:
+        """This manifest with static or dynamic KV scales.
+
+        Raises:
+            ConfigError: dynamic scales for a KV dtype that has no such layout.
+        """
+        if mode == self.kv_scale_mode:
+            return self
+        if mode == "dynamic" and self.kv_dtype not in DYNAMIC_SCALE_KV_DTYPES:
+            from trtkv.errors import ConfigError
+
+            raise ConfigError(f"dynamic KV scales are for {', '.join(DYNAMIC_SCALE_KV_DTYPES)} pools, not "
+                              f"{self.kv_dtype}: add --kv-dtype int8, or calibrate static scales")
+        return replace(self, kv_scale_mode=mode)
 
     def with_kv(self, kv_dtype: str, scales: tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]] | None = None) -> Manifest:
-        """This manifest with another KV dtype (default scales when switching dtype)."""
+        """This manifest with another KV dtype (default scales when switching dtype; static
+        scales unless the new dtype has a dynamic layout too)."""
         if kv_dtype == self.kv_dtype and scales is None:
             return self
+        mode = self.kv_scale_mode if kv_dtype in DYNAMIC_SCALE_KV_DTYPES else "static"
         if scales is None:
             s = (DEFAULT_KV_SCALES.get(kv_dtype, 1.0),)
             scales = (tuple(s for _ in range(self.num_layers)), tuple(s for _ in range(self.num_layers)))
-        return replace(self, kv_dtype=kv_dtype, k_scales=scales[0], v_scales=scales[1], kv_calibration={})
+        return replace(self, kv_dtype=kv_dtype, k_scales=scales[0], v_scales=scales[1], kv_calibration={},
+                       kv_scale_mode=mode)
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / MANIFEST_FILE

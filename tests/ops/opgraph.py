@@ -19,7 +19,7 @@ from trtkv.ops.onnx_functions import (
 
 def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, softcap: float = 0.0,
                 compute: int = TensorProto.FLOAT, lowered: bool = False,
-                num_scales: int = 1) -> ort.InferenceSession:
+                num_scales: int = 1, dynamic: bool = False) -> ort.InferenceSession:
     """``lowered``: carry the shape-static bodies TensorRT builds (trtkv.ops.lowered); the fp8
     pool is then int8-typed bit patterns."""
     b = GraphBuilder()
@@ -35,18 +35,19 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     inputs = [
         vi("query", compute, ["T", "H", "D"]), vi("key", compute, ["T", "Hkv", "D"]),
         vi("value", compute, ["T", "Hkv", "D"]), vi("slot_mapping", TensorProto.INT64, ["T"]),
-        vi("kv_cache", pool_in_t, ["N", 2, "B", "Hkv", "D"]),
+        vi("kv_cache", pool_in_t, ["N", 2, "B", "Hkv", "Dp" if dynamic else "D"]),
         vi("query_start_loc", TensorProto.INT32, ["S1"]), vi("context_lens", TensorProto.INT32, ["S"]),
         vi("block_tables", TensorProto.INT32, ["S", "M"]),
         vi("k_scale", TensorProto.FLOAT, ["Ks"]), vi("v_scale", TensorProto.FLOAT, ["Ks"]),
     ]
-    outputs = [vi("output", compute, ["T", "H", "D"]), vi("key_stored.0", pool_t, ["T", "Hkv", "D"]),
-               vi("value_stored.0", pool_t, ["T", "Hkv", "D"])]
+    stored = "Dp" if dynamic else "D"  # dynamic scales: rows of head_dim + 1
+    outputs = [vi("output", compute, ["T", "H", "D"]), vi("key_stored.0", pool_t, ["T", "Hkv", stored]),
+               vi("value_stored.0", pool_t, ["T", "Hkv", stored])]
     graph = helper.make_graph(b.nodes, "ops", inputs, outputs, b.initializers)
     if lowered:
         functions = lowered_op_functions(kv_dtype, num_scales=num_scales)
     else:
-        functions = op_functions(kv_dtype, fp8_pool_as_uint8=True)
+        functions = op_functions(kv_dtype, fp8_pool_as_uint8=True, dynamic=dynamic)
     model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=functions)
     model.ir_version = 10
     onnx.checker.check_model(model)

@@ -119,3 +119,43 @@ def test_quantize_edge_values_match_ml_dtypes():
     np.testing.assert_array_equal(i8, [0, 2, 2, 0, -2, 127, 127, 127, -127, 0, 127])  # RNE, +-127
     codes = R.quantize(np.linspace(-5, 5, 11, dtype=np.float32).reshape(-1, 1, 1), np.array([0.5], np.float32), "int8")
     np.testing.assert_array_equal(R.dequantize(codes, np.array([0.5], np.float32), "int8").ravel(), np.linspace(-5, 5, 11))
+
+
+def test_dynamic_scales_round_trip_exactly():
+    """A scale per (token, KV head) row: decoding then re-encoding gives the same codes; the
+    exponent is the smallest that holds the row (codes reach at least 127 / 2**(1/8))."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((7, 3, 64)) * np.array([1e-3, 1.0, 500.0])[None, :, None]).astype(np.float32)
+    x[0, 0] = 0.0  # an all-zero row
+    x[1, 1, 5] = np.nan
+    q = R.quantize_dynamic(x)
+    assert q.shape == (7, 3, 65) and q.dtype == np.int8
+    np.testing.assert_array_equal(R.quantize_dynamic(R.dequantize_dynamic(q)), q)
+    live = np.abs(q[..., :-1].astype(np.int32)).max(axis=-1)
+    assert (live[1:] >= 116).all() and (live[1:] <= 127).all()
+    assert q[0, 0, -1] == -128 and not R.dequantize_dynamic(q)[0, 0].any()
+    y, ok = R.dequantize_dynamic(q), ~np.isnan(x)
+    err = np.abs(np.where(ok, y - x, 0)).max(axis=-1) / np.abs(np.where(ok, x, 0)).max(axis=-1).clip(1e-30)
+    assert err[1:].max() < 0.5 / 116 + 1e-6  # half a code step of the row's own range
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}])
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_dynamic_scale_bodies_match_reference(kwargs, batch):
+    rng = np.random.default_rng(4)
+    b = _mixed_batch(rng, *BATCHES[batch], dtype=np.float32)
+    pool = R.quantize_dynamic(b["pool"] * 40)  # values far past int8's default-scale range
+    one = np.ones(1, np.float32)
+    feeds = dict(query=b["q"], key=b["k"] * 40, value=b["v"] * 40, slot_mapping=b["slots"], kv_cache=pool,
+                 query_start_loc=b["qsl"], context_lens=b["ctx"], block_tables=b["tables"], k_scale=one, v_scale=one)
+    out, ks, vs = ops_session("int8", dynamic=True, **kwargs).run(None, feeds)
+    ref_pool = pool.copy()
+    rks, rvs = R.kv_append(b["k"] * 40, b["v"] * 40, b["slots"], ref_pool, one, one)
+    np.testing.assert_array_equal(ks, rks)
+    np.testing.assert_array_equal(vs, rvs)
+    ref = R.paged_attention(b["q"], rks, rvs, pool, b["qsl"], b["ctx"], b["tables"], one, one, **kwargs)
+    np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-4)  # values 40x: float32 sums of larger terms
+    # the codes hold the values the default static int8 scale (1/16) saturates
+    np.testing.assert_allclose(R.dequantize_dynamic(rks), b["k"] * 40, atol=0.5 / 116 * np.abs(b["k"] * 40).max())
+    static = R.dequantize(R.quantize(b["k"] * 40, np.array([1 / 16], np.float32), "int8"), np.array([1 / 16]), "int8")
+    assert np.abs(static - b["k"] * 40).max() > 50  # clipped at +-7.9

@@ -120,6 +120,10 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     config = config or BuildConfig()
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = Manifest.load(onnx_dir)
+    if manifest.dynamic_kv_scales:
+        raise ConfigError(f"{onnx_dir} stores int8 KV with dynamic per-token scales, which the TensorRT plugins do "
+                          "not read yet (ONNX Runtime does); export with calibrated scales for a TensorRT engine "
+                          "(--kv-dtype int8 --calibrate 64, or --kv-dtype fp8)")
     if manifest.weights != "none":
         raise ConfigError(f"{onnx_dir} has {manifest.weights} weights as ONNX Runtime MatMulNBits, which TensorRT "
                           "cannot build; export again without --weights for a TensorRT engine")

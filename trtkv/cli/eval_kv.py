@@ -19,7 +19,8 @@ def eval_kv(
     text: Annotated[str | None, typer.Option(metavar="FILE", show_default=False, help=(
         "evaluation text (UTF-8); default: the built-in model's held-out Python stdlib sources"))] = None,
     kv_dtype: Annotated[list[str] | None, typer.Option(show_default=False, help=(
-        "KV dtype to evaluate (repeatable; default fp16, bf16, fp8, int8)"))] = None,
+        "KV dtype to evaluate (repeatable; default fp16, bf16, fp8, int8, int8-dynamic: int8 with a scale per "
+        "token and KV head)"))] = None,
     windows: Annotated[int, typer.Option(help="text windows for perplexity and KL")] = 4,
     window_tokens: Annotated[int, typer.Option(help="tokens per window")] = 256,
     chunk: Annotated[int, typer.Option(help="tokens fed per step (history is read back from the pool)")] = 64,
@@ -40,6 +41,6 @@ def eval_kv(
             content = Path(text).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--text {text}: cannot read it as UTF-8 text ({exc})") from None
-    rows = evaluate(model_dir, tuple(kv_dtype or ("fp16", "bf16", "fp8", "int8")), content, windows,
+    rows = evaluate(model_dir, tuple(kv_dtype or ("fp16", "bf16", "fp8", "int8", "int8-dynamic")), content, windows,
                     window_tokens, chunk, prompts, tokens)
     print(json.dumps(as_dicts(rows), indent=1) if json_out else format_table(rows))

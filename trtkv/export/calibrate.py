@@ -141,6 +141,9 @@ def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "pe
     if manifest.kv_dtype not in QUANTIZED_KV_DTYPES:
         raise ConfigError(f"{model_dir} has a {manifest.kv_dtype} KV pool; calibration is for fp8/int8 "
                           "(export with --kv-dtype fp8 or int8)")
+    if manifest.dynamic_kv_scales:
+        raise ConfigError(f"{model_dir} has dynamic KV scales (one per token, computed on write): there is nothing "
+                          "to calibrate")
     if granularity not in SCALE_GRANULARITIES:
         raise ConfigError(f"--kv-scales must be one of {', '.join(SCALE_GRANULARITIES)}, got {granularity!r}")
     if num_texts < 1:

@@ -22,7 +22,10 @@ class ExportConfig:
     kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
     block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
     calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
-    kv_scales: str = field(default="per-head", metadata={"help": "calibrated KV scale granularity: per-head or per-tensor"})
+    kv_scales: str = field(default="per-head", metadata={
+        "choices": ("per-head", "per-tensor", "dynamic"),
+        "help": "fp8/int8 KV scales: calibrated per-head or per-tensor, or dynamic (int8: a scale per token and "
+                "KV head computed on write, no calibration; ONNX Runtime)"})
     calibration_file: str = field(default="", metadata={
         "help": "fp8/int8 KV: calibrate on this text (plain, or .jsonl chats / texts; see trtkv calibrate)"})
     weights: str = field(default="none", metadata={
@@ -53,8 +56,12 @@ class ExportConfig:
         if (self.calibrate or self.calibration_file) and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
             raise ConfigError("--calibrate and --calibration-file apply to fp8/int8 KV pools; "
                               "add --kv-dtype fp8 or int8")
-        if self.kv_scales not in ("per-tensor", "per-head"):
-            raise ConfigError(f"--kv-scales must be per-tensor or per-head, got {self.kv_scales!r}")
+        if self.kv_scales not in ("per-tensor", "per-head", "dynamic"):
+            raise ConfigError(f"--kv-scales must be per-tensor, per-head or dynamic, got {self.kv_scales!r}")
+        if self.kv_scales == "dynamic" and self.resolved_kv_dtype != "int8":
+            raise ConfigError("--kv-scales dynamic is for int8 KV pools: add --kv-dtype int8")
+        if self.kv_scales == "dynamic" and (self.calibrate or self.calibration_file):
+            raise ConfigError("--kv-scales dynamic needs no calibration: drop --calibrate / --calibration-file")
         if self.weights not in ("none", "int8", "int4"):
             raise ConfigError(f"--weights must be none, int8 or int4, got {self.weights!r}")
         if self.weights != "none" and self.dtype != "fp32":

@@ -116,6 +116,7 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
         eos_token_ids=spec.eos_token_ids, bos_token_id=spec.bos_token_id, rope=spec.rope,
         tie_word_embeddings=spec.tie_word_embeddings, source=str(hf_dir.resolve()),
         weights=config.weights, weight_group_size=config.weight_group_size if config.weights != "none" else 0,
+        kv_scale_mode="dynamic" if config.kv_scales == "dynamic" else "static",
     )
     manifest.save(out_dir)
     _copy_tokenizer(hf_dir, out_dir)

@@ -21,7 +21,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from trtkv.ops.builder import OPSET, GraphBuilder
+from trtkv.ops.reference import dynamic_scale_table
 from trtkv.ops.schema import (
+    DYNAMIC_EXPONENT_MIN,
     FP8_E4M3_MAX,
     INT8_MAX,
     KV_APPEND,
@@ -92,20 +94,55 @@ def _dequantize_pool_rows(b: GraphBuilder, rows: str, scale: str, kv_dtype: str,
     return _dequantize(b, rows, scale, kv_dtype, trailing=2)
 
 
-def kv_append_function(kv_dtype: str) -> onnx.FunctionProto:
-    """Body of `trtkv::KVAppend` for a pool of ``kv_dtype``: the stored codes of key/value."""
+def _quantize_dynamic(b: GraphBuilder, x: str) -> str:
+    """[..., D] -> int8 [..., D + 1]: codes and the row's scale exponent (as
+    `trtkv.ops.reference.quantize_dynamic`, through the same tables)."""
+    scales, thresholds = dynamic_scale_table()
+    f32 = TensorProto.FLOAT
+    xf = b.op("Cast", x, to=f32)
+    xf = b.op("Where", b.op("IsNaN", xf), b.scalar(0.0, np.float32), xf)
+    big = b.scalar(float(np.finfo(np.float32).max), np.float32)
+    xf = b.op("Clip", xf, b.op("Neg", big), big)
+    amax = b.op("ReduceMax", b.op("Abs", xf), b.ints(-1), keepdims=1)  # [..., 1]
+    below = b.op("Less", b.const(thresholds), b.op("Unsqueeze", amax, b.ints(-1)))  # [..., 1, 255]
+    index = b.op("ReduceSum", b.op("Cast", below, to=TensorProto.INT64), b.ints(-1), keepdims=0)  # [..., 1]
+    scale = b.op("Gather", b.const(scales), index, axis=0)
+    lim = b.scalar(INT8_MAX, np.float32)
+    codes = b.op("Clip", b.op("Round", b.op("Div", xf, scale)), b.op("Neg", lim), lim)
+    exponent = b.op("Cast", b.op("Add", index, b.scalar(DYNAMIC_EXPONENT_MIN, np.int64)), to=f32)
+    return b.op("Cast", b.op("Concat", codes, exponent, axis=-1), to=TensorProto.INT8)
+
+
+def _dequantize_dynamic(b: GraphBuilder, q: str, head_dim: str) -> str:
+    """int8 [..., D + 1] rows -> float32 [..., D]."""
+    scales, _ = dynamic_scale_table()
+    codes = b.op("Cast", b.op("Slice", q, b.ints(0), head_dim, b.ints(-1)), to=TensorProto.FLOAT)
+    exponent = b.op("Slice", q, head_dim, b.ints(2**62), b.ints(-1))
+    index = b.op("Sub", b.op("Cast", exponent, to=TensorProto.INT64), b.scalar(DYNAMIC_EXPONENT_MIN, np.int64))
+    return b.op("Mul", codes, b.op("Gather", b.const(scales), index, axis=0))
+
+
+def kv_append_function(kv_dtype: str, *, dynamic: bool = False) -> onnx.FunctionProto:
+    """Body of `trtkv::KVAppend` for a pool of ``kv_dtype``: the stored codes of key/value
+    (``dynamic``: int8 rows with their scale exponent, head_dim + 1 wide)."""
     b = GraphBuilder("kva_", constants_as_nodes=True)
     key, value, _slots, _pool, k_scale, v_scale = KV_APPEND.input_names
-    b.op("Identity", _quantize(b, key, k_scale, kv_dtype), outputs=["key_stored"])
-    b.op("Identity", _quantize(b, value, v_scale, kv_dtype), outputs=["value_stored"])
+    if dynamic:
+        b.op("Identity", _quantize_dynamic(b, key), outputs=["key_stored"])
+        b.op("Identity", _quantize_dynamic(b, value), outputs=["value_stored"])
+    else:
+        b.op("Identity", _quantize(b, key, k_scale, kv_dtype), outputs=["key_stored"])
+        b.op("Identity", _quantize(b, value, v_scale, kv_dtype), outputs=["value_stored"])
     return _function(KV_APPEND.name, b, KV_APPEND.input_names, list(KV_APPEND.output_names), {})
 
 
-def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> onnx.FunctionProto:
+def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False,
+                             dynamic: bool = False) -> onnx.FunctionProto:
     """Body of `trtkv::PagedAttention` for a pool of ``kv_dtype`` (float32 accumulation).
 
     ``fp8_pool_as_uint8``: the pool input holds fp8 codes typed as uint8 (ONNX Runtime's CPU
-    Gather has no float8 kernel); they are decoded through a lookup table.
+    Gather has no float8 kernel); they are decoded through a lookup table. ``dynamic``: the
+    pool and the stored K/V are int8 rows of head_dim + 1 (codes, then the scale exponent).
 
     Standard ops need rectangular tensors, so sequences are padded: queries to the longest
     new-token run Q, keys to the longest history C (+ Q). To keep one long prefill chunk from
@@ -113,15 +150,15 @@ def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) 
     sequences are attended in two groups, and the results gathered back to the packed
     [T, H, D]. Requires query_start_loc[S] == T (the runtime never pads tokens).
     """
-    body = _PagedAttentionBody(kv_dtype, fp8_pool_as_uint8)
+    body = _PagedAttentionBody(kv_dtype, fp8_pool_as_uint8, dynamic)
     return body.build()
 
 
 class _PagedAttentionBody:
     """Emits the PagedAttention function body; one method per stage."""
 
-    def __init__(self, kv_dtype: str, fp8_pool_as_uint8: bool) -> None:
-        self.kv_dtype, self.fp8_as_uint8 = kv_dtype, fp8_pool_as_uint8
+    def __init__(self, kv_dtype: str, fp8_pool_as_uint8: bool, dynamic: bool = False) -> None:
+        self.kv_dtype, self.fp8_as_uint8, self.dynamic = kv_dtype, fp8_pool_as_uint8, dynamic
         self.b = b = GraphBuilder("pa_", constants_as_nodes=True)
         (query, key, value, pool, qsl, ctx_lens, tables, self.k_scale, self.v_scale) = PAGED_ATTENTION.input_names
         i64 = TensorProto.INT64
@@ -138,9 +175,14 @@ class _PagedAttentionBody:
         # Decode the step's T stored K/V once (Gather has no float8 kernel on CPU), and view
         # them and the pool as rows of D: (token row, head) -> row * Hkv + head.
         rows_shape = b.op("Concat", b.ints(-1), self.head_dim, axis=0)
-        self.key_rows = b.op("Reshape", _dequantize(b, key, self.k_scale, kv_dtype), rows_shape)
-        self.value_rows = b.op("Reshape", _dequantize(b, value, self.v_scale, kv_dtype), rows_shape)
-        self.pool_rows = b.op("Reshape", pool, rows_shape)  # [N*2*B*Hkv, D], aliases the pool
+        if dynamic:
+            key_f, value_f = _dequantize_dynamic(b, key, self.head_dim), _dequantize_dynamic(b, value, self.head_dim)
+        else:
+            key_f, value_f = _dequantize(b, key, self.k_scale, kv_dtype), _dequantize(b, value, self.v_scale, kv_dtype)
+        self.key_rows = b.op("Reshape", key_f, rows_shape)
+        self.value_rows = b.op("Reshape", value_f, rows_shape)
+        pool_rows_shape = b.op("Concat", b.ints(-1), self.dim(pool, 4), axis=0)
+        self.pool_rows = b.op("Reshape", pool, pool_rows_shape)  # [N*2*B*Hkv, D (+1)], aliases the pool
         attr_scale = b.attr_const("scale", "float")
         default = b.op("Div", b.scalar(1.0, np.float32), b.op("Sqrt", b.op("Cast", self.head_dim, to=TensorProto.FLOAT)))
         self.sm_scale = b.op("Where", b.op("Greater", attr_scale, b.scalar(0.0, np.float32)), attr_scale, default)
@@ -228,10 +270,14 @@ class _PagedAttentionBody:
         k_rows = b.op("Add", b.op("Mul", blocks, two_b), unsq(b.op("Mod", c_idx, self.block_size), 0))
         k_rows = b.op("Where", c_valid, k_rows, self.zero)
         v_rows = b.op("Add", k_rows, self.block_size)
-        k_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, head_rows(k_rows), axis=0),
-                                      self.k_scale, self.kv_dtype, self.fp8_as_uint8)
-        v_ctx = _dequantize_pool_rows(b, b.op("Gather", self.pool_rows, head_rows(v_rows), axis=0),
-                                      self.v_scale, self.kv_dtype, self.fp8_as_uint8)
+        k_gathered = b.op("Gather", self.pool_rows, head_rows(k_rows), axis=0)
+        v_gathered = b.op("Gather", self.pool_rows, head_rows(v_rows), axis=0)
+        if self.dynamic:
+            k_ctx = _dequantize_dynamic(b, k_gathered, self.head_dim)
+            v_ctx = _dequantize_dynamic(b, v_gathered, self.head_dim)
+        else:
+            k_ctx = _dequantize_pool_rows(b, k_gathered, self.k_scale, self.kv_dtype, self.fp8_as_uint8)
+            v_ctx = _dequantize_pool_rows(b, v_gathered, self.v_scale, self.kv_dtype, self.fp8_as_uint8)
 
         # Additive mask [S', Q, L]: 0 where query (s, i) may see key l, -1e30 elsewhere.
         new_pos = b.op("Add", unsq(ctx, 1), unsq(q_idx, 0))  # [S', Q]
@@ -290,10 +336,11 @@ class _PagedAttentionBody:
         return out
 
 
-def op_functions(kv_dtype: str, *, fp8_pool_as_uint8: bool = False) -> list[onnx.FunctionProto]:
-    """The local functions a model with a ``kv_dtype`` pool carries."""
-    return [kv_append_function(kv_dtype),
-            paged_attention_function(kv_dtype, fp8_pool_as_uint8=fp8_pool_as_uint8)]
+def op_functions(kv_dtype: str, *, fp8_pool_as_uint8: bool = False, dynamic: bool = False) -> list[onnx.FunctionProto]:
+    """The local functions a model with a ``kv_dtype`` pool carries (``dynamic``: per-token
+    scales, `trtkv.ops.schema.DYNAMIC_SCALE_STEPS`)."""
+    return [kv_append_function(kv_dtype, dynamic=dynamic),
+            paged_attention_function(kv_dtype, fp8_pool_as_uint8=fp8_pool_as_uint8, dynamic=dynamic)]
 
 
 def op_opset_imports() -> list[onnx.OperatorSetIdProto]:

@@ -12,7 +12,14 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from trtkv.ops.schema import FP8_E4M3_MAX, INT8_MAX, KV_DTYPE_SPECS
+from trtkv.ops.schema import (
+    DYNAMIC_EXPONENT_MAX,
+    DYNAMIC_EXPONENT_MIN,
+    DYNAMIC_SCALE_STEPS,
+    FP8_E4M3_MAX,
+    INT8_MAX,
+    KV_DTYPE_SPECS,
+)
 
 #: numpy storage dtype of each KV dtype name (from the `KV_DTYPE_SPECS` registry).
 KV_NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -64,6 +71,36 @@ def dequantize(q: np.ndarray, scale: np.ndarray, kv_dtype: str) -> np.ndarray:
     return y
 
 
+def dynamic_scale_table() -> tuple[np.ndarray, np.ndarray]:
+    """(scales, thresholds), float32: ``scales[e + 128] = 2 ** (e / 8)`` for every exponent
+    e in [-128, 127], and ``thresholds[i] = 127 * scales[i]`` for all but the last: a row's
+    exponent is -128 + the number of thresholds below its amax (the smallest scale that
+    holds it, the largest when none does). Tables, not log2, so every implementation picks
+    the same exponent."""
+    e = np.arange(DYNAMIC_EXPONENT_MIN, DYNAMIC_EXPONENT_MAX + 1, dtype=np.float64)
+    scales = np.exp2(e / DYNAMIC_SCALE_STEPS).astype(np.float32)
+    return scales, (np.float32(INT8_MAX) * scales[:-1]).astype(np.float32)
+
+
+def quantize_dynamic(x: np.ndarray) -> np.ndarray:
+    """Encode [..., D] rows with a scale per row (`trtkv.ops.schema.DYNAMIC_SCALE_STEPS`):
+    int8 [..., D + 1], the codes (round half to even of x / scale) then the scale's exponent.
+    NaN becomes 0."""
+    scales, thresholds = dynamic_scale_table()
+    big = float(np.finfo(np.float32).max)
+    x = np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=big, neginf=-big)
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    index = (thresholds < amax[..., None]).sum(axis=-1)  # [..., 1]
+    codes = np.clip(np.rint(x / scales[index]), -INT8_MAX, INT8_MAX)
+    return np.concatenate([codes, index + DYNAMIC_EXPONENT_MIN], axis=-1).astype(np.int8)
+
+
+def dequantize_dynamic(q: np.ndarray) -> np.ndarray:
+    """Decode `quantize_dynamic` rows to float32 [..., D]."""
+    scales, _ = dynamic_scale_table()
+    return q[..., :-1].astype(np.float32) * scales[q[..., -1:].astype(np.int64) - DYNAMIC_EXPONENT_MIN]
+
+
 def kv_append(
     key: np.ndarray,
     value: np.ndarray,
@@ -77,15 +114,19 @@ def kv_append(
     Args:
         key, value: [T, Hkv, D] new tokens' K and V.
         slot_mapping: int64 [T]; slot s is block s // B, offset s % B; negative = skip.
-        kv_cache: [N, 2, B, Hkv, D] pool, modified in place.
-        k_scale, v_scale: float32 [1] or [Hkv].
+        kv_cache: [N, 2, B, Hkv, D] pool, modified in place; [N, 2, B, Hkv, D + 1] int8 for
+            dynamic scales (`quantize_dynamic`).
+        k_scale, v_scale: float32 [1] or [Hkv] (unused with dynamic scales).
 
     Returns:
-        (key_stored, value_stored): [T, Hkv, D] codes in the pool dtype.
+        (key_stored, value_stored): [T, Hkv, D] (or D + 1) codes in the pool dtype.
     """
     kv_dtype = kv_dtype_of(kv_cache)
-    key_stored = quantize(key, k_scale, kv_dtype)
-    value_stored = quantize(value, v_scale, kv_dtype)
+    if kv_cache.shape[-1] == key.shape[-1] + 1:  # dynamic scales: [N, 2, B, Hkv, D + 1]
+        key_stored, value_stored = quantize_dynamic(key), quantize_dynamic(value)
+    else:
+        key_stored = quantize(key, k_scale, kv_dtype)
+        value_stored = quantize(value, v_scale, kv_dtype)
     block_size = kv_cache.shape[2]
     for t, slot in enumerate(np.asarray(slot_mapping).tolist()):
         if slot < 0:
@@ -132,6 +173,8 @@ def paged_attention(
     group = num_heads // num_kv_heads
     block_size = kv_cache.shape[2]
     kv_dtype = kv_dtype_of(kv_cache) if kv_cache.dtype != np.float64 else "fp32"
+    if kv_cache.shape[-1] == head_dim + 1:
+        kv_dtype = "dynamic"
     sm_scale = scale if scale > 0 else 1.0 / np.sqrt(head_dim)
     out = np.zeros((num_tokens, num_heads, head_dim), dtype=acc)
     for s in range(len(context_lens)):
@@ -165,6 +208,8 @@ def paged_attention(
 def _decode(x: np.ndarray, scale: np.ndarray, kv_dtype: str) -> np.ndarray:
     if x.dtype == np.float64:
         return x
+    if kv_dtype == "dynamic":
+        return dequantize_dynamic(x)
     return dequantize(x, scale, kv_dtype)
 
 

@@ -109,6 +109,18 @@ def canonical_dtype(name: str) -> str:
 #: Scale used when a quantized pool has no calibrated scales (see `KV_DTYPE_SPECS`).
 DEFAULT_KV_SCALES = {n: KV_DTYPE_SPECS[n].default_scale for n in QUANTIZED_KV_DTYPES}
 
+#: How a quantized pool's scales are chosen: ``static`` (per layer / KV head, from the manifest:
+#: calibrated or the defaults) or ``dynamic`` (per token and KV head, computed on write).
+KV_SCALE_MODES = ("static", "dynamic")
+#: KV dtypes with a dynamic-scale layout (int8; fp8 has no bit-exact encode in standard ONNX ops).
+DYNAMIC_SCALE_KV_DTYPES = ("int8",)
+#: Dynamic scales: every (token, KV head) row of D codes carries one more int8, the exponent e
+#: of its scale ``2 ** (e / DYNAMIC_SCALE_STEPS)``, the smallest such power at or above
+#: amax / 127 (a row of zeros: e = -128). The pool's last dimension is then ``head_dim + 1``:
+#: one byte per row, so the scale travels with its block through every copy, swap and tier.
+DYNAMIC_SCALE_STEPS = 8
+DYNAMIC_EXPONENT_MIN, DYNAMIC_EXPONENT_MAX = -128, 127
+
 
 def kv_dtype_spec(name: str) -> KVDtype:
     """The registry entry of a KV dtype (any usual spelling).

@@ -39,6 +39,10 @@ class EngineConfig:
                        choices=("onnxruntime", "tensorrt"))
     kv_dtype: str = _of(BackendConfig, "kv_dtype", "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, "
                         "int8 (float16/bfloat16 too)", aliases=("--kv-cache-dtype",))
+    kv_scales: str = _of(BackendConfig, "kv_scales", "KV scales: auto (the export's), static (per layer / KV head: "
+                         "calibrated, or the defaults with --allow-uncalibrated-kv) or dynamic (int8: a scale per "
+                         "token and KV head, computed on write; no calibration; 1 byte per head per token)",
+                         choices=("auto", "static", "dynamic"))
     num_blocks: int = _of(BackendConfig, "num_blocks", "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
     block_size: int = _of(BackendConfig, "block_size", "tokens per KV block; 0 = the manifest's (export --block-size)")
     kv_cache_gib: float = _of(BackendConfig, "kv_cache_gib", "KV pool size in GiB when --num-blocks is 0")
@@ -146,6 +150,8 @@ class EngineConfig:
             kv = manifest.kv_dtype
             how = (f"export it with --kv-dtype {kv} --calibrate 64 (or run `trtkv calibrate` on an {kv} "
                    "export, with --calibration-file FILE for your own text)")
+            if kv == "int8":
+                how = "add --kv-scales dynamic (a scale per token, no calibration), or " + how
             raise ConfigError(f"the {manifest.kv_dtype} KV pool has no calibrated scales, so large K/V "
                               f"values would saturate silently: {how}; or pass --allow-uncalibrated-kv")
 
@@ -247,7 +253,7 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
     manifest = Manifest.load(model_dir, require_onnx=config.backend != "tensorrt")
     scheduler = config._scheduler_config(manifest)
     backend = BackendConfig(
-        backend=config.backend, kv_dtype=config.kv_dtype, num_blocks=config.num_blocks,
+        backend=config.backend, kv_dtype=config.kv_dtype, kv_scales=config.kv_scales, num_blocks=config.num_blocks,
         block_size=config.block_size, kv_cache_gib=config.kv_cache_gib, num_host_blocks=config.num_host_blocks,
         num_threads=config.num_threads, gpu_memory_utilization=config.gpu_memory_utilization,
     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import KV_DTYPES, canonical_dtype
+from trtkv.ops.schema import KV_DTYPES, KV_SCALE_MODES, canonical_dtype
 from trtkv.runtime.plan import StepPlan
 
 
@@ -22,6 +22,7 @@ class BackendConfig:
 
     backend: str = field(default="onnxruntime", metadata={"help": "onnxruntime (CPU) or tensorrt (NVIDIA GPU)"})
     kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (the export's), fp32, fp16, bf16, fp8, int8"})
+    kv_scales: str = field(default="auto", metadata={"help": "KV scales: auto (the export's), static or dynamic"})
     num_blocks: int = field(default=0, metadata={"help": "KV blocks in the device pool; 0 = size from --kv-cache-gib"})
     block_size: int = field(default=0, metadata={"help": "tokens per KV block; 0 = the manifest's"})
     kv_cache_gib: float = field(default=0.5, metadata={"help": "KV pool size in GiB when --num-blocks is 0"})
@@ -33,6 +34,8 @@ class BackendConfig:
         object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype))  # float16 -> fp16, ...
         if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPES:
             raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
+        if self.kv_scales not in ("auto", *KV_SCALE_MODES):
+            raise ConfigError(f"--kv-scales must be auto, {' or '.join(KV_SCALE_MODES)}, got {self.kv_scales!r}")
         if self.num_blocks < 0:
             raise ConfigError(f"--num-blocks must be >= 0, got {self.num_blocks}")
         if self.block_size < 0 or (self.block_size & (self.block_size - 1)):
@@ -47,8 +50,14 @@ class BackendConfig:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
     def resolve_manifest(self, manifest: Manifest) -> Manifest:
-        """The manifest with this config's KV dtype (scales: the export's, or defaults)."""
-        return manifest if self.kv_dtype == "auto" else manifest.with_kv(self.kv_dtype)
+        """The manifest with this config's KV dtype (scales: the export's, or defaults) and
+        scale mode.
+
+        Raises:
+            ConfigError: dynamic scales for a KV dtype without that layout.
+        """
+        m = manifest if self.kv_dtype == "auto" else manifest.with_kv(self.kv_dtype)
+        return m if self.kv_scales == "auto" else m.with_scale_mode(self.kv_scales)
 
     def resolve_block_size(self, manifest: Manifest) -> int:
         return self.block_size or manifest.block_size

@@ -59,7 +59,7 @@ class OnnxRuntimeBackend(BaseBackend):
             raise ModelDirError(f"ONNX Runtime cannot load {model_dir}: {exc}") from exc
         m = manifest
         kv_np = KV_NUMPY_DTYPES[m.kv_dtype]
-        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
+        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.pool_head_dim)
         block_bytes = m.kv_bytes_per_token() * self.block_size
         config.check_host_memory((self.num_blocks + self.num_host_blocks) * block_bytes)
         host_shape = (self.num_host_blocks, *shape[1:])
@@ -92,7 +92,7 @@ class OnnxRuntimeBackend(BaseBackend):
         stored: list[tuple[np.ndarray, np.ndarray]] = []
         for i, value in enumerate(self._pool_values):
             binding.bind_ortvalue_input(KV_CACHE_INPUT.format(layer=i), value)
-            ks = np.empty((num_tokens, m.num_kv_heads, m.head_dim), dtype=self.pools[i].dtype)
+            ks = np.empty((num_tokens, m.num_kv_heads, m.pool_head_dim), dtype=self.pools[i].dtype)
             vs = np.empty_like(ks)
             binding.bind_ortvalue_output(KEY_STORED_OUTPUT.format(layer=i), self._ortvalue(ks))
             binding.bind_ortvalue_output(VALUE_STORED_OUTPUT.format(layer=i), self._ortvalue(vs))
@@ -103,7 +103,7 @@ class OnnxRuntimeBackend(BaseBackend):
         slots = inputs.slot_mapping
         k_rows = (slots // self.block_size) * self._row_stride + slots % self.block_size
         for pool, (ks, vs) in zip(self.pools, stored, strict=True):
-            rows = pool.reshape(-1, m.num_kv_heads, m.head_dim)
+            rows = pool.reshape(-1, m.num_kv_heads, m.pool_head_dim)
             rows[k_rows] = ks
             rows[k_rows + self.block_size] = vs
         return logits
@@ -173,7 +173,7 @@ def _check_graph_matches(model: onnx.ModelProto, manifest: Manifest, path: Path)
         shape = dims(value)
         if len(shape) == 5 and shape[3] != manifest.num_kv_heads:
             found.append(f"num_kv_heads {manifest.num_kv_heads} vs {shape[3]}")
-        if len(shape) == 5 and shape[4] != manifest.head_dim:
+        if len(shape) == 5 and shape[4] not in (manifest.head_dim, manifest.head_dim + 1):
             found.append(f"head_dim {manifest.head_dim} vs {shape[4]}")
     logits = [v for v in model.graph.output if v.name == LOGITS_OUTPUT]
     if logits and isinstance(dims(logits[0])[-1], int) and dims(logits[0])[-1] != manifest.vocab_size:
@@ -190,14 +190,19 @@ def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
     """
     kv = manifest.kv_dtype
     pool_type = TensorProto.UINT8 if kv == "fp8" else KV_ONNX_TYPES[kv]
+    width = manifest.pool_head_dim  # head_dim, + 1 exponent byte with dynamic scales
     for value in model.graph.input:
         if value.name.startswith("kv_cache."):
             value.type.tensor_type.elem_type = pool_type
+            value.type.tensor_type.shape.dim[4].dim_value = width
     for value in model.graph.output:
         if value.name.startswith(("key_stored.", "value_stored.")):
             value.type.tensor_type.elem_type = KV_ONNX_TYPES[kv]
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) == 3:
+                dims[2].dim_value = width
     del model.functions[:]
-    model.functions.extend(op_functions(kv, fp8_pool_as_uint8=True))
+    model.functions.extend(op_functions(kv, fp8_pool_as_uint8=True, dynamic=manifest.dynamic_kv_scales))
     scales = {f"k_scale.{i}": s for i, s in enumerate(manifest.k_scales)}
     scales.update({f"v_scale.{i}": s for i, s in enumerate(manifest.v_scales)})
     for init in model.graph.initializer:

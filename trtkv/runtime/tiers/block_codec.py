@@ -50,7 +50,7 @@ class BlockFormat:
         fingerprint: `model_fingerprint` of the engine.
         kv_dtype: KV dtype name (fp32, fp16, bf16, fp8, int8).
         storage_dtype: numpy dtype name of the pool (e.g. float8_e4m3fn for fp8).
-        shape: [num_layers, 2, block_size, num_kv_heads, head_dim].
+        shape: [num_layers, 2, block_size, num_kv_heads, head_dim (+ 1 with dynamic scales)].
         k_scales, v_scales: per layer KV scales (quantized pools dequantize with them).
     """
 
@@ -66,7 +66,7 @@ class BlockFormat:
                storage_dtype: np.dtype) -> BlockFormat:
         m = manifest
         return cls(fingerprint, m.kv_dtype, np.dtype(storage_dtype).name,
-                   (m.num_layers, 2, block_size, m.num_kv_heads, m.head_dim),
+                   (m.num_layers, 2, block_size, m.num_kv_heads, m.pool_head_dim),
                    tuple(tuple(s) for s in m.k_scales), tuple(tuple(s) for s in m.v_scales))
 
     @property

@@ -121,7 +121,7 @@ def evaluate(model_dir: str | Path, kv_dtypes: tuple[str, ...] = ("fp16", "bf16"
 
     def pool(kv: str) -> tuple[Manifest, str]:
         if kv == DYNAMIC_INT8:
-            return manifest.with_kv("int8").with_scale_mode("dynamic"), "dynamic (per token, head)"
+            return manifest.with_kv("int8").with_scale_mode("dynamic"), "dynamic (per token, head, 32 values)"
         if kv == manifest.kv_dtype:
             calibrated = kv in QUANTIZED_KV_DTYPES and manifest.has_calibrated_kv_scales
             how = manifest.kv_calibration.get("granularity", "") if calibrated else ""

@@ -25,6 +25,7 @@ from trtkv.ops.schema import (
     OP_DOMAIN,
     OP_SET_VERSION,
     OPS,
+    dynamic_scale_groups,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -89,7 +90,8 @@ class Manifest:
     saturation at the default scales); empty when they were not."""
     kv_scale_mode: str = "static"
     """``static``: ``k_scales`` / ``v_scales`` per layer (calibrated or defaults); ``dynamic``:
-    a scale per token and KV head stored beside the codes (int8; pool rows of head_dim + 1)."""
+    a scale per token, KV head and group of 32 values, stored beside the codes (int8; pool rows
+    of head_dim + head_dim / 32)."""
     weights: str = "none"
     """Weight-only quantization of the linear layers (none, int8, int4: MatMulNBits)."""
     weight_group_size: int = 0
@@ -135,8 +137,9 @@ class Manifest:
 
     @property
     def pool_head_dim(self) -> int:
-        """The pool's last dimension: head_dim, plus one exponent byte with dynamic scales."""
-        return self.head_dim + (self.kv_scale_mode == "dynamic")
+        """The pool's last dimension: head_dim, plus one exponent byte per group of
+        `DYNAMIC_GROUP_SIZE` values with dynamic scales."""
+        return self.head_dim + (dynamic_scale_groups(self.head_dim) if self.dynamic_kv_scales else 0)
 
     @property
     def dynamic_kv_scales(self) -> bool:

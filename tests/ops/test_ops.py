@@ -131,6 +131,11 @@ def test_dynamic_scales_round_trip_exactly():
     q = R.quantize_dynamic(x)
     assert q.shape == (7, 3, 65) and q.dtype == np.int8
     np.testing.assert_array_equal(R.quantize_dynamic(R.dequantize_dynamic(q)), q)
+    q2 = R.quantize_dynamic(x, 2)  # two groups of 32: each its own scale
+    assert q2.shape == (7, 3, 66)
+    np.testing.assert_array_equal(R.quantize_dynamic(R.dequantize_dynamic(q2, 2), 2), q2)
+    ok = ~np.isnan(x)
+    assert np.abs(R.dequantize_dynamic(q2, 2) - x)[ok].mean() < np.abs(R.dequantize_dynamic(q) - x)[ok].mean()
     live = np.abs(q[..., :-1].astype(np.int32)).max(axis=-1)
     assert (live[1:] >= 116).all() and (live[1:] <= 127).all()
     assert q[0, 0, -1] == -128 and not R.dequantize_dynamic(q)[0, 0].any()
@@ -139,12 +144,13 @@ def test_dynamic_scales_round_trip_exactly():
     assert err[1:].max() < 0.5 / 116 + 1e-6  # half a code step of the row's own range
 
 
+@pytest.mark.parametrize("groups", [1, 3])  # scales per row of head_dim 48
 @pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}])
 @pytest.mark.parametrize("batch", sorted(BATCHES))
-def test_dynamic_scale_bodies_match_reference(kwargs, batch):
+def test_dynamic_scale_bodies_match_reference(kwargs, batch, groups):
     rng = np.random.default_rng(4)
     b = _mixed_batch(rng, *BATCHES[batch], dtype=np.float32)
-    pool = R.quantize_dynamic(b["pool"] * 40)  # values far past int8's default-scale range
+    pool = R.quantize_dynamic(b["pool"] * 40, groups)  # values far past int8's default-scale range
     one = np.ones(1, np.float32)
     feeds = dict(query=b["q"], key=b["k"] * 40, value=b["v"] * 40, slot_mapping=b["slots"], kv_cache=pool,
                  query_start_loc=b["qsl"], context_lens=b["ctx"], block_tables=b["tables"], k_scale=one, v_scale=one)
@@ -156,6 +162,7 @@ def test_dynamic_scale_bodies_match_reference(kwargs, batch):
     ref = R.paged_attention(b["q"], rks, rvs, pool, b["qsl"], b["ctx"], b["tables"], one, one, **kwargs)
     np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-4)  # values 40x: float32 sums of larger terms
     # the codes hold the values the default static int8 scale (1/16) saturates
-    np.testing.assert_allclose(R.dequantize_dynamic(rks), b["k"] * 40, atol=0.5 / 116 * np.abs(b["k"] * 40).max())
+    np.testing.assert_allclose(R.dequantize_dynamic(rks, groups), b["k"] * 40,
+                               atol=0.5 / 116 * np.abs(b["k"] * 40).max())
     static = R.dequantize(R.quantize(b["k"] * 40, np.array([1 / 16], np.float32), "int8"), np.array([1 / 16]), "int8")
     assert np.abs(static - b["k"] * 40).max() > 50  # clipped at +-7.9

@@ -1,4 +1,4 @@
-"""int8 KV with dynamic scales (a scale per token and KV head, stored beside the codes) end to
+"""int8 KV with dynamic scales (a scale per token, KV head and 32 values, stored beside the codes) end to
 end: it needs no calibration, does not saturate where the default static scale does, keeps
 greedy output on the trained model, survives swap and the disk tier bit for bit, and every
 place that cannot run it refuses with what to do."""
@@ -12,6 +12,7 @@ from trtkv.errors import ConfigError
 from trtkv.eval_kv import chunk_logprobs
 from trtkv.export.exporter import ExportConfig, export
 from trtkv.manifest import Manifest
+from trtkv.ops.schema import dynamic_scale_groups
 from trtkv.runtime.backends.base import BackendConfig
 from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from trtkv.runtime.config import EngineConfig
@@ -44,7 +45,8 @@ def test_dynamic_int8_keeps_greedy_output_without_calibration(chat_model_dir):
     prompts = _prompts(vocab)
     want, _ = _greedy(chat_model_dir, prompts)
     got, engine = _greedy(chat_model_dir, prompts, kv_dtype="int8", kv_scales="dynamic")  # no --allow-uncalibrated-kv
-    assert engine.backend.pools[0].shape[-1] == engine.manifest.head_dim + 1
+    m = engine.backend.manifest
+    assert engine.backend.pools[0].shape[-1] == m.head_dim + dynamic_scale_groups(m.head_dim)
     assert sum(a == b for a, b in zip(got, want, strict=True)) >= 7
 
 
@@ -94,7 +96,8 @@ def test_export_with_dynamic_scales_and_refusals(checkpoint_factory, exported_fa
     out = tmp_path / "dyn"
     export(checkpoint_factory("llama"), out, ExportConfig(kv_dtype="int8", kv_scales="dynamic", progress=False))
     m = Manifest.load(out)
-    assert m.kv_scale_mode == "dynamic" and m.kv_bytes_per_token() == 2 * m.num_layers * m.num_kv_heads * (m.head_dim + 1)
+    assert m.kv_scale_mode == "dynamic" and m.kv_bytes_per_token() == 2 * m.num_layers * m.num_kv_heads * (
+        m.head_dim + dynamic_scale_groups(m.head_dim))
     _greedy(out, _prompts(320, n=2))  # runs with no calibration and no --allow-uncalibrated-kv
     with pytest.raises(ConfigError, match="for int8 KV pools"):
         ExportConfig(kv_dtype="fp8", kv_scales="dynamic")

@@ -24,8 +24,8 @@ class ExportConfig:
     calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
     kv_scales: str = field(default="per-head", metadata={
         "choices": ("per-head", "per-tensor", "dynamic"),
-        "help": "fp8/int8 KV scales: calibrated per-head or per-tensor, or dynamic (int8: a scale per token and "
-                "KV head computed on write, no calibration; ONNX Runtime)"})
+        "help": "fp8/int8 KV scales: calibrated per-head or per-tensor, or dynamic (int8: a scale per token, KV "
+                "head and 32 values computed on write, no calibration; ONNX Runtime)"})
     calibration_file: str = field(default="", metadata={
         "help": "fp8/int8 KV: calibrate on this text (plain, or .jsonl chats / texts; see trtkv calibrate)"})
     weights: str = field(default="none", metadata={

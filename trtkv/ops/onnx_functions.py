@@ -94,8 +94,14 @@ def _dequantize_pool_rows(b: GraphBuilder, rows: str, scale: str, kv_dtype: str,
     return _dequantize(b, rows, scale, kv_dtype, trailing=2)
 
 
-def _quantize_dynamic(b: GraphBuilder, x: str) -> str:
-    """[..., D] -> int8 [..., D + 1]: codes and the row's scale exponent (as
+def _grouped_shape(b: GraphBuilder, x: str, groups: str, head_dim: str) -> str:
+    """Shape of ``x`` [..., D] as [..., G, D / G]."""
+    lead = b.op("Slice", b.op("Shape", x), b.ints(0), b.ints(-1))
+    return b.op("Concat", lead, groups, b.op("Div", head_dim, groups), axis=0)
+
+
+def _quantize_dynamic(b: GraphBuilder, x: str, groups: str, head_dim: str) -> str:
+    """[..., D] -> int8 [..., D + G]: codes, then each group's scale exponent (as
     `trtkv.ops.reference.quantize_dynamic`, through the same tables)."""
     scales, thresholds = dynamic_scale_table()
     f32 = TensorProto.FLOAT
@@ -103,33 +109,46 @@ def _quantize_dynamic(b: GraphBuilder, x: str) -> str:
     xf = b.op("Where", b.op("IsNaN", xf), b.scalar(0.0, np.float32), xf)
     big = b.scalar(float(np.finfo(np.float32).max), np.float32)
     xf = b.op("Clip", xf, b.op("Neg", big), big)
-    amax = b.op("ReduceMax", b.op("Abs", xf), b.ints(-1), keepdims=1)  # [..., 1]
-    below = b.op("Less", b.const(thresholds), b.op("Unsqueeze", amax, b.ints(-1)))  # [..., 1, 255]
-    index = b.op("ReduceSum", b.op("Cast", below, to=TensorProto.INT64), b.ints(-1), keepdims=0)  # [..., 1]
+    xg = b.op("Reshape", xf, _grouped_shape(b, xf, groups, head_dim))  # [..., G, g]
+    amax = b.op("ReduceMax", b.op("Abs", xg), b.ints(-1), keepdims=1)  # [..., G, 1]
+    below = b.op("Less", b.const(thresholds), b.op("Unsqueeze", amax, b.ints(-1)))  # [..., G, 1, 255]
+    index = b.op("ReduceSum", b.op("Cast", below, to=TensorProto.INT64), b.ints(-1), keepdims=0)  # [..., G, 1]
     scale = b.op("Gather", b.const(scales), index, axis=0)
     lim = b.scalar(INT8_MAX, np.float32)
-    codes = b.op("Clip", b.op("Round", b.op("Div", xf, scale)), b.op("Neg", lim), lim)
-    exponent = b.op("Cast", b.op("Add", index, b.scalar(DYNAMIC_EXPONENT_MIN, np.int64)), to=f32)
-    return b.op("Cast", b.op("Concat", codes, exponent, axis=-1), to=TensorProto.INT8)
+    codes = b.op("Clip", b.op("Round", b.op("Div", xg, scale)), b.op("Neg", lim), lim)
+    codes = b.op("Reshape", codes, b.op("Shape", xf))  # [..., D]
+    exponent = b.op("Squeeze", b.op("Add", index, b.scalar(DYNAMIC_EXPONENT_MIN, np.int64)), b.ints(-1))
+    return b.op("Cast", b.op("Concat", codes, b.op("Cast", exponent, to=f32), axis=-1), to=TensorProto.INT8)
 
 
-def _dequantize_dynamic(b: GraphBuilder, q: str, head_dim: str) -> str:
-    """int8 [..., D + 1] rows -> float32 [..., D]."""
+def _dequantize_dynamic(b: GraphBuilder, q: str, groups: str, head_dim: str) -> str:
+    """int8 [..., D + G] rows -> float32 [..., D]."""
     scales, _ = dynamic_scale_table()
     codes = b.op("Cast", b.op("Slice", q, b.ints(0), head_dim, b.ints(-1)), to=TensorProto.FLOAT)
-    exponent = b.op("Slice", q, head_dim, b.ints(2**62), b.ints(-1))
+    exponent = b.op("Slice", q, head_dim, b.ints(2**62), b.ints(-1))  # [..., G]
     index = b.op("Sub", b.op("Cast", exponent, to=TensorProto.INT64), b.scalar(DYNAMIC_EXPONENT_MIN, np.int64))
-    return b.op("Mul", codes, b.op("Gather", b.const(scales), index, axis=0))
+    scale = b.op("Unsqueeze", b.op("Gather", b.const(scales), index, axis=0), b.ints(-1))  # [..., G, 1]
+    grouped = b.op("Mul", b.op("Reshape", codes, _grouped_shape(b, codes, groups, head_dim)), scale)
+    return b.op("Reshape", grouped, b.op("Shape", codes))
+
+
+def _dims(b: GraphBuilder, x: str, pool: str) -> tuple[str, str]:
+    """(D, G) of a dynamic-scale pool: D from ``x`` [..., D], G = the pool's width - D."""
+    head_dim = b.op("Gather", b.op("Shape", x), b.ints(-1), axis=0)
+    width = b.op("Gather", b.op("Shape", pool), b.ints(-1), axis=0)
+    return head_dim, b.op("Sub", width, head_dim)
 
 
 def kv_append_function(kv_dtype: str, *, dynamic: bool = False) -> onnx.FunctionProto:
     """Body of `trtkv::KVAppend` for a pool of ``kv_dtype``: the stored codes of key/value
-    (``dynamic``: int8 rows with their scale exponent, head_dim + 1 wide)."""
+    (``dynamic``: int8 rows with their groups' scale exponents, head_dim + G wide, G from the
+    pool's width)."""
     b = GraphBuilder("kva_", constants_as_nodes=True)
-    key, value, _slots, _pool, k_scale, v_scale = KV_APPEND.input_names
+    key, value, _slots, pool, k_scale, v_scale = KV_APPEND.input_names
     if dynamic:
-        b.op("Identity", _quantize_dynamic(b, key), outputs=["key_stored"])
-        b.op("Identity", _quantize_dynamic(b, value), outputs=["value_stored"])
+        head_dim, groups = _dims(b, key, pool)
+        b.op("Identity", _quantize_dynamic(b, key, groups, head_dim), outputs=["key_stored"])
+        b.op("Identity", _quantize_dynamic(b, value, groups, head_dim), outputs=["value_stored"])
     else:
         b.op("Identity", _quantize(b, key, k_scale, kv_dtype), outputs=["key_stored"])
         b.op("Identity", _quantize(b, value, v_scale, kv_dtype), outputs=["value_stored"])
@@ -142,7 +161,7 @@ def paged_attention_function(kv_dtype: str, *, fp8_pool_as_uint8: bool = False,
 
     ``fp8_pool_as_uint8``: the pool input holds fp8 codes typed as uint8 (ONNX Runtime's CPU
     Gather has no float8 kernel); they are decoded through a lookup table. ``dynamic``: the
-    pool and the stored K/V are int8 rows of head_dim + 1 (codes, then the scale exponent).
+    pool and the stored K/V are int8 rows of head_dim + G (codes, then the G scale exponents).
 
     Standard ops need rectangular tensors, so sequences are padded: queries to the longest
     new-token run Q, keys to the longest history C (+ Q). To keep one long prefill chunk from
@@ -176,7 +195,9 @@ class _PagedAttentionBody:
         # them and the pool as rows of D: (token row, head) -> row * Hkv + head.
         rows_shape = b.op("Concat", b.ints(-1), self.head_dim, axis=0)
         if dynamic:
-            key_f, value_f = _dequantize_dynamic(b, key, self.head_dim), _dequantize_dynamic(b, value, self.head_dim)
+            self.groups = b.op("Sub", self.dim(pool, 4), self.head_dim)
+            key_f = _dequantize_dynamic(b, key, self.groups, self.head_dim)
+            value_f = _dequantize_dynamic(b, value, self.groups, self.head_dim)
         else:
             key_f, value_f = _dequantize(b, key, self.k_scale, kv_dtype), _dequantize(b, value, self.v_scale, kv_dtype)
         self.key_rows = b.op("Reshape", key_f, rows_shape)
@@ -273,8 +294,8 @@ class _PagedAttentionBody:
         k_gathered = b.op("Gather", self.pool_rows, head_rows(k_rows), axis=0)
         v_gathered = b.op("Gather", self.pool_rows, head_rows(v_rows), axis=0)
         if self.dynamic:
-            k_ctx = _dequantize_dynamic(b, k_gathered, self.head_dim)
-            v_ctx = _dequantize_dynamic(b, v_gathered, self.head_dim)
+            k_ctx = _dequantize_dynamic(b, k_gathered, self.groups, self.head_dim)
+            v_ctx = _dequantize_dynamic(b, v_gathered, self.groups, self.head_dim)
         else:
             k_ctx = _dequantize_pool_rows(b, k_gathered, self.k_scale, self.kv_dtype, self.fp8_as_uint8)
             v_ctx = _dequantize_pool_rows(b, v_gathered, self.v_scale, self.kv_dtype, self.fp8_as_uint8)

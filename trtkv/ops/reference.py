@@ -82,23 +82,28 @@ def dynamic_scale_table() -> tuple[np.ndarray, np.ndarray]:
     return scales, (np.float32(INT8_MAX) * scales[:-1]).astype(np.float32)
 
 
-def quantize_dynamic(x: np.ndarray) -> np.ndarray:
-    """Encode [..., D] rows with a scale per row (`trtkv.ops.schema.DYNAMIC_SCALE_STEPS`):
-    int8 [..., D + 1], the codes (round half to even of x / scale) then the scale's exponent.
-    NaN becomes 0."""
+def quantize_dynamic(x: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Encode [..., D] rows with a scale per group of D / ``groups`` values
+    (`trtkv.ops.schema.DYNAMIC_GROUP_SIZE`): int8 [..., D + groups], the codes (round half to
+    even of x / scale) then the groups' exponents. NaN becomes 0."""
     scales, thresholds = dynamic_scale_table()
     big = float(np.finfo(np.float32).max)
     x = np.nan_to_num(x.astype(np.float32), nan=0.0, posinf=big, neginf=-big)
-    amax = np.abs(x).max(axis=-1, keepdims=True)
-    index = (thresholds < amax[..., None]).sum(axis=-1)  # [..., 1]
-    codes = np.clip(np.rint(x / scales[index]), -INT8_MAX, INT8_MAX)
-    return np.concatenate([codes, index + DYNAMIC_EXPONENT_MIN], axis=-1).astype(np.int8)
+    head_dim = x.shape[-1]
+    xg = x.reshape(*x.shape[:-1], groups, head_dim // groups)
+    amax = np.abs(xg).max(axis=-1, keepdims=True)  # [..., G, 1]
+    index = (thresholds < amax[..., None]).sum(axis=-1)  # [..., G, 1]
+    codes = np.clip(np.rint(xg / scales[index]), -INT8_MAX, INT8_MAX).reshape(x.shape)
+    return np.concatenate([codes, index[..., 0] + DYNAMIC_EXPONENT_MIN], axis=-1).astype(np.int8)
 
 
-def dequantize_dynamic(q: np.ndarray) -> np.ndarray:
-    """Decode `quantize_dynamic` rows to float32 [..., D]."""
+def dequantize_dynamic(q: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Decode `quantize_dynamic` rows ([..., D + groups]) to float32 [..., D]."""
     scales, _ = dynamic_scale_table()
-    return q[..., :-1].astype(np.float32) * scales[q[..., -1:].astype(np.int64) - DYNAMIC_EXPONENT_MIN]
+    head_dim = q.shape[-1] - groups
+    codes = q[..., :head_dim].astype(np.float32).reshape(*q.shape[:-1], groups, head_dim // groups)
+    scale = scales[q[..., head_dim:].astype(np.int64) - DYNAMIC_EXPONENT_MIN]  # [..., G]
+    return (codes * scale[..., None]).reshape(*q.shape[:-1], head_dim)
 
 
 def kv_append(
@@ -114,16 +119,17 @@ def kv_append(
     Args:
         key, value: [T, Hkv, D] new tokens' K and V.
         slot_mapping: int64 [T]; slot s is block s // B, offset s % B; negative = skip.
-        kv_cache: [N, 2, B, Hkv, D] pool, modified in place; [N, 2, B, Hkv, D + 1] int8 for
-            dynamic scales (`quantize_dynamic`).
+        kv_cache: [N, 2, B, Hkv, D] pool, modified in place; [N, 2, B, Hkv, D + G] int8 for
+            dynamic scales (`quantize_dynamic` with G groups).
         k_scale, v_scale: float32 [1] or [Hkv] (unused with dynamic scales).
 
     Returns:
-        (key_stored, value_stored): [T, Hkv, D] (or D + 1) codes in the pool dtype.
+        (key_stored, value_stored): [T, Hkv, D] (or D + G) codes in the pool dtype.
     """
     kv_dtype = kv_dtype_of(kv_cache)
-    if kv_cache.shape[-1] == key.shape[-1] + 1:  # dynamic scales: [N, 2, B, Hkv, D + 1]
-        key_stored, value_stored = quantize_dynamic(key), quantize_dynamic(value)
+    groups = kv_cache.shape[-1] - key.shape[-1]
+    if groups:  # dynamic scales: [N, 2, B, Hkv, D + G]
+        key_stored, value_stored = quantize_dynamic(key, groups), quantize_dynamic(value, groups)
     else:
         key_stored = quantize(key, k_scale, kv_dtype)
         value_stored = quantize(value, v_scale, kv_dtype)
@@ -173,7 +179,8 @@ def paged_attention(
     group = num_heads // num_kv_heads
     block_size = kv_cache.shape[2]
     kv_dtype = kv_dtype_of(kv_cache) if kv_cache.dtype != np.float64 else "fp32"
-    if kv_cache.shape[-1] == head_dim + 1:
+    groups = kv_cache.shape[-1] - head_dim
+    if groups:
         kv_dtype = "dynamic"
     sm_scale = scale if scale > 0 else 1.0 / np.sqrt(head_dim)
     out = np.zeros((num_tokens, num_heads, head_dim), dtype=acc)
@@ -183,8 +190,10 @@ def paged_attention(
         slots = [int(block_tables[s, p // block_size]) * block_size + p % block_size for p in range(ctx)]
         k_hist = np.stack([kv_cache[x // block_size, 0, x % block_size] for x in slots]) if ctx else key[:0]
         v_hist = np.stack([kv_cache[x // block_size, 1, x % block_size] for x in slots]) if ctx else value[:0]
-        k_all = np.concatenate([_decode(k_hist, k_scale, kv_dtype), _decode(key[lo:hi], k_scale, kv_dtype)])
-        v_all = np.concatenate([_decode(v_hist, v_scale, kv_dtype), _decode(value[lo:hi], v_scale, kv_dtype)])
+        k_all = np.concatenate([_decode(k_hist, k_scale, kv_dtype, groups),
+                                _decode(key[lo:hi], k_scale, kv_dtype, groups)])
+        v_all = np.concatenate([_decode(v_hist, v_scale, kv_dtype, groups),
+                                _decode(value[lo:hi], v_scale, kv_dtype, groups)])
         k_all, v_all = k_all.astype(acc), v_all.astype(acc)
         q = query[lo:hi].astype(acc)
         q_pos = ctx + np.arange(hi - lo)
@@ -205,11 +214,11 @@ def paged_attention(
     return out.astype(query.dtype) if query.dtype != np.float64 else out
 
 
-def _decode(x: np.ndarray, scale: np.ndarray, kv_dtype: str) -> np.ndarray:
+def _decode(x: np.ndarray, scale: np.ndarray, kv_dtype: str, groups: int = 0) -> np.ndarray:
     if x.dtype == np.float64:
         return x
     if kv_dtype == "dynamic":
-        return dequantize_dynamic(x)
+        return dequantize_dynamic(x, groups)
     return dequantize(x, scale, kv_dtype)
 
 

@@ -114,12 +114,20 @@ DEFAULT_KV_SCALES = {n: KV_DTYPE_SPECS[n].default_scale for n in QUANTIZED_KV_DT
 KV_SCALE_MODES = ("static", "dynamic")
 #: KV dtypes with a dynamic-scale layout (int8; fp8 has no bit-exact encode in standard ONNX ops).
 DYNAMIC_SCALE_KV_DTYPES = ("int8",)
-#: Dynamic scales: every (token, KV head) row of D codes carries one more int8, the exponent e
-#: of its scale ``2 ** (e / DYNAMIC_SCALE_STEPS)``, the smallest such power at or above
-#: amax / 127 (a row of zeros: e = -128). The pool's last dimension is then ``head_dim + 1``:
-#: one byte per row, so the scale travels with its block through every copy, swap and tier.
+#: Dynamic scales: every (token, KV head) row of D values is cut into G groups of
+#: DYNAMIC_GROUP_SIZE consecutive values (one group when D is not a multiple); each group has
+#: the exponent e of its scale ``2 ** (e / DYNAMIC_SCALE_STEPS)``, the smallest such power at
+#: or above the group's amax / 127 (a group of zeros: e = -128). A row is stored as its D int8
+#: codes then its G exponents (int8): the pool's last dimension is ``head_dim + G``, so the
+#: scales travel with their block through every copy, swap and tier.
 DYNAMIC_SCALE_STEPS = 8
+DYNAMIC_GROUP_SIZE = 32
 DYNAMIC_EXPONENT_MIN, DYNAMIC_EXPONENT_MAX = -128, 127
+
+
+def dynamic_scale_groups(head_dim: int) -> int:
+    """Scales per (token, KV head) row with dynamic scales (see `DYNAMIC_GROUP_SIZE`)."""
+    return head_dim // DYNAMIC_GROUP_SIZE if head_dim % DYNAMIC_GROUP_SIZE == 0 else 1
 
 
 def kv_dtype_spec(name: str) -> KVDtype:

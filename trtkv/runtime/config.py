@@ -41,7 +41,7 @@ class EngineConfig:
                         "int8 (float16/bfloat16 too)", aliases=("--kv-cache-dtype",))
     kv_scales: str = _of(BackendConfig, "kv_scales", "KV scales: auto (the export's), static (per layer / KV head: "
                          "calibrated, or the defaults with --allow-uncalibrated-kv) or dynamic (int8: a scale per "
-                         "token and KV head, computed on write; no calibration; 1 byte per head per token)",
+                         "token, KV head and 32 values, computed on write; no calibration; 1 byte per 32 values)",
                          choices=("auto", "static", "dynamic"))
     num_blocks: int = _of(BackendConfig, "num_blocks", "KV blocks in the pool; 0 = as many as --kv-cache-gib holds")
     block_size: int = _of(BackendConfig, "block_size", "tokens per KV block; 0 = the manifest's (export --block-size)")

@@ -173,7 +173,7 @@ def _check_graph_matches(model: onnx.ModelProto, manifest: Manifest, path: Path)
         shape = dims(value)
         if len(shape) == 5 and shape[3] != manifest.num_kv_heads:
             found.append(f"num_kv_heads {manifest.num_kv_heads} vs {shape[3]}")
-        if len(shape) == 5 and shape[4] not in (manifest.head_dim, manifest.head_dim + 1):
+        if len(shape) == 5 and shape[4] not in (manifest.head_dim, manifest.pool_head_dim):
             found.append(f"head_dim {manifest.head_dim} vs {shape[4]}")
     logits = [v for v in model.graph.output if v.name == LOGITS_OUTPUT]
     if logits and isinstance(dims(logits[0])[-1], int) and dims(logits[0])[-1] != manifest.vocab_size:
@@ -190,7 +190,7 @@ def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
     """
     kv = manifest.kv_dtype
     pool_type = TensorProto.UINT8 if kv == "fp8" else KV_ONNX_TYPES[kv]
-    width = manifest.pool_head_dim  # head_dim, + 1 exponent byte with dynamic scales
+    width = manifest.pool_head_dim  # head_dim, + the exponent bytes of dynamic scales
     for value in model.graph.input:
         if value.name.startswith("kv_cache."):
             value.type.tensor_type.elem_type = pool_type

@@ -190,7 +190,7 @@ class BeamSearch:
         outs = tuple(CompletionOutput(index=i, token_ids=h.token_ids, text="", new_token_ids=(), new_text="",
                                       finish_reason="abort", stop_reason=None, logprobs=None, capped=False)
                      for i, h in enumerate(req.finished))
-        self.metrics.finished_by_reason["abort"] += max(1, len(outs))
+        self.metrics.finished_by_reason["abort"] += req.params.n  # unit: completions, as for other requests
         return RequestOutput(req.request_id, tuple(req.prompt_ids), outs, True, 0, {"arrival": req.arrival})
 
     def _forget(self, req: BeamRequest) -> None:

@@ -151,3 +151,30 @@ def test_beam_search_with_prefix_caching_chunking_and_quantized_pools(options, e
     assert [c.token_ids for c in second.outputs] == [c.token_ids for c in want.outputs]
     if options.get("enable_prefix_caching"):
         assert engine.scheduler.stats().num_prefix_hit_tokens > 0
+
+
+@pytest.mark.parametrize(("length_penalty", "early_stopping"), [
+    (1.0, False), pytest.param(2.0, False, marks=pytest.mark.slow), pytest.param(0.7, "never", marks=pytest.mark.slow)])
+def test_beam_search_equals_hf_on_the_trained_model(length_penalty, early_stopping, chat_model_dir):
+    """The trained built-in model with its newline tokens as end tokens: hypotheses finish at
+    many lengths, so the stopping heuristics decide the result."""
+    from trtkv.models import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.skip("the built-in trained checkpoint is not in this tree")
+    hf = AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL_DIR), dtype=torch.float32).eval()
+    engine = Engine(chat_model_dir, EngineConfig(num_threads=1, block_size=8))
+    tok = engine.tokenizer
+    newline_ids = sorted(i for t, i in tok.get_vocab().items() if "\u010a" in t)[:6]  # byte-level "\n"
+    eos = list(engine.eos_token_ids)
+    prompts = [tok.encode(t, add_special_tokens=False) for t in
+               ("def add(a, b):", "import os\nimport", "class Node:\n    def __init__(self", "for i in range(")]
+    params = SamplingParams(n=3, use_beam_search=True, length_penalty=length_penalty, early_stopping=early_stopping,
+                            max_new_tokens=20, stop_token_ids=newline_ids)
+    outs, _ = _run(engine, prompts, params)
+    lengths = set()
+    for prompt, out in zip(prompts, outs, strict=True):
+        want = _hf_beams(hf, prompt, 3, 20, length_penalty, early_stopping, [*eos, *newline_ids])
+        assert [c.token_ids for c in out.outputs] == want
+        lengths |= {len(t) for t in want}
+    assert len(lengths) > 2  # finished at several lengths

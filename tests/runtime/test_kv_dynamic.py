@@ -73,6 +73,7 @@ def test_dynamic_scales_beat_the_default_static_scale(chat_model_dir):
     assert dynamic < static / 2, (dynamic, static)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     {"preemption_mode": "swap", "num_host_blocks": 64, "num_blocks": 24, "max_num_batched_tokens": 32,
      "max_num_seqs": 4},

@@ -196,9 +196,11 @@ class Engine:
         slots = []
         for seq_id, request_id, token_ids, room in self.scheduler.decoding_seqs():
             req = self.outputs.requests.get(request_id)
-            seq = req.seqs.get(seq_id) if req is not None else None
-            if seq is not None and seq.guide is None and room > 0:
-                slots.append(DraftSlot(seq_id, token_ids, min(k, room), req.params, seq.generator))  # type: ignore[union-attr]
+            if req is None or room <= 0:  # a beam of beam search, or no token to spare
+                continue
+            seq = req.seqs.get(seq_id)
+            if seq is not None and seq.guide is None:
+                slots.append(DraftSlot(seq_id, token_ids, min(k, room), req.params, seq.generator))
         return self.proposer.propose(slots)
 
     def _sample(self, plan: StepPlan, logits: np.ndarray, drafts: dict[int, Draft]

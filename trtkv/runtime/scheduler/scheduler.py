@@ -25,6 +25,12 @@ on re-admission it prefills prompt + generated tokens and continues where it sto
 preemption moves its blocks to the host tier (recompute when the host tier is full).
 Because a step that preempts admits nothing, swap preemption and swap-in never share a plan.
 
+Speculative decoding (`schedule(drafts)`, `speculative`): a decode grows by its draft tokens
+from the budget left after every decode and from free blocks only; `update` keeps the accepted
+prefix and rolls the rest back. Beam search: `update` with no tokens *holds* a sequence (its
+K/V computed, its next token undecided) until `extend` gives it tokens, forking children that
+share its blocks.
+
 Prefix caching (when the KV manager has it on): admitting a waiting sequence looks up its
 tokens in the prefix cache and starts computing after the cached blocks (never past the
 last token); after each step `update` publishes the sequence's newly full blocks. With the

@@ -27,6 +27,7 @@ from trtkv.manifest import Manifest
 from trtkv.ops.schema import ceil_div
 from trtkv.runtime.kv.manager import KVCacheManager
 from trtkv.runtime.plan import ScheduledSeq, StepPlan
+from trtkv.runtime.sampling.params import SamplingParams
 from trtkv.runtime.sampling.sampler import Sampler, SampleRow
 from trtkv.runtime.spec.base import Draft, DraftSlot
 
@@ -140,7 +141,7 @@ class DraftModelProposer:
             self._forget(seq_id)
 
 
-def _draft_params(slot: DraftSlot):  # type: ignore[no-untyped-def]
+def _draft_params(slot: DraftSlot) -> SamplingParams:
     """The request's distribution shape (temperature, top-k/p, min-p) without what reads the
     output history: any draft distribution is exact under rejection sampling."""
     p = slot.params

@@ -80,6 +80,10 @@ class RequestState:
         return len(self.seqs) >= self.params.n and all(s.finish_reason for s in self.seqs.values())
 
 
+def _noop(seq_id: int) -> None:
+    pass
+
+
 class OutputProcessor:
     """Per-request output state of one engine; see the module docstring."""
 
@@ -144,6 +148,9 @@ class OutputProcessor:
         """Apply a step's updates; returns an output per request that gained tokens (and
         forgets the finished ones). ``finish_seq`` frees a sequence stopped on its text."""
         touched: dict[str, RequestState] = {}
+        # Sequences the scheduler ended this step (a later accepted draft token may end one
+        # whose text stopped earlier): they are already freed, so finish_seq is not called.
+        ended = {u.seq_id for u in updates if u.finish_reason is not None}
         for u in updates:
             req = touched[u.request_id] = self.requests[u.request_id]
             if u.parent_seq_id is None:
@@ -154,7 +161,8 @@ class OutputProcessor:
             else:
                 seq = req.seqs[u.seq_id] = req.forks[u.sample_index - 1]
                 lps = results[u.parent_seq_id].logprobs
-            self._append(req, u, seq, lps[u.sample_index] if lps else None, now, finish_seq)
+            self._append(req, u, seq, lps[u.sample_index] if lps else None, now,
+                         _noop if u.seq_id in ended else finish_seq)
         outputs = []
         for req in touched.values():
             req.forks = []

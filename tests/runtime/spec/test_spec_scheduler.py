@@ -153,5 +153,71 @@ def test_update_refuses_tokens_that_are_not_an_accepted_prefix():
         sched.update(plan, {0: [6, 8, 1]})
     with pytest.raises(ValueError, match="not an accepted prefix"):
         sched.update(plan, {0: [6, 7, 8, 1, 2]})
+    with pytest.raises(ValueError, match="not an accepted prefix"):
+        sched.update(plan, {0: []})  # a drafted sequence cannot be held
     sched.update(plan, {0: [6, 7, 8, 1]})  # nothing changed by the refused calls
     assert kv.num_tokens(0) == 7
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_held_beams_never_deadlock_their_siblings(mode):
+    """Beams held for their siblings in a pool too small for all of them: an idle held beam is
+    preempted to make room for a sibling that must still compute its row, and a preempted
+    held beam is not brought back before it is extended (swapped, it would have nothing to
+    compute and block admission). Every round completes and the pool drains."""
+    kv = KVCacheManager(7, 4, num_host_blocks=64)
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64,
+                                      preemption_mode=mode), kv)
+    other = sched.add_request("other", [1, 2, 3], 12, priority=-1)  # ranks above the beams: preempts them
+    beams, rows, rounds = {sched.add_request("beam", [5, 6, 7], 12, n=2)}, set(), 0
+    for _ in range(400):
+        if not sched.has_unfinished():
+            break
+        plan = sched.schedule()
+        sampled = {}
+        for s in plan.seqs:
+            if s.sample:
+                if s.seq_id in beams:
+                    sampled[s.seq_id] = []  # held until every beam has its row
+                    rows.add(s.seq_id)
+                else:
+                    sampled[s.seq_id] = [9]
+        sched.update(plan, sampled)
+        sched.check_integrity()
+        if beams and rows == beams:  # a round: the first forks in two, then each goes on
+            tokens = [11, 12] if rounds == 0 else [13]
+            beams = {u.seq_id for b in sorted(beams) for u in sched.extend(b, tokens) if u.finish_reason is None}
+            rows, rounds = set(), rounds + 1
+    assert not sched.has_unfinished() and other not in sched._reg.seqs
+    assert rounds >= 10 and sched.stats().num_preemptions > 0
+    assert kv.usage().num_used == 0
+
+
+def test_text_stop_inside_an_accepted_draft_that_a_token_stop_also_ends():
+    """A stop string matches at an accepted draft token and the step's last token ends the
+    sequence by length too: the output stops at the string; nothing is freed twice."""
+    import time
+
+    from trtkv.runtime.metrics import EngineMetrics
+    from trtkv.runtime.output_processor import OutputProcessor, RequestState
+    from trtkv.runtime.plan import StopRule
+    from trtkv.runtime.sampling import SampleResult, SamplingParams
+
+    class Letters:  # token i is the letter i
+        def decode(self, ids, skip_special_tokens=False, **kw):
+            return "".join(chr(97 + i % 26) for i in ids)
+
+    kv = KVCacheManager(64, 4)
+    sched = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=32, max_model_len=128), kv)
+    params = SamplingParams(max_new_tokens=4, stop=["c"])
+    sid = sched.add_request("r", [1, 2, 3], 4, stop=StopRule())
+    outputs = OutputProcessor(Letters(), (), None, EngineMetrics())
+    outputs.add(RequestState("r", [1, 2, 3], params, time.monotonic()), sid)
+    plan = sched.schedule()
+    outputs.process(sched.update(plan, {sid: [0]}), {sid: SampleResult([0])}, time.monotonic(), sched.finish)
+    plan = sched.schedule({sid: [1, 2, 3]})
+    updates = sched.update(plan, {sid: [1, 2, 4]})  # b, c accepted; the 4th token ends it by length
+    assert [u.finish_reason for u in updates] == [None, None, "length"]
+    (out,) = outputs.process(updates, {sid: SampleResult([1, 2, 4])}, time.monotonic(), sched.finish)
+    assert out.finished and out.outputs[0].text == "ab" and out.outputs[0].finish_reason == "stop"
+    assert kv.usage().num_used == 0

@@ -196,3 +196,25 @@ def test_engine_profile_too_small_for_drafts_is_refused(exported_factory):
     with pytest.raises(ConfigError, match="at most 8 logits rows"):
         Engine(model_dir, EngineConfig(speculative_method="ngram"), backend=backend)
     Engine(model_dir, EngineConfig(), backend=backend)  # without drafts it serves
+
+
+def test_draft_catch_up_is_chunked_to_the_draft_backends_step(chat_model_dir):
+    """A draft backend with a step limit (a TensorRT engine's max tokens; here 8 on ONNX
+    Runtime) gets long unseen contexts in chunks: same greedy tokens, no error."""
+    import json
+
+    vocab = json.loads((chat_model_dir / "manifest.json").read_text())["vocab_size"]
+    prompts = _repetitive_prompts(vocab, n=3, seed=8)
+    want, _ = _generate(chat_model_dir, prompts)
+    engine = Engine(chat_model_dir, EngineConfig(num_threads=1, speculative_method="draft",
+                                                 draft_model=str(chat_model_dir)))
+    engine.proposer.backend.max_num_tokens = 8
+    seen = []
+    execute = engine.proposer.backend.execute
+    engine.proposer.backend.execute = lambda plan: seen.append(plan.num_tokens) or execute(plan)
+    ids = [engine.add_request(p, GREEDY) for p in prompts]
+    done = {}
+    while engine.has_unfinished():
+        done.update({o.request_id: [c.token_ids for c in o.outputs] for o in engine.step() if o.finished})
+    assert [done[i] for i in ids] == want
+    assert max(seen) <= 8 and engine.stats()["counters"]["spec_decode_num_accepted_tokens"] > 0

@@ -10,7 +10,7 @@ waiting one after its prefix-cache hit, and keeps the slots ``n > 1`` requests f
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 from trtkv.errors import InvalidRequestError, RequestRejectedError
 from trtkv.runtime.kv.manager import KVCacheManager
@@ -28,9 +28,13 @@ class Admission:
     """The admission stage over the scheduler's registry and KV manager."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager, reg: SeqRegistry,
-                 inflight: InflightBlocks, counts: Counters, awaiting_store: Set[str]) -> None:
+                 inflight: InflightBlocks, counts: Counters, awaiting_store: Set[str],
+                 release_held: Callable[[StepBuilder], bool] | None = None) -> None:
         self.config, self.kv, self.reg, self.inflight, self.counts = config, kv, reg, inflight, counts
         self.awaiting_store = awaiting_store
+        self.release_held = release_held
+        """Preempts one idle held sequence (a beam waiting for its siblings) to make room;
+        False when there is none."""
 
     def check_new(self, request_id: str, num_prompt: int, max_new_tokens: int, n: int) -> None:
         """The one admission check of a new request (what can never be served, or not now).
@@ -83,6 +87,10 @@ class Admission:
             if candidate is None:
                 return
             seq, queue = candidate
+            if seq.held:  # preempted while held: it waits until its beam search extends it
+                queue.pop()
+                deferred.append((seq, queue))
+                continue
             if len(reg.running) + reserved + seq.num_samples > config.max_num_seqs:
                 return  # its forks would not fit: wait until enough sequences finish
             is_long = threshold > 0 and is_long_prefill(seq, threshold)
@@ -96,6 +104,10 @@ class Admission:
             else:
                 num_tokens = self._start(seq, queue, step, deferred)
             if num_tokens is None:
+                # Idle held sequences pin blocks a sibling may need to produce its row: release
+                # one and try again, else wait.
+                if self.release_held is not None and self.release_held(step):
+                    continue
                 return
             if num_tokens < 0:  # deferred: try the next candidate
                 continue

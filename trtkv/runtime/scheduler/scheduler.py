@@ -26,7 +26,7 @@ preemption moves its blocks to the host tier (recompute when the host tier is fu
 Because a step that preempts admits nothing, swap preemption and swap-in never share a plan.
 
 Speculative decoding (`schedule(drafts)`, `speculative`): a decode grows by its draft tokens
-from the budget left after every decode and from free blocks only; `update` keeps the accepted
+from the budget and free blocks left once everything else is planned; `update` keeps the accepted
 prefix and rolls the rest back. Beam search: `update` with no tokens *holds* a sequence (its
 K/V computed, its next token undecided) until `extend` gives it tokens, forking children that
 share its blocks.
@@ -93,7 +93,7 @@ class Scheduler:
         self._policy = SchedulingPolicy(config.scheduling_policy, config.aging_tokens_per_s)
         self._counts = Counters()
         self._admission = Admission(config, kv, self._reg, self._inflight_blocks, self._counts,
-                                    awaiting_store)
+                                    awaiting_store, self._release_held)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -209,9 +209,10 @@ class Scheduler:
 
         Args:
             drafts: speculative decoding: draft tokens per decoding sequence (see
-                `decoding_seqs`). A decode takes as many as the step's spare token budget
-                (after one token for every decode), its remaining ``max_new_tokens`` and free
-                KV blocks allow (``ScheduledSeq.num_draft``); drafts never preempt anything.
+                `decoding_seqs`). Once decodes, prefill chunks and admissions are planned, a
+                decode takes as many as the token budget left, its remaining
+                ``max_new_tokens`` and the free KV blocks allow (``ScheduledSeq.num_draft``);
+                drafts never preempt anything nor keep anything else from running.
 
         Raises:
             RuntimeError: the previous non-empty plan was not passed to `update`.
@@ -224,14 +225,14 @@ class Scheduler:
         for seq in self._reg.running:
             (decoding if seq.is_decoding else prefilling).append(seq)
         self._schedule_decodes(decoding, step)
-        if drafts:
-            add_drafts(step, drafts, self._reg.seqs, self.kv)
         for seq in prefilling:
             if seq.status is _RUNNING:  # not preempted earlier in this step
                 self._schedule_prefill(seq, step)
         if not step.preempted:
             threshold = self.config.long_prefill_threshold
             self._admission.admit(step, sum(s.prompt_len > threshold for s in prefilling) if threshold else 0)
+        if drafts:  # last: drafts take only the budget and blocks everything else left
+            add_drafts(step, drafts, self._reg.seqs, self.kv)
         offload_out, offload_in = self.kv.tiers.take_moves()
         step.swap_out += offload_out
         step.swap_in += offload_in
@@ -277,7 +278,7 @@ class Scheduler:
         for s in live:
             if s.num_draft:
                 tokens = sampled[s.seq_id]
-                if len(tokens) > s.num_draft + 1 or tuple(tokens[:-1]) != s.token_ids[1:len(tokens)]:
+                if not tokens or len(tokens) > s.num_draft + 1 or tuple(tokens[:-1]) != s.token_ids[1:len(tokens)]:
                     raise ValueError(f"seq {s.seq_id}: {list(tokens)} is not an accepted prefix of its draft "
                                      f"{list(s.token_ids[1:])} and one token")
         self._in_flight = None
@@ -412,6 +413,15 @@ class Scheduler:
             copies = self.kv.try_allocate(seq.seq_id, target)
             if copies is not None:
                 return copies
+
+    def _release_held(self, step: StepBuilder) -> bool:
+        """Preempt the last-ranked idle held sequence (swap or recompute, as configured);
+        admission does not bring it back until it is extended."""
+        victim = next((s for s in reversed(self._reg.running) if s.held and s.seq_id not in step.scheduled), None)
+        if victim is None:
+            return False
+        self._preempt(victim, step)
+        return True
 
     def _preempt(self, seq: SeqState, step: StepBuilder) -> None:
         seq.num_preemptions += 1

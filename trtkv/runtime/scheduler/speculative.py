@@ -2,9 +2,10 @@
 and the rest rolled back.
 
 A decode with a draft computes its last sampled token and ``k`` draft tokens in one
-`ScheduledSeq` (``num_draft = k``). Drafts are added after every decode has its one token,
-from the budget left, never past the sequence's remaining ``max_new_tokens`` (less the
-token the target adds), and only with free blocks: a draft never preempts. After the step
+`ScheduledSeq` (``num_draft = k``). Drafts are added last, once decodes, prefill chunks and
+admissions are planned, from the budget left, never past the sequence's remaining
+``max_new_tokens`` (less the token the target adds), and only with free blocks: a draft
+never preempts nor delays anything. After the step
 the engine gives the accepted draft prefix and one token; the KV table is truncated to the
 tokens whose K/V are right (the last sampled one and the accepted drafts), which frees the
 blocks past them, and only then are full blocks published to the prefix cache, so no block

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 
 
+_MAX_CHUNK_TOKENS = 4096
+"""Tokens per catch-up step of a draft backend without a step limit of its own (ONNX Runtime)."""
+
+
 class DraftModelProposer:
     """See module docstring.
 
@@ -55,7 +59,7 @@ class DraftModelProposer:
         check_compatible(model_dir, manifest, target_model_dir, target)
         if draft_backend is None:
             block_size = manifest.block_size
-            config = replace(backend, kv_dtype="auto", num_blocks=ceil_div(num_tokens, block_size) + 1,
+            config = replace(backend, kv_dtype="auto", kv_scales="auto", num_blocks=ceil_div(num_tokens, block_size) + 1,
                              block_size=block_size, num_host_blocks=0)
             draft_backend = create_backend(str(model_dir), config, manifest)
         self.backend = draft_backend
@@ -74,6 +78,7 @@ class DraftModelProposer:
             new = self._catch_up(slot)
             if new is not None:
                 feeds.append((slot, new))
+        feeds = self._prefill(feeds)
         tokens: dict[int, list[int]] = {s.seq_id: [] for s, _ in feeds}
         probs: dict[int, list[np.ndarray | None]] = {s.seq_id: [] for s, _ in feeds}
         while feeds:  # one packed draft step per draft position
@@ -111,6 +116,27 @@ class DraftModelProposer:
             self._forget(seq_id)
             return None
         return new
+
+    def _prefill(self, feeds: list[tuple[DraftSlot, list[int]]]) -> list[tuple[DraftSlot, list[int]]]:
+        """Feed all but the last unseen token of each sequence in chunks that fit the draft
+        backend's step (a TensorRT engine's max tokens), without logits; what is left to
+        feed is one token per sequence."""
+        cap = int(getattr(self.backend, "max_num_tokens", 0) or _MAX_CHUNK_TOKENS)
+        pending = [(slot, new[:-1]) for slot, new in feeds if len(new) > 1]
+        while pending:
+            seqs, budget, rest = [], cap, []
+            for slot, todo in pending:
+                take = todo[:budget]
+                if take:
+                    fed = self._fed[slot.seq_id]
+                    seqs.append(ScheduledSeq(slot.seq_id, tuple(take), len(fed), self.kv.block_ids(slot.seq_id), False))
+                    fed.extend(take)
+                    budget -= len(take)
+                if len(take) < len(todo):
+                    rest.append((slot, todo[len(take):]))
+            self.backend.execute(StepPlan(seqs=tuple(seqs)))
+            pending = rest
+        return [(slot, new[-1:]) for slot, new in feeds]
 
     def _grow(self, seq_id: int) -> bool:
         """Room for one more token (the one just drawn); False: the draft stops here."""

@@ -49,28 +49,28 @@ class SeqRegistry:
 
     def fork(self, parent: SeqState, token: int) -> SeqState:
         """A running child of ``parent`` with its tokens plus ``token`` (same rank/arrival)."""
-        rank_class, rank_time, arrival, _ = parent.key
-        child = self._create(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
-                             parent.max_new_tokens, parent.priority,
-                             (rank_class, rank_time, arrival), parent.cache_salt)
+        child = self._child(parent, token)
         child.num_computed = parent.num_computed
         child.num_cached_tokens = parent.num_cached_tokens
-        child.block_keys = list(parent.block_keys)
-        child.stop = parent.stop
         self.add_running(child)
         return child
 
     def fork_waiting(self, parent: SeqState, token: int) -> SeqState:
         """A waiting child of a parent that holds no device blocks (preempted): its tokens
         plus ``token``, computed from scratch (or the prefix cache) when admitted."""
+        child = self._child(parent, token)
+        child.status = SeqStatus.WAITING
+        self.waiting.push(child)
+        return child
+
+    def _child(self, parent: SeqState, token: int) -> SeqState:
+        """A new sequence with ``parent``'s tokens plus ``token``, rank, keys and stop rule."""
         rank_class, rank_time, arrival, _ = parent.key
         child = self._create(parent.request_id, [*parent.token_ids, token], parent.prompt_len,
                              parent.max_new_tokens, parent.priority,
                              (rank_class, rank_time, arrival), parent.cache_salt)
         child.block_keys = list(parent.block_keys)
         child.stop = parent.stop
-        child.status = SeqStatus.WAITING
-        self.waiting.push(child)
         return child
 
     def add_running(self, seq: SeqState) -> None:

@@ -310,13 +310,7 @@ class Scheduler:
                 else:
                     updates.append(self._stop_check(seq, token, None, 0, seq.num_cached_tokens))
                 continue
-            cached = seq.num_cached_tokens
-            children = [self._fork(seq, t) for t in tokens[1:]]  # before the parent's token
-            seq.num_samples = 1
-            seq.token_ids.append(token)
-            updates.append(self._stop_check(seq, token, None, 0, cached))
-            for i, child in enumerate(children, start=1):
-                updates.append(self._stop_check(child, tokens[i], seq.seq_id, i, cached))
+            updates += self._branch(seq, tokens)
         return updates
 
     def extend(self, seq_id: int, tokens: Sequence[int]) -> list[SeqUpdate]:
@@ -331,9 +325,14 @@ class Scheduler:
         if not seq.held or not tokens:
             raise ValueError(f"seq {seq_id} is not held for tokens, or no tokens were given")
         seq.held = False
+        return self._branch(seq, tokens)
+
+    def _branch(self, seq: SeqState, tokens: Sequence[int]) -> list[SeqUpdate]:
+        """``tokens[0]`` extends ``seq``, each further one forks a child from its state before
+        it (sharing its blocks; a parent without device blocks gets waiting children)."""
         cached = seq.num_cached_tokens
         children = [self._fork(seq, t) if seq.status is _RUNNING else self._reg.fork_waiting(seq, t)
-                    for t in tokens[1:]]
+                    for t in tokens[1:]]  # before the parent's token
         seq.num_samples = 1
         seq.token_ids.append(tokens[0])
         updates = [self._stop_check(seq, tokens[0], None, 0, cached)]
@@ -382,8 +381,7 @@ class Scheduler:
         """Running sequences that decode next step, for a draft proposer: (seq_id,
         request_id, token ids (read only), most draft tokens it can use: its remaining
         max_new_tokens less one)."""
-        return [(s.seq_id, s.request_id, s.token_ids, s.max_new_tokens - (len(s.token_ids) - s.prompt_len) - 1)
-                for s in self._reg.running if s.is_decoding]
+        return [(s.seq_id, s.request_id, s.token_ids, s.draft_room) for s in self._reg.running if s.is_decoding]
 
     def _schedule_prefill(self, seq: SeqState, step: StepBuilder) -> None:
         if step.token_budget == 0 or len(step.scheduled) >= self.config.max_num_seqs:

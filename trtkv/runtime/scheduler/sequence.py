@@ -67,6 +67,12 @@ class SeqState:
         return len(self.token_ids)
 
     @property
+    def draft_room(self) -> int:
+        """Draft tokens a decode may verify: its remaining max_new_tokens less the one token
+        the target adds."""
+        return self.max_new_tokens - (len(self.token_ids) - self.prompt_len) - 1
+
+    @property
     def is_decoding(self) -> bool:
         return len(self.token_ids) - self.num_computed == 1 and self.num_computed >= self.prompt_len
 

@@ -33,7 +33,7 @@ def add_drafts(step: StepBuilder, drafts: Mapping[int, Sequence[int]], seqs: Map
         if step.token_budget <= 0:
             return
         seq = seqs[d.seq_id]
-        k = min(len(draft), step.token_budget, seq.max_new_tokens - (len(seq.token_ids) - seq.prompt_len) - 1)
+        k = min(len(draft), step.token_budget, seq.draft_room)
         if k <= 0:
             continue
         copies = kv.try_allocate(d.seq_id, d.start_pos + 1 + k)

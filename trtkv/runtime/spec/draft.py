@@ -101,9 +101,7 @@ class DraftModelProposer:
         """Roll the draft's KV back to what it shares with the sequence and allocate for
         the rest; the tokens to feed (None: no room, the sequence gets no draft)."""
         seq_id, target = slot.seq_id, slot.token_ids
-        fed = self._fed.get(seq_id)
-        if fed is None:
-            fed = self._fed[seq_id] = []
+        fed = self._fed.setdefault(seq_id, [])
         valid = 0
         limit = min(len(fed), len(target) - 1)  # the last token is always fed: its logits start the draft
         while valid < limit and fed[valid] == target[valid]:
@@ -128,9 +126,7 @@ class DraftModelProposer:
             for slot, todo in pending:
                 take = todo[:budget]
                 if take:
-                    fed = self._fed[slot.seq_id]
-                    seqs.append(ScheduledSeq(slot.seq_id, tuple(take), len(fed), self.kv.block_ids(slot.seq_id), False))
-                    fed.extend(take)
+                    seqs.append(self._feed(slot.seq_id, take, sample=False))
                     budget -= len(take)
                 if len(take) < len(todo):
                     rest.append((slot, todo[len(take):]))
@@ -138,16 +134,20 @@ class DraftModelProposer:
             pending = rest
         return [(slot, new[-1:]) for slot, new in feeds]
 
+    def _feed(self, seq_id: int, tokens: list[int], *, sample: bool) -> ScheduledSeq:
+        """The draft step's share for ``tokens`` of a sequence (its blocks allocated); they
+        count as fed from here on."""
+        fed = self._fed[seq_id]
+        scheduled = ScheduledSeq(seq_id, tuple(tokens), len(fed), self.kv.block_ids(seq_id), sample)
+        fed.extend(tokens)
+        return scheduled
+
     def _grow(self, seq_id: int) -> bool:
         """Room for one more token (the one just drawn); False: the draft stops here."""
         return self.kv.try_allocate(seq_id, len(self._fed[seq_id]) + 1) is not None
 
     def _step(self, feeds: list[tuple[DraftSlot, list[int]]]) -> list[tuple[int, np.ndarray | None]]:
-        seqs = []
-        for slot, new in feeds:
-            fed = self._fed[slot.seq_id]
-            seqs.append(ScheduledSeq(slot.seq_id, tuple(new), len(fed), self.kv.block_ids(slot.seq_id), True))
-            fed.extend(new)
+        seqs = [self._feed(slot.seq_id, new, sample=True) for slot, new in feeds]
         logits = self.backend.execute(StepPlan(seqs=tuple(seqs)))
         rows = [SampleRow(_draft_params(slot), (), (), [slot.generator]) for slot, _ in feeds]
         return self.sampler.draw(logits, rows)

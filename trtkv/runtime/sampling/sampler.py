@@ -164,9 +164,8 @@ class Sampler:
         if logits.ndim != 2 or logits.shape[0] != num_logit_rows:
             raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows "
                              f"({num_logit_rows} logits rows)")
-        if num_logit_rows == len(rows):
-            return self._sample_plain(logits, rows)
-        plain = [r.at_draft_position(j) if r.draft else r for r in rows for j in range(r.num_logit_rows)]
+        plain = rows if num_logit_rows == len(rows) else [
+            r.at_draft_position(j) if r.draft else r for r in rows for j in range(r.num_logit_rows)]
         work, filtered = self._prepare(logits, plain)
         results = []
         i = 0
@@ -189,21 +188,6 @@ class Sampler:
             results.append(SampleResult(ids, lps))
         return results
 
-    def _sample_plain(self, logits: npt.NDArray[np.floating], rows: Sequence[SampleRow]) -> list[SampleResult]:
-        work, filtered = self._prepare(logits, rows)
-        token_ids: list[list[int]] = [[] for _ in rows]
-        greedy_idx = [i for i, r in enumerate(rows) if r.params.is_greedy]
-        if greedy_idx:
-            best = np.argmax(work[greedy_idx], axis=1)  # first maximum -> lowest id on ties
-            for i, token in zip(greedy_idx, best.tolist(), strict=True):
-                token_ids[i] = [token] * rows[i].num_samples
-        for i, f in filtered.items():
-            token_ids[i] = [_draw(f, g) for g in rows[i].generators]
-        return [
-            SampleResult(ids, _logprobs(work[i], ids, row.params.logprobs))
-            for i, (row, ids) in enumerate(zip(rows, token_ids, strict=True))
-        ]
-
     def draw(self, logits: npt.NDArray[np.floating], rows: Sequence[SampleRow]
              ) -> list[tuple[int, npt.NDArray[np.float64] | None]]:
         """One token per row and the distribution it was drawn from (None: greedy, a point
@@ -220,6 +204,8 @@ class Sampler:
 
     def _choose(self, work: proc.FloatArray, filtered: dict[int, proc.FloatArray], i: int,
                 row: SampleRow) -> list[int]:
+        """Row ``i``'s tokens: the argmax (first maximum: the lowest id on ties), or one draw
+        per generator."""
         if row.params.is_greedy:
             return [int(np.argmax(work[i]))] * row.num_samples
         return [_draw(filtered[i], g) for g in row.generators]

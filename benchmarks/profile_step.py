@@ -2,11 +2,13 @@
 profile (time and kernel count per op type) of decode and mixed steps.
 
     python benchmarks/profile_step.py MODEL [--streams 1 32] [--steps 24] [--threads 2]
+                                            [--native-ops off on] [--repeat 2]
 
 MODEL: anything `trtkv generate` takes (an export, an HF dir, a .gguf file). Phases: schedule,
 backend.execute split into the ONNX Runtime run and the KV pool scatter, sampling,
 scheduler.update, and output processing (stop checks, detokenizing). Prints a table per
-workload; `--json` writes the numbers.
+workload; `--json` writes the numbers. Several `--native-ops` modes (the native CPU kernels
+vs the ONNX function bodies) are run alternately, `--repeat` rounds, for side-by-side ratios.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def instrument(engine: Engine) -> dict[str, list[float]]:
     engine.scheduler.schedule = _Timed(totals, "schedule", engine.scheduler.schedule)  # type: ignore[method-assign]
     engine.scheduler.update = _Timed(totals, "scheduler_update", engine.scheduler.update)  # type: ignore[method-assign]
     engine._sample = _Timed(totals, "sample", engine._sample)  # type: ignore[method-assign]
-    engine._process = _Timed(totals, "process_outputs", engine._process)  # type: ignore[method-assign]
+    engine.outputs.process = _Timed(totals, "process_outputs", engine.outputs.process)  # type: ignore[method-assign]
     return totals
 
 
@@ -63,9 +65,14 @@ def _prefill(engine: Engine) -> None:
         engine.step()
 
 
-def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len: int) -> dict[str, Any]:
-    engine = Engine(model, EngineConfig(num_threads=threads, num_blocks=2048, max_num_seqs=max(streams, 1),
-                                        max_num_batched_tokens=max(512, prompt_len)))
+def _config(streams: int, threads: int, prompt_len: int, native_ops: str) -> EngineConfig:
+    return EngineConfig(num_threads=threads, num_blocks=2048, max_num_seqs=max(streams, 1),
+                        max_num_batched_tokens=max(512, prompt_len), native_ops=native_ops)
+
+
+def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len: int,
+                 native_ops: str = "auto") -> dict[str, Any]:
+    engine = Engine(model, _config(streams, threads, prompt_len, native_ops))
     vocab = engine.manifest.vocab_size
     for i in range(streams):
         prompt = [(37 * i + 11 * j) % (vocab - 10) + 5 for j in range(prompt_len)]
@@ -80,10 +87,11 @@ def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len
     median = {name: statistics.median(v) * 1e3 for name, v in totals.items()}
     median["step_wall"] = statistics.median(walls) * 1e3
     median["pool_scatter_and_inputs"] = median["backend_execute"] - median["ort_run"]
-    return {"streams": streams, "steps": steps, "ms": median, "tokens_per_s": streams / (median["step_wall"] / 1e3)}
+    return {"streams": streams, "steps": steps, "native_ops": engine.backend.native_ops,  # type: ignore[attr-defined]
+            "ms": median, "tokens_per_s": streams / (median["step_wall"] / 1e3)}
 
 
-def ort_profile(model: Path, streams: int, threads: int, prompt_len: int) -> dict[str, Any]:
+def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native_ops: str = "auto") -> dict[str, Any]:
     """ONNX Runtime's profiler over a few decode steps: ms and kernel count per op type per step."""
     import onnxruntime as ort
 
@@ -100,8 +108,7 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int) -> dic
 
     orb.ort.SessionOptions = options  # type: ignore[misc]
     try:
-        engine = Engine(model, EngineConfig(num_threads=threads, num_blocks=2048, max_num_seqs=max(streams, 1),
-                                            max_num_batched_tokens=max(512, prompt_len)))
+        engine = Engine(model, _config(streams, threads, prompt_len, native_ops))
     finally:
         orb.ort.SessionOptions = original  # type: ignore[misc]
     vocab = engine.manifest.vocab_size
@@ -126,7 +133,7 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int) -> dic
             by_op[op][0] += e["dur"] / 1e3 / measured
             by_op[op][1] += 1 / measured
     top = sorted(by_op.items(), key=lambda kv: -kv[1][0])
-    return {"streams": streams, "per_step_ms": {k: round(v[0], 3) for k, v in top},
+    return {"streams": streams, "native_ops": native_ops, "per_step_ms": {k: round(v[0], 3) for k, v in top},
             "kernels_per_step": {k: round(v[1]) for k, v in top},
             "total_kernels_per_step": round(sum(v[1] for v in by_op.values())),
             "layers": engine.manifest.num_layers}
@@ -140,20 +147,27 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--json", default="")
+    parser.add_argument("--native-ops", nargs="+", default=["auto"], choices=["auto", "on", "off"])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the modes, alternated")
     args = parser.parse_args()
     model = resolve_model(args.model)
     report: dict[str, Any] = {"model": args.model, "threads": args.threads, "decode": [], "ort": []}
     for n in args.streams:
-        r = run_workload(model, n, args.steps, args.threads, args.prompt_len)
-        report["decode"].append(r)
-        ms = r["ms"]
-        print(f"\n== decode step, {n} stream(s): {ms['step_wall']:.2f} ms/step, {r['tokens_per_s']:.1f} tok/s")
-        for name in ("schedule", "ort_run", "pool_scatter_and_inputs", "sample", "scheduler_update", "process_outputs"):
-            print(f"  {name:26s} {ms.get(name, 0.0):8.3f} ms  {100 * ms.get(name, 0.0) / ms['step_wall']:5.1f}%")
-    for n in args.streams:
-        p = ort_profile(model, n, args.threads, args.prompt_len)
+        for round_ in range(args.repeat):
+            for mode in args.native_ops:
+                r = run_workload(model, n, args.steps, args.threads, args.prompt_len, mode)
+                report["decode"].append(r)
+                ms = r["ms"]
+                print(f"\n== decode step, {n} stream(s), native ops {mode} (round {round_ + 1}): "
+                      f"{ms['step_wall']:.2f} ms/step, {r['tokens_per_s']:.1f} tok/s")
+                for name in ("schedule", "ort_run", "pool_scatter_and_inputs", "sample", "scheduler_update",
+                             "process_outputs"):
+                    print(f"  {name:26s} {ms.get(name, 0.0):8.3f} ms  {100 * ms.get(name, 0.0) / ms['step_wall']:5.1f}%")
+    for n, mode in ((n, mode) for n in args.streams for mode in args.native_ops):
+        p = ort_profile(model, n, args.threads, args.prompt_len, mode)
         report["ort"].append(p)
-        print(f"\n== ONNX Runtime profile, decode, {n} stream(s): {p['total_kernels_per_step']} kernels per step "
+        print(f"\n== ONNX Runtime profile, decode, {n} stream(s), native ops {mode}: "
+              f"{p['total_kernels_per_step']} kernels per step "
               f"({p['total_kernels_per_step'] / p['layers']:.0f} per layer)")
         for op, t in list(p["per_step_ms"].items())[:10]:
             print(f"  {op:22s} {t:8.3f} ms  x{p['kernels_per_step'][op]}")

@@ -28,3 +28,25 @@ fi
 # FlashInfer's CUDA headers (FA2/FA3 attention, CUTLASS, CCCL) for the plugin compile checks.
 # --no-deps: only the headers inside the wheel are used (its Python API wants a CUDA torch).
 .venv/bin/python -m pip install -q --no-deps "flashinfer-python==0.7.4"
+# ONNX Runtime's C/C++ API headers, for the native CPU kernels of the trtkv ops (a custom-op
+# library trtkv compiles with g++ on first use: plugins/cpu/). No PyPI wheel or Debian package
+# ships them; the npm package com.github.asus4.onnxruntime (MIT, a Unity plugin of ONNX
+# Runtime) carries the full header set. Only the headers are kept: <venv>/include/onnxruntime.
+ORT_HEADERS=.venv/include/onnxruntime
+if [ ! -f "$ORT_HEADERS/onnxruntime_cxx_api.h" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && npm pack -q com.github.asus4.onnxruntime@0.4.9 >/dev/null 2>&1 \
+        && tar xzf com.github.asus4.onnxruntime-0.4.9.tgz --wildcards \
+           'package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/*'); then
+      mkdir -p .venv/include
+      rm -rf "$ORT_HEADERS"
+      mv "$tmp/package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers" "$ORT_HEADERS"
+    else
+      echo "warning: could not fetch ONNX Runtime's headers from npm; trtkv runs the ONNX function bodies" >&2
+    fi
+    rm -rf "$tmp"
+  else
+    echo "warning: npm not found; no ONNX Runtime headers, so trtkv runs the ONNX function bodies (slower)" >&2
+  fi
+fi

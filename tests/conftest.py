@@ -93,6 +93,18 @@ def chat_model_dir(tmp_path_factory: pytest.TempPathFactory, exported_factory) -
 ALL_FAMILIES = sorted(FAMILIES)
 
 
+def require_native_ops() -> None:
+    """Skip unless the native CPU kernels build here; in CI (``$CI`` set) fail instead, so
+    their tests cannot silently skip where they must run."""
+    from trtkv.runtime.backends.native_ops import native_ops_reason
+
+    reason = native_ops_reason()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must build the native CPU kernels: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
 def _has_cuda_gpu() -> bool:
     try:
         import torch

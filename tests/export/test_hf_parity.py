@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import ALL_FAMILIES
+from tests.conftest import ALL_FAMILIES, require_native_ops
 from trtkv.manifest import Manifest
 from trtkv.runtime.backends import BackendConfig, create_backend
 from trtkv.runtime.llm import LLM
@@ -29,9 +29,11 @@ def _hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def _backend_greedy_with_logits(model_dir, prompts, n, block_size=8):
+def _backend_greedy_with_logits(model_dir, prompts, n, block_size=8, native_ops="auto"):
     """All prompts prefilled in one packed step, then decoded together; logits per step."""
-    backend = create_backend(str(model_dir), BackendConfig(num_blocks=512, block_size=block_size))
+    backend = create_backend(str(model_dir), BackendConfig(num_blocks=512, block_size=block_size,
+                                                           native_ops=native_ops))
+    assert native_ops == "auto" or backend.native_ops == (native_ops == "on")
     tables, next_block = [], 0
     for p in prompts:
         need = -(-(len(p) + n) // block_size)
@@ -50,13 +52,16 @@ def _backend_greedy_with_logits(model_dir, prompts, n, block_size=8):
     return outs, logits_per_seq
 
 
+@pytest.mark.parametrize("native_ops", ["on", "off"])  # native CPU kernels / ONNX function bodies
 @pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_fp32_greedy_and_logits_match_hf(family, checkpoint_factory, exported_factory):
+def test_fp32_greedy_and_logits_match_hf(family, native_ops, checkpoint_factory, exported_factory):
+    if native_ops == "on":
+        require_native_ops()
     ckpt, model_dir = checkpoint_factory(family), exported_factory(family)
     vocab = Manifest.load(model_dir).vocab_size
     prompts = _prompts(vocab)
     hf = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    outs, logits = _backend_greedy_with_logits(model_dir, prompts, NEW_TOKENS)
+    outs, logits = _backend_greedy_with_logits(model_dir, prompts, NEW_TOKENS, native_ops=native_ops)
     distinct = set()
     for prompt, out, lg in zip(prompts, outs, logits, strict=True):
         assert out == _hf_greedy(hf, prompt, NEW_TOKENS), f"{family}: prompt of {len(prompt)} tokens"

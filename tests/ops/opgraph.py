@@ -19,9 +19,11 @@ from trtkv.ops.onnx_functions import (
 
 def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, softcap: float = 0.0,
                 compute: int = TensorProto.FLOAT, lowered: bool = False,
-                num_scales: int = 1, dynamic: bool = False) -> ort.InferenceSession:
+                num_scales: int = 1, dynamic: bool = False, native: bool = False,
+                write_pool: bool = False, optimized_model_filepath: str = "") -> ort.InferenceSession:
     """``lowered``: carry the shape-static bodies TensorRT builds (trtkv.ops.lowered); the fp8
-    pool is then int8-typed bit patterns."""
+    pool is then int8-typed bit patterns. ``native``: register the native CPU kernels
+    (`trtkv.runtime.backends.native_ops`); ``write_pool``: their KVAppend also writes the pool."""
     b = GraphBuilder()
     ks, vs = emit_kv_append(b, "key", "value", "slot_mapping", "kv_cache", "k_scale", "v_scale", ".0")
     emit_paged_attention(
@@ -29,6 +31,8 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
         "k_scale", "v_scale", scale=scale, sliding_window=sliding_window, softcap=softcap, prefix=".0",
     )
     b.op("Identity", b.nodes[-1].output[0], outputs=["output"])
+    if write_pool:
+        b.nodes[0].attribute.append(helper.make_attribute("write_pool", 1))
     pool_t = KV_ONNX_TYPES[kv_dtype]
     pool_in_t = pool_t if kv_dtype != "fp8" else (TensorProto.INT8 if lowered else TensorProto.UINT8)
     vi = helper.make_tensor_value_info
@@ -51,4 +55,11 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
     model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=functions)
     model.ir_version = 10
     onnx.checker.check_model(model)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if optimized_model_filepath:
+        opts.optimized_model_filepath = optimized_model_filepath
+    if native:
+        from trtkv.runtime.backends.native_ops import native_ops_library
+
+        opts.register_custom_ops_library(str(native_ops_library()))
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -48,6 +48,10 @@ class EngineConfig:
     kv_cache_gib: float = _of(BackendConfig, "kv_cache_gib", "KV pool size in GiB when --num-blocks is 0")
     num_host_blocks: int = _of(BackendConfig, "num_host_blocks", "KV blocks in the host-memory tier (swap preemption)")
     num_threads: int = _of(BackendConfig, "num_threads", "CPU threads for ONNX Runtime; 0 = all cores")
+    native_ops: str = _of(BackendConfig, "native_ops", "native CPU kernels for PagedAttention / KVAppend on ONNX "
+                          "Runtime: auto (built with g++ on first use when ONNX Runtime's headers are installed; "
+                          "else the ONNX function bodies), on (required), off (the function bodies)",
+                          choices=("auto", "on", "off"))
     gpu_memory_utilization: float = _of(BackendConfig, "gpu_memory_utilization",
                                         "fraction of GPU memory for weights + KV (tensorrt)")
     max_model_len: int = _opt(0, "longest prompt + output; 0 = the model's max positions")
@@ -256,6 +260,7 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
         backend=config.backend, kv_dtype=config.kv_dtype, kv_scales=config.kv_scales, num_blocks=config.num_blocks,
         block_size=config.block_size, kv_cache_gib=config.kv_cache_gib, num_host_blocks=config.num_host_blocks,
         num_threads=config.num_threads, gpu_memory_utilization=config.gpu_memory_utilization,
+        native_ops=config.native_ops,
     )
     kv_manifest = backend.resolve_manifest(manifest)
     config.check_kv_scales(kv_manifest)

@@ -28,6 +28,8 @@ class BackendConfig:
     kv_cache_gib: float = field(default=0.5, metadata={"help": "KV pool size in GiB when --num-blocks is 0"})
     num_host_blocks: int = field(default=0, metadata={"help": "KV blocks in the host-memory tier (swap / offload)"})
     num_threads: int = field(default=0, metadata={"help": "CPU threads for ONNX Runtime; 0 = all cores"})
+    native_ops: str = field(default="auto", metadata={
+        "help": "native CPU kernels for the trtkv ops (onnxruntime): auto (when they build here), on, off"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "fraction of GPU memory trtkv may use (tensorrt)"})
 
     def __post_init__(self) -> None:
@@ -44,6 +46,8 @@ class BackendConfig:
             raise ConfigError(f"--kv-cache-gib must be a finite number > 0, got {self.kv_cache_gib}")
         if self.num_threads < 0:
             raise ConfigError(f"--num-threads must be >= 0 (0 = all cores), got {self.num_threads}")
+        if self.native_ops not in ("auto", "on", "off"):
+            raise ConfigError(f"--native-ops must be auto, on or off, got {self.native_ops!r}")
         if self.num_host_blocks < 0:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
         if not (math.isfinite(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):

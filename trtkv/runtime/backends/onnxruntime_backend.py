@@ -1,9 +1,11 @@
 """ONNX Runtime backend (CPU): runs the exported graph over a paged KV pool held in numpy.
 
 The pool arrays are bound to the session as zero-copy OrtValues, so ONNX Runtime reads the
-sequences' histories straight from them (the PagedAttention body only gathers rows), and the
-step's K/V come back as the KVAppend outputs and are scattered into the pool here: O(new
-tokens), independent of the pool size.
+sequences' histories straight from them. With the native CPU kernels (`native_ops`, the
+default where they build) PagedAttention reads the pool rows in place and KVAppend writes the
+step's codes into the pool itself; with the ONNX function bodies the PagedAttention body only
+gathers rows, and the step's K/V come back as the KVAppend outputs and are scattered into the
+pool here. Either way O(new tokens), independent of the pool size.
 
 bf16 models: ONNX Runtime's CPU kernels lack bf16 MatMul/Add/..., so the graph is rewritten
 at load to compute in float32 from the bf16-rounded weights; the KV pool stays bf16.
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trtkv.errors import ModelDirError
 from trtkv.manifest import (
@@ -29,8 +31,10 @@ from trtkv.manifest import (
 )
 from trtkv.ops.onnx_functions import KV_ONNX_TYPES, op_functions
 from trtkv.ops.reference import KV_NUMPY_DTYPES
+from trtkv.ops.schema import KV_APPEND, OP_DOMAIN
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
 from trtkv.runtime.backends.inputs import build_step_inputs
+from trtkv.runtime.backends.native_ops import resolve_native_ops
 from trtkv.runtime.plan import StepPlan
 
 # numpy views ONNX Runtime can wrap for storage types numpy lacks.
@@ -47,8 +51,12 @@ class OnnxRuntimeBackend(BaseBackend):
         self.block_size = config.resolve_block_size(manifest)
         self.num_blocks = config.resolve_num_blocks(manifest)
         self.num_host_blocks = config.num_host_blocks
-        model = _load_model(Path(model_dir), manifest)
+        native = resolve_native_ops(config.native_ops)
+        self.native_ops = native is not None
+        model = _load_model(Path(model_dir), manifest, native_kv_write=self.native_ops)
         opts = ort.SessionOptions()
+        if native is not None:
+            opts.register_custom_ops_library(str(native))
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if config.num_threads:
             opts.intra_op_num_threads = config.num_threads
@@ -100,6 +108,8 @@ class OnnxRuntimeBackend(BaseBackend):
         logits = np.empty((len(inputs.logits_indices), m.vocab_size), dtype=np.float32)
         binding.bind_ortvalue_output(LOGITS_OUTPUT, ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(binding)
+        if self.native_ops:
+            return logits  # the native KVAppend wrote the pool
         slots = inputs.slot_mapping
         k_rows = (slots // self.block_size) * self._row_stride + slots % self.block_size
         for pool, (ks, vs) in zip(self.pools, stored, strict=True):
@@ -142,7 +152,9 @@ def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, 0], arr[:, 1]
 
 
-def _load_model(model_dir: Path, manifest: Manifest) -> onnx.ModelProto:
+def _load_model(model_dir: Path, manifest: Manifest, *, native_kv_write: bool = False) -> onnx.ModelProto:
+    """The exported graph, ready for this backend (``native_kv_write``: the native KVAppend
+    kernels write the pool, attribute ``write_pool``)."""
     path = model_dir / manifest.onnx_file
     try:
         model = onnx.load(str(path), load_external_data=True)
@@ -152,6 +164,10 @@ def _load_model(model_dir: Path, manifest: Manifest) -> onnx.ModelProto:
     if manifest.dtype == "bf16":
         _bf16_to_fp32_compute(model)
     _set_kv_format(model, manifest)
+    if native_kv_write:
+        for node in model.graph.node:
+            if node.domain == OP_DOMAIN and node.op_type == KV_APPEND.name:
+                node.attribute.append(helper.make_attribute("write_pool", 1))
     return model
 
 

@@ -42,6 +42,7 @@ def gxx_path() -> str | None:
 def _sources() -> list[Path]:
     files = [DRIVER, *sorted(EMULATION_DIR.glob("*.h")), *sorted((EMULATION_DIR / "include").glob("*.h"))]
     files += sorted((PLUGINS_DIR / "kernels").glob("*.*")) + sorted((PLUGINS_DIR / "capi").glob("*.*"))
+    files += sorted((PLUGINS_DIR / "generated").glob("*.h"))
     return files
 
 
@@ -114,18 +115,18 @@ class EmulatedKernels:
         lib.trtkv_emulation_last_error.restype = ctypes.c_char_p
         lib.trtkv_status_from_error_flags.restype = i32
         lib.trtkv_status_from_error_flags.argtypes = [ctypes.c_uint32]
-        lib.trtkv_kv_append_checked.restype = i32
-        lib.trtkv_kv_append_checked.argtypes = [p] * 8 + [i64, i32, i32, i64, i32, i32, i32, i32, i32, p, p]
+        lib.trtkv_kv_append_grouped_checked.restype = i32
+        lib.trtkv_kv_append_grouped_checked.argtypes = [p] * 8 + [i64, i32, i32, i64, i32, i32, i32, i32, i32, i32, p, p]
         lib.trtkv_paged_attention_workspace_size.restype = sz
         lib.trtkv_paged_attention_workspace_size.argtypes = [i64, i32, i32, i32, i32, i32, i32, i32]
         lib.trtkv_paged_attention_num_splits.restype = i32
         lib.trtkv_paged_attention_num_splits.argtypes = [i64, i32, i32, i32, i32, i32, i32, i32]
-        lib.trtkv_paged_attention_checked.restype = i32
-        lib.trtkv_paged_attention_checked.argtypes = (
-            [p] * 11 + [sz, i64, i32, i32, i32, i32, i64, i32, i32, i32, i32, f32, i32, f32, i32, i32, i32, p, p]
+        lib.trtkv_paged_attention_grouped_checked.restype = i32
+        lib.trtkv_paged_attention_grouped_checked.argtypes = (
+            [p] * 11 + [sz, i64, i32, i32, i32, i32, i64, i32, i32, i32, i32, f32, i32, f32, i32, i32, i32, i32, p, p]
         )
         self.lib = lib
-        if lib.trtkv_abi_version() != 1:
+        if lib.trtkv_abi_version() != 2:
             raise RuntimeError("emulation library has an unexpected ABI version")
 
     def status_string(self, status: int) -> str:
@@ -137,8 +138,10 @@ class EmulatedKernels:
     def kv_append(self, key: np.ndarray, value: np.ndarray, slot_mapping: np.ndarray,
                   kv_cache: np.ndarray | None, k_scale: np.ndarray, v_scale: np.ndarray,
                   key_stored: np.ndarray | None, value_stored: np.ndarray | None, *, compute: str, kv: str,
-                  num_blocks: int | None = None, block_size: int | None = None) -> tuple[int, int]:
-        """KVAppend; num_blocks/block_size default to the pool's (0 and 1 without a pool).
+                  num_blocks: int | None = None, block_size: int | None = None,
+                  scale_groups: int = 0) -> tuple[int, int]:
+        """KVAppend; num_blocks/block_size default to the pool's (0 and 1 without a pool);
+        ``scale_groups`` > 0: dynamic int8 scales (rows of head_dim + scale_groups bytes).
 
         Returns:
             (launch status, error flags the kernel reported).
@@ -148,10 +151,11 @@ class EmulatedKernels:
             num_blocks = kv_cache.shape[0] if kv_cache is not None else 0
         if block_size is None:
             block_size = kv_cache.shape[2] if kv_cache is not None else 1
-        status = self.lib.trtkv_kv_append_checked(
+        status = self.lib.trtkv_kv_append_grouped_checked(
             _ptr(key), _ptr(value), _ptr(slot_mapping), _ptr(kv_cache), _ptr(k_scale), _ptr(v_scale),
             _ptr(key_stored), _ptr(value_stored), key.shape[0], key.shape[1], key.shape[2], num_blocks,
-            block_size, k_scale.size, v_scale.size, DTYPE_CODES[compute], DTYPE_CODES[kv], _ptr(flags), None)
+            block_size, k_scale.size, v_scale.size, DTYPE_CODES[compute], DTYPE_CODES[kv], scale_groups,
+            _ptr(flags), None)
         return int(status), int(flags[0])
 
     def num_splits(self, num_tokens: int, num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -161,7 +165,7 @@ class EmulatedKernels:
 
     def paged_attention(self, x: dict[str, np.ndarray], output: np.ndarray, *, compute: str, kv: str,
                         scale: float = 0.0, sliding_window: int = 0, softcap: float = 0.0,
-                        num_splits: int = 0) -> tuple[int, int]:
+                        num_splits: int = 0, scale_groups: int = 0) -> tuple[int, int]:
         """PagedAttention over the arrays of ``x`` (kernel_checks.make_attention_inputs names).
 
         Returns:
@@ -174,9 +178,10 @@ class EmulatedKernels:
         size = self.lib.trtkv_paged_attention_workspace_size(T, S, H, Hkv, D, B, M, num_splits)
         workspace = np.empty(max(int(size), 1), np.uint8)
         flags = np.zeros(1, np.uint32)
-        status = self.lib.trtkv_paged_attention_checked(
+        status = self.lib.trtkv_paged_attention_grouped_checked(
             _ptr(q), _ptr(x["key"]), _ptr(x["value"]), _ptr(pool), _ptr(x["query_start_loc"]),
             _ptr(x["context_lens"]), _ptr(tables), _ptr(x["k_scale"]), _ptr(x["v_scale"]), _ptr(output),
             _ptr(workspace), size, T, S, H, Hkv, D, pool.shape[0], B, M, x["k_scale"].size, x["v_scale"].size,
-            scale, sliding_window, softcap, num_splits, DTYPE_CODES[compute], DTYPE_CODES[kv], _ptr(flags), None)
+            scale, sliding_window, softcap, num_splits, DTYPE_CODES[compute], DTYPE_CODES[kv], scale_groups,
+            _ptr(flags), None)
         return int(status), int(flags[0])

@@ -22,7 +22,9 @@ HEADER_PATH = REPO_ROOT / "plugins" / "generated" / "trtkv_ops.h"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from trtkv.ops import schema  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trtkv.ops import reference, schema  # noqa: E402
 
 
 def _camel(name: str) -> str:
@@ -113,6 +115,31 @@ def _op_block(op: schema.OpSchema) -> list[str]:
     return lines
 
 
+def _bits_macro(name: str, values: np.ndarray) -> list[str]:
+    words = [f"0x{int(w):08x}u" for w in values.astype(np.float32).view(np.uint32)]
+    rows = [", ".join(words[i:i + 8]) for i in range(0, len(words), 8)]
+    body = [f"    {r}, \\" for r in rows[:-1]] + [f"    {rows[-1]}"]
+    return [f"#define {name} \\", *body]
+
+
+def _dynamic_scale_lines() -> list[str]:
+    """Dynamic int8 KV scales: the constants and the reference's tables as float32 bit patterns
+    (macros, so device code can put them in __constant__ memory and host code in an array)."""
+    scales, thresholds = reference.dynamic_scale_table()
+    return [
+        "//! Dynamic int8 KV scales (schema.DYNAMIC_*): G = head_dim / kDynamicGroupSize exponents per",
+        "//! (token, KV head) row after its head_dim codes (G = 1 when head_dim is not a multiple);",
+        "//! the scale of exponent e is 2^(e / kDynamicScaleSteps), e in [kDynamicExponentMin, 127].",
+        f"inline constexpr int32_t kDynamicScaleSteps = {schema.DYNAMIC_SCALE_STEPS};",
+        f"inline constexpr int32_t kDynamicGroupSize = {schema.DYNAMIC_GROUP_SIZE};",
+        f"inline constexpr int32_t kDynamicExponentMin = {schema.DYNAMIC_EXPONENT_MIN};",
+        "//! float32 bits of scale[e - kDynamicExponentMin] (256 values) and of 127 * scale for the first",
+        "//! 255 (ascending): a group's exponent index is the number of these thresholds below its amax.",
+        *_bits_macro("TRTKV_DYNAMIC_SCALE_BITS", scales),
+        *_bits_macro("TRTKV_DYNAMIC_THRESHOLD_BITS", thresholds),
+    ]
+
+
 def render() -> str:
     """The header text for the current schema."""
     lines = [
@@ -131,6 +158,8 @@ def render() -> str:
         f"inline constexpr char kKVLayout[] = {_cpp_string(schema.KV_LAYOUT)};",
         f"inline constexpr float kFp8E4M3Max = {schema.FP8_E4M3_MAX!r}f;",
         f"inline constexpr float kInt8Max = {schema.INT8_MAX!r}f;",
+        "",
+        *_dynamic_scale_lines(),
         "",
         "//! Bits of the k*DTypeMasks arrays: which element types a tensor may have.",
         "enum DTypeBit : uint32_t {",

@@ -22,7 +22,7 @@ KERNEL_SOURCES = (
     PLUGINS_DIR / "kernels" / "paged_attention.cu",
     PLUGINS_DIR / "capi" / "trtkv_kernels.cu",
 )
-KERNEL_HEADERS = tuple(sorted((PLUGINS_DIR / "kernels").glob("*.h*")))
+KERNEL_HEADERS = (*sorted((PLUGINS_DIR / "kernels").glob("*.h*")), PLUGINS_DIR / "generated" / "trtkv_ops.h")
 #: The CI / release targets: cubins for Ampere, Ada, Hopper and PTX for the lowest.
 RELEASE_ARCHS = ("80", "89", "90")
 

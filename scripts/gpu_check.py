@@ -51,6 +51,11 @@ def check_numerics(checks: ModuleType, lib: Any, quick: bool) -> bool:
         r = checks.run_kv_append_case(lib, name, compute, kv, np.random.default_rng(1), per_head_scale=per_head)
         ok &= r.ok
         print(f"  {'PASS' if r.ok else 'FAIL'}  {name:40s} {r.detail}")
+    for name, compute, groups, head_dim in checks.default_kv_append_dynamic_cases():
+        r = checks.run_kv_append_case(lib, name, compute, "int8", np.random.default_rng(1), per_head_scale=False,
+                                      head_dim=head_dim, scale_groups=groups)
+        ok &= r.ok
+        print(f"  {'PASS' if r.ok else 'FAIL'}  {name:40s} {r.detail}")
     _header("PagedAttention vs float64 reference (error beyond output rounding; raw error)")
     for case in checks.default_attention_cases(quick):
         r = checks.run_attention_case(lib, case, np.random.default_rng(0))

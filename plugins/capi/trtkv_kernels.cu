@@ -11,7 +11,9 @@
 // 2 block_tables entry, 4 context_lens, 8 query_start_loc; trtkv_kernels.h). Read it back after
 // synchronizing the stream. The unsuffixed launchers are the same with error_flags = NULL
 // (bad indices are still refused, just not reported). ABI version 1: the *_checked functions and
-// trtkv_status_from_error_flags were added; no existing signature changed.
+// trtkv_status_from_error_flags were added; no existing signature changed. ABI version 2: the
+// *_grouped_checked functions take scale_groups (dynamic int8 KV scales, G exponents per row
+// after its head_dim codes; 0 = static scales, what every other function passes).
 #include "../kernels/trtkv_kernels.h"
 
 #define TRTKV_API extern "C" __attribute__((visibility("default")))
@@ -60,7 +62,7 @@ trtkv::PagedAttentionParams attention_params(void const* query, void const* key,
 } // namespace
 
 //! ABI version; bump when a signature below changes.
-TRTKV_API int32_t trtkv_abi_version() { return 1; }
+TRTKV_API int32_t trtkv_abi_version() { return 2; }
 
 TRTKV_API char const* trtkv_status_string(int32_t status) {
     return trtkv::status_string(static_cast<trtkv::Status>(status));
@@ -72,13 +74,14 @@ TRTKV_API int32_t trtkv_status_from_error_flags(uint32_t error_flags) {
 }
 
 //! KVAppend. key/value [T, Hkv, D] compute dtype; slot_mapping int64 [T]; kv_cache
-//! [N, 2, B, Hkv, D] kv dtype (written in place; NULL = write only the stored codes);
-//! key_stored/value_stored [T, Hkv, D] kv dtype (nullable); error_flags: device uint32 or NULL.
-TRTKV_API int32_t trtkv_kv_append_checked(void const* key, void const* value, int64_t const* slot_mapping,
-    void* kv_cache, float const* k_scale, float const* v_scale, void* key_stored, void* value_stored,
-    int64_t num_tokens, int32_t num_kv_heads, int32_t head_dim, int64_t num_blocks, int32_t block_size,
-    int32_t k_scale_numel, int32_t v_scale_numel, int32_t compute_dtype, int32_t kv_dtype,
-    uint32_t* error_flags, void* stream) {
+//! [N, 2, B, Hkv, D + G] kv dtype (written in place; NULL = write only the stored codes);
+//! key_stored/value_stored [T, Hkv, D + G] kv dtype (nullable); scale_groups G (0: static scales);
+//! error_flags: device uint32 or NULL.
+TRTKV_API int32_t trtkv_kv_append_grouped_checked(void const* key, void const* value,
+    int64_t const* slot_mapping, void* kv_cache, float const* k_scale, float const* v_scale, void* key_stored,
+    void* value_stored, int64_t num_tokens, int32_t num_kv_heads, int32_t head_dim, int64_t num_blocks,
+    int32_t block_size, int32_t k_scale_numel, int32_t v_scale_numel, int32_t compute_dtype, int32_t kv_dtype,
+    int32_t scale_groups, uint32_t* error_flags, void* stream) {
     trtkv::KVAppendParams p;
     p.key = key;
     p.value = value;
@@ -97,8 +100,20 @@ TRTKV_API int32_t trtkv_kv_append_checked(void const* key, void const* value, in
     p.v_scale_numel = v_scale_numel;
     p.compute_dtype = to_dtype(compute_dtype);
     p.kv_dtype = to_dtype(kv_dtype);
+    p.scale_groups = scale_groups;
     p.error_flags = error_flags;
     return static_cast<int32_t>(trtkv::launch_kv_append(p, static_cast<cudaStream_t>(stream)));
+}
+
+//! trtkv_kv_append_grouped_checked with static scales (scale_groups 0).
+TRTKV_API int32_t trtkv_kv_append_checked(void const* key, void const* value, int64_t const* slot_mapping,
+    void* kv_cache, float const* k_scale, float const* v_scale, void* key_stored, void* value_stored,
+    int64_t num_tokens, int32_t num_kv_heads, int32_t head_dim, int64_t num_blocks, int32_t block_size,
+    int32_t k_scale_numel, int32_t v_scale_numel, int32_t compute_dtype, int32_t kv_dtype,
+    uint32_t* error_flags, void* stream) {
+    return trtkv_kv_append_grouped_checked(key, value, slot_mapping, kv_cache, k_scale, v_scale, key_stored,
+        value_stored, num_tokens, num_kv_heads, head_dim, num_blocks, block_size, k_scale_numel, v_scale_numel,
+        compute_dtype, kv_dtype, 0, error_flags, stream);
 }
 
 //! trtkv_kv_append_checked without error reporting.
@@ -131,10 +146,30 @@ TRTKV_API int32_t trtkv_paged_attention_num_splits(int64_t num_tokens, int32_t n
     return trtkv::paged_attention_num_splits(p);
 }
 
-//! PagedAttention. query [T, H, D] compute dtype; key/value [T, Hkv, D] kv dtype; kv_cache
-//! [N, 2, B, Hkv, D]; query_start_loc int32 [S+1]; context_lens int32 [S]; block_tables int32
+//! PagedAttention. query [T, H, D] compute dtype; key/value [T, Hkv, D + G] kv dtype; kv_cache
+//! [N, 2, B, Hkv, D + G]; query_start_loc int32 [S+1]; context_lens int32 [S]; block_tables int32
 //! [S, M]; output [T, H, D] compute dtype; workspace of trtkv_paged_attention_workspace_size();
-//! error_flags: device uint32 or NULL.
+//! scale_groups G (0: static scales); error_flags: device uint32 or NULL.
+TRTKV_API int32_t trtkv_paged_attention_grouped_checked(void const* query, void const* key, void const* value,
+    void const* kv_cache, int32_t const* query_start_loc, int32_t const* context_lens,
+    int32_t const* block_tables, float const* k_scale, float const* v_scale, void* output,
+    void* workspace, size_t workspace_size, int64_t num_tokens, int32_t num_seqs, int32_t num_heads,
+    int32_t num_kv_heads, int32_t head_dim, int64_t num_blocks, int32_t block_size,
+    int32_t max_blocks_per_seq, int32_t k_scale_numel, int32_t v_scale_numel, float scale,
+    int32_t sliding_window, float softcap, int32_t num_splits, int32_t compute_dtype, int32_t kv_dtype,
+    int32_t scale_groups, uint32_t* error_flags, void* stream) {
+    trtkv::PagedAttentionParams p = attention_params(query, key, value, kv_cache, query_start_loc,
+        context_lens, block_tables, k_scale, v_scale, output, num_tokens, num_seqs, num_heads,
+        num_kv_heads, head_dim, num_blocks, block_size, max_blocks_per_seq, k_scale_numel,
+        v_scale_numel, scale, sliding_window, softcap, num_splits, compute_dtype, kv_dtype);
+    p.workspace = workspace;
+    p.workspace_size = workspace_size;
+    p.scale_groups = scale_groups;
+    p.error_flags = error_flags;
+    return static_cast<int32_t>(trtkv::launch_paged_attention(p, static_cast<cudaStream_t>(stream)));
+}
+
+//! trtkv_paged_attention_grouped_checked with static scales (scale_groups 0).
 TRTKV_API int32_t trtkv_paged_attention_checked(void const* query, void const* key, void const* value,
     void const* kv_cache, int32_t const* query_start_loc, int32_t const* context_lens,
     int32_t const* block_tables, float const* k_scale, float const* v_scale, void* output,
@@ -143,14 +178,10 @@ TRTKV_API int32_t trtkv_paged_attention_checked(void const* query, void const* k
     int32_t max_blocks_per_seq, int32_t k_scale_numel, int32_t v_scale_numel, float scale,
     int32_t sliding_window, float softcap, int32_t num_splits, int32_t compute_dtype, int32_t kv_dtype,
     uint32_t* error_flags, void* stream) {
-    trtkv::PagedAttentionParams p = attention_params(query, key, value, kv_cache, query_start_loc,
-        context_lens, block_tables, k_scale, v_scale, output, num_tokens, num_seqs, num_heads,
-        num_kv_heads, head_dim, num_blocks, block_size, max_blocks_per_seq, k_scale_numel,
-        v_scale_numel, scale, sliding_window, softcap, num_splits, compute_dtype, kv_dtype);
-    p.workspace = workspace;
-    p.workspace_size = workspace_size;
-    p.error_flags = error_flags;
-    return static_cast<int32_t>(trtkv::launch_paged_attention(p, static_cast<cudaStream_t>(stream)));
+    return trtkv_paged_attention_grouped_checked(query, key, value, kv_cache, query_start_loc, context_lens,
+        block_tables, k_scale, v_scale, output, workspace, workspace_size, num_tokens, num_seqs, num_heads,
+        num_kv_heads, head_dim, num_blocks, block_size, max_blocks_per_seq, k_scale_numel, v_scale_numel,
+        scale, sliding_window, softcap, num_splits, compute_dtype, kv_dtype, 0, error_flags, stream);
 }
 
 //! trtkv_paged_attention_checked without error reporting.

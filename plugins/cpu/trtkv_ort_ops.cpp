@@ -39,6 +39,8 @@
 // Round-to-nearest-even encoders (float -> fp16 / bf16 / fp8 E4M3) shared with the CUDA kernels'
 // host emulation: one definition of the rounding rules on the host.
 #include "../emulation/emulated_floats.h"
+// The op contract's constants and the dynamic-scale tables, generated from trtkv/ops/schema.py.
+#include "../generated/trtkv_ops.h"
 
 namespace {
 
@@ -46,23 +48,19 @@ namespace {
 
 enum class Kv { kF32, kF16, kBF16, kFP8, kINT8, kINT8Dynamic };
 
-// Mirrors trtkv/ops/schema.py (DYNAMIC_SCALE_STEPS, DYNAMIC_EXPONENT_MIN, INT8_MAX, FP8_E4M3_MAX).
-constexpr int kDynamicSteps = 8;
-constexpr int kExponentMin = -128;
-constexpr float kInt8Max = 127.f;
-constexpr float kFp8Max = 448.f;
+constexpr int kExponentMin = trtkv::ops::kDynamicExponentMin;
+constexpr float kInt8Max = trtkv::ops::kInt8Max;
+constexpr float kFp8Max = trtkv::ops::kFp8E4M3Max;
+constexpr uint32_t kScaleBits[256] = {TRTKV_DYNAMIC_SCALE_BITS};
+constexpr uint32_t kThresholdBits[255] = {TRTKV_DYNAMIC_THRESHOLD_BITS};
 
 struct Tables {
     float dyn_scale[256];      // 2^(e / 8), e = index - 128
     float dyn_threshold[255];  // 127 * dyn_scale[i]
     float fp8[256];            // E4M3 code -> float
     Tables() {
-        for (int i = 0; i < 256; ++i) {
-            dyn_scale[i] = static_cast<float>(std::exp2(static_cast<double>(i + kExponentMin) / kDynamicSteps));
-        }
-        for (int i = 0; i < 255; ++i) {
-            dyn_threshold[i] = kInt8Max * dyn_scale[i];
-        }
+        std::memcpy(dyn_scale, kScaleBits, sizeof(dyn_scale));
+        std::memcpy(dyn_threshold, kThresholdBits, sizeof(dyn_threshold));
         for (int i = 0; i < 256; ++i) {
             __nv_fp8_e4m3 c;
             c.__x = static_cast<__nv_fp8_storage_t>(i);

@@ -48,6 +48,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __constant__
 #define TRTKV_DYNAMIC_SHARED_MEMORY(type, name) type* const name = ::cuda_emu::dynamic_shared<type>()
 
 // --- runtime API types ------------------------------------------------------------------------

@@ -132,6 +132,7 @@ struct __nv_fp8_e4m3 {
 
 // --- device math ------------------------------------------------------------------------------
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __uint_as_float(uint32_t u) { return cuda_emu::bits_float(u); }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 template <typename T>

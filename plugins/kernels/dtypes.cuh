@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../generated/trtkv_ops.h"
 #include "trtkv_kernels.h"
 
 namespace trtkv {
@@ -130,6 +131,36 @@ __device__ __forceinline__ void report_error(uint32_t* error_flags, uint32_t fla
 //! Per-tensor ([1]) or per-KV-head ([Hkv]) scale of head h.
 __device__ __forceinline__ float head_scale(float const* scale, int32_t numel, int32_t head) {
     return scale[numel == 1 ? 0 : head];
+}
+
+// Dynamic int8 scales: the tables of trtkv.ops.reference.dynamic_scale_table() (float32 bits,
+// from the generated schema header), so every implementation picks the same exponents.
+static __constant__ uint32_t kDynamicScaleBits[256] = {TRTKV_DYNAMIC_SCALE_BITS};
+static __constant__ uint32_t kDynamicThresholdBits[255] = {TRTKV_DYNAMIC_THRESHOLD_BITS};
+
+//! The scale of a stored exponent byte.
+__device__ __forceinline__ float dynamic_scale(int8_t exponent) {
+    return __uint_as_float(kDynamicScaleBits[static_cast<int32_t>(exponent) - ops::kDynamicExponentMin]);
+}
+
+//! The exponent index (0..255) of a group with this amax: the number of thresholds below it.
+__device__ __forceinline__ int32_t dynamic_index(float amax) {
+    int32_t lo = 0;
+    int32_t hi = 255;
+    while (lo < hi) {
+        int32_t const mid = (lo + hi) / 2;
+        if (__uint_as_float(kDynamicThresholdBits[mid]) < amax) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+//! A value as the dynamic encoder sees it: NaN -> 0, +-inf -> +-FLT_MAX.
+__device__ __forceinline__ float dynamic_clean(float x) {
+    return isnan(x) ? 0.f : fminf(fmaxf(x, -3.402823466e+38f), 3.402823466e+38f);
 }
 
 } // namespace kernels

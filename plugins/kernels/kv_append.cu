@@ -30,15 +30,30 @@ Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept {
         && (p.block_size > 0 || !uses_slots) && p.num_blocks >= 0
         && (p.kv_cache != nullptr || p.key_stored != nullptr || p.value_stored != nullptr)
         && (p.k_scale_numel == 1 || p.k_scale_numel == p.num_kv_heads)
-        && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads);
+        && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads)
+        && scale_groups_ok(p.scale_groups, p.head_dim, p.kv_dtype);
     if (!ok) {
         return Status::kINVALID_ARGUMENT;
     }
     if (p.num_tokens == 0) {
         return Status::kOK;
     }
-    int64_t const vectors = p.num_tokens * p.num_kv_heads * (p.head_dim / 8);
     int const threads = 256;
+    if (p.scale_groups > 0) {
+        int64_t const groups = p.num_tokens * p.num_kv_heads * p.scale_groups;
+        int64_t const blocks = std::min<int64_t>((groups + threads - 1) / threads, 65535);
+        Status const status = kernels::dispatch_compute(p.compute_dtype, [&](auto in_tag) {
+            using TIn = typename decltype(in_tag)::type;
+            cudaError_t const err = kernels::launch_kernel(kernels::kv_append_dynamic_kernel<TIn>,
+                dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream, p);
+            return err == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
+        });
+        if (status != Status::kOK) {
+            return status;
+        }
+        return cudaGetLastError() == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
+    }
+    int64_t const vectors = p.num_tokens * p.num_kv_heads * (p.head_dim / 8);
     int64_t const blocks = std::min<int64_t>((vectors + threads - 1) / threads, 65535);
     Status const status = kernels::dispatch_compute(p.compute_dtype, [&](auto in_tag) {
         using TIn = typename decltype(in_tag)::type;

@@ -18,7 +18,7 @@ bool valid_shapes(PagedAttentionParams const& p) {
         && p.head_dim <= kMaxHeadDim && p.block_size > 0 && p.max_blocks_per_seq >= 0
         && (p.k_scale_numel == 1 || p.k_scale_numel == p.num_kv_heads)
         && (p.v_scale_numel == 1 || p.v_scale_numel == p.num_kv_heads) && p.sliding_window >= 0
-        && p.num_blocks >= 0
+        && p.num_blocks >= 0 && scale_groups_ok(p.scale_groups, p.head_dim, p.kv_dtype)
         // Key positions (< M * B + T) are int32 in the kernels.
         && static_cast<int64_t>(p.max_blocks_per_seq) * p.block_size + p.num_tokens <= INT32_MAX;
 }

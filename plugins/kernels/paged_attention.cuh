@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cfloat>
+#include <type_traits>
 
 #include "dtypes.cuh"
 
@@ -263,7 +264,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     auto const* pool = static_cast<TKV const*>(p.kv_cache);
     auto const* new_key = static_cast<TKV const*>(p.key);
     auto const* new_value = static_cast<TKV const*>(p.value);
-    int64_t const pool_row = static_cast<int64_t>(p.block_size) * p.num_kv_heads * D;
+    int32_t const W = D + p.scale_groups; // stored row width: codes (+ dynamic scale exponents)
+    int32_t const group_dims = p.scale_groups > 0 ? D / p.scale_groups : D;
+    int64_t const pool_row = static_cast<int64_t>(p.block_size) * p.num_kv_heads * W;
     float const ks = head_scale(p.k_scale, p.k_scale_numel, kvh);
     float const vs = head_scale(p.v_scale, p.v_scale_numel, kvh);
 
@@ -282,17 +285,34 @@ __global__ void __launch_bounds__(kWarps * 32)
                     // kp / B < ctx_blocks: an entry checked above.
                     int64_t const block = block_table[kp / p.block_size];
                     int64_t const within =
-                        (static_cast<int64_t>(kp % p.block_size) * p.num_kv_heads + kvh) * D + d0;
+                        (static_cast<int64_t>(kp % p.block_size) * p.num_kv_heads + kvh) * W + d0;
                     kptr = pool + (block * 2 + 0) * pool_row + within;
                     vptr = pool + (block * 2 + 1) * pool_row + within;
                 } else {
                     int64_t const off =
-                        (static_cast<int64_t>(q_start + kp - ctx) * p.num_kv_heads + kvh) * D + d0;
+                        (static_cast<int64_t>(q_start + kp - ctx) * p.num_kv_heads + kvh) * W + d0;
                     kptr = new_key + off;
                     vptr = new_value + off;
                 }
-                load8(kptr, kx);
-                load8(vptr, vx);
+                if constexpr (std::is_same<TKV, int8_t>::value) {
+                    if (p.scale_groups > 0) {
+                        // Codes then exponents: this chunk's exponent sits at row + D + d0 / g.
+                        // Byte loads (rows of D + G bytes are not 8-byte aligned).
+                        float const kscale = dynamic_scale(kptr[D - d0 + d0 / group_dims]);
+                        float const vscale = dynamic_scale(vptr[D - d0 + d0 / group_dims]);
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) {
+                            kx[e] = static_cast<float>(kptr[e]) * kscale;
+                            vx[e] = static_cast<float>(vptr[e]) * vscale;
+                        }
+                    } else {
+                        load8(kptr, kx);
+                        load8(vptr, vx);
+                    }
+                } else {
+                    load8(kptr, kx);
+                    load8(vptr, vx);
+                }
             }
 #pragma unroll
             for (int e = 0; e < 8; ++e) {

@@ -60,6 +60,13 @@ inline Status status_from_error_flags(uint32_t flags) noexcept {
 //! Largest supported head_dim; head_dim must also be a multiple of 8 (16-byte vector loads).
 constexpr int32_t kMaxHeadDim = 256;
 
+//! Whether scale_groups fits head_dim and the KV dtype (0, or int8 with head_dim / G % 8 == 0).
+inline bool scale_groups_ok(int32_t scale_groups, int32_t head_dim, DType kv_dtype) noexcept {
+    return scale_groups == 0
+        || (scale_groups > 0 && kv_dtype == DType::kINT8 && head_dim % scale_groups == 0
+            && (head_dim / scale_groups) % 8 == 0 && head_dim <= kMaxHeadDim);
+}
+
 //! KVAppend: scatter the step's K/V into the pool at slot_mapping (slot < 0: skip), O(T).
 //! kv_cache == nullptr: write only key_stored/value_stored (the runtime scatters them later);
 //! slots are then still checked when num_blocks > 0.
@@ -81,6 +88,11 @@ struct KVAppendParams {
     int32_t v_scale_numel = 1;
     DType compute_dtype = DType::kFP16;
     DType kv_dtype = DType::kFP16;
+    //! Dynamic int8 scales (trtkv/ops/schema.py DYNAMIC_*): 0 = static scales (k_scale/v_scale);
+    //! G > 0 = every (token, KV head) row is stored as its head_dim int8 codes then the G scale
+    //! exponents of its groups of head_dim / G values (pool and stored rows head_dim + G wide),
+    //! computed on write; kv_dtype must be kINT8, head_dim / G a multiple of 8.
+    int32_t scale_groups = 0;
     uint32_t* error_flags = nullptr;     //!< device word for kError* bits; may be null
 };
 
@@ -116,6 +128,7 @@ struct PagedAttentionParams {
     int32_t num_splits = 0;                  //!< split-KV partitions; 0 = choose from the shapes
     DType compute_dtype = DType::kFP16;
     DType kv_dtype = DType::kFP16;
+    int32_t scale_groups = 0;                //!< dynamic int8 scales (see KVAppendParams); 0 = static
     uint32_t* error_flags = nullptr;         //!< device word for kError* bits; may be null
 };
 

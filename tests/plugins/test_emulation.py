@@ -102,6 +102,41 @@ def test_kv_append_codes_equal_reference(lib: Any, compute: str, kv: str) -> Non
         check_kv_append(lib, compute, kv, per_head=True, seed=2)
 
 
+@pytest.mark.parametrize(("name", "compute", "groups", "head_dim"), checks.default_kv_append_dynamic_cases(),
+                         ids=lambda v: str(v))
+def test_kv_append_dynamic_scales_equal_reference(lib: Any, name: str, compute: str, groups: int,
+                                                  head_dim: int) -> None:
+    """Dynamic int8 scales (a scale per token, KV head and group, its exponent stored after the
+    codes): codes, exponents and pool rows byte-equal to the reference, NaN / infinities / a
+    zero row included; the same with no pool (stored codes only)."""
+    check_kv_append_dynamic(lib, compute, groups, head_dim)
+
+
+def check_kv_append_dynamic(lib: Any, compute: str, groups: int, head_dim: int) -> None:
+    for with_pool in (True, False):
+        x = checks.kv_append_dynamic_inputs(compute, np.random.default_rng(3), groups, 29, 3, head_dim, 4, 11)
+        pool = x["kv_cache"].copy() if with_pool else None
+        got_k, got_v = np.empty_like(x["ref_k"]), np.empty_like(x["ref_v"])
+        status, flags = lib.kv_append(x["key"], x["value"], x["slot_mapping"], pool, x["k_scale"], x["v_scale"],
+                                      got_k, got_v, compute=compute, kv="int8", scale_groups=groups,
+                                      num_blocks=11, block_size=4)
+        assert (status, flags) == (emu.STATUS_OK, 0), lib.emulator_error()
+        np.testing.assert_array_equal(got_k, x["ref_k"])
+        np.testing.assert_array_equal(got_v, x["ref_v"])
+        if pool is not None:
+            np.testing.assert_array_equal(pool, x["ref_pool"])
+
+
+def test_dynamic_scale_arguments_are_checked(lib: Any) -> None:
+    """Groups that do not fit head_dim (or a non-int8 pool) are refused before any launch."""
+    x = checks.kv_append_dynamic_inputs("fp32", np.random.default_rng(4), 2, 5, 2, 64, 4, 6)
+    k, v = np.empty_like(x["ref_k"]), np.empty_like(x["ref_v"])
+    for groups, kv in ((3, "int8"), (16, "int8"), (2, "fp16")):  # 64 % 3, 64 / 16 = 4 (not % 8), not int8
+        status, _ = lib.kv_append(x["key"], x["value"], x["slot_mapping"], None, x["k_scale"], x["v_scale"], k, v,
+                                  compute="fp32", kv=kv, scale_groups=groups, num_blocks=6, block_size=4)
+        assert status == emu.STATUS_INVALID_ARGUMENT, (groups, kv)
+
+
 def _edge_values() -> np.ndarray:
     """Ties and limits of every target format, as fp32."""
     ties = [1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-8, 1 + 3 * 2.0**-8,  # fp16, bf16 ties
@@ -241,6 +276,10 @@ ATTENTION_CASES = [
     AttentionCase("bf16/fp8 per-head", SHORT, compute="bf16", kv="fp8", per_head_scale=True, head_dim=32),
     AttentionCase("fp16/int8 per-head", SHORT, kv="int8", per_head_scale=True, head_dim=32),
     AttentionCase("fp32/int8 per-tensor", SHORT, compute="fp32", kv="int8", head_dim=32),
+    AttentionCase("fp32/int8 dynamic G2 D64 mixed", MIXED, compute="fp32", kv="int8", head_dim=64, scale_groups=2),
+    AttentionCase("fp16/int8 dynamic G1 D48 window", SHORT, kv="int8", head_dim=48, scale_groups=1, sliding_window=7),
+    AttentionCase("bf16/int8 dynamic G4 split-KV forced 3", ((300, 1), (90, 2)), compute="bf16", kv="int8",
+                  head_dim=128, scale_groups=4, num_splits=3),
     AttentionCase("MQA 8:1 D80", SHORT, num_kv_heads=1, head_dim=80),
     AttentionCase("MHA 4:4 D48", SHORT, num_heads=4, num_kv_heads=4, head_dim=48),
     AttentionCase("GQA 16:4 D256 B32 (smem > 48 KiB)", ((20, 3), (70, 1)), num_heads=16, num_kv_heads=4,
@@ -268,7 +307,8 @@ def run_attention(lib: Any, case: Any, x: dict[str, np.ndarray], num_splits: int
     out = np.full(x["query"].shape, np.nan, x["query"].dtype)
     status, flags = lib.paged_attention(x, out, compute=case.compute, kv=case.kv, scale=case.scale,
                                         sliding_window=case.sliding_window, softcap=case.softcap,
-                                        num_splits=case.num_splits if num_splits is None else num_splits)
+                                        num_splits=case.num_splits if num_splits is None else num_splits,
+                                        scale_groups=case.scale_groups)
     return out, status, flags
 
 
@@ -426,6 +466,8 @@ SANITIZED_SCENARIOS: dict[str, Callable[[Any], None]] = {
         check_kv_append, compute=c, kv=k, per_head=k in ("fp8", "int8"), with_pool=pool)
        for c, k in KV_APPEND_COMBOS for pool in (True, False)},
     **{f"attention {c.name}": functools.partial(check_attention_case, case=c) for c in ATTENTION_CASES},
+    **{name: functools.partial(check_kv_append_dynamic, compute=c, groups=g, head_dim=d)
+       for name, c, g, d in checks.default_kv_append_dynamic_cases()},
 }
 
 

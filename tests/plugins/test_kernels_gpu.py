@@ -50,6 +50,15 @@ def test_kv_append_matches_reference(lib: Any, name: str, compute: str, kv: str,
     assert result.ok, f"{name}: {result.detail}"
 
 
+@pytest.mark.parametrize("name,compute,groups,head_dim", checks.default_kv_append_dynamic_cases(),
+                         ids=lambda v: str(v))
+def test_kv_append_dynamic_scales_match_reference(lib: Any, name: str, compute: str, groups: int,
+                                                  head_dim: int) -> None:
+    result = checks.run_kv_append_case(lib, name, compute, "int8", np.random.default_rng(1), per_head_scale=False,
+                                       head_dim=head_dim, scale_groups=groups)
+    assert result.ok, f"{name}: {result.detail}"
+
+
 def test_split_kv_is_chosen_for_long_decodes(lib: Any) -> None:
     case = checks.AttentionCase("long decode", ((4000, 1), (4000, 1)))
     x = checks.make_attention_inputs(case, np.random.default_rng(2))

@@ -77,7 +77,8 @@ def _cpu_signature() -> bytes:
 
 
 def _sources() -> list[Path]:
-    return [SOURCE, PLUGINS_SOURCE_DIR / "emulation" / "emulated_floats.h"]
+    return [SOURCE, PLUGINS_SOURCE_DIR / "emulation" / "emulated_floats.h",
+            PLUGINS_SOURCE_DIR / "generated" / "trtkv_ops.h"]
 
 
 @lru_cache(maxsize=1)

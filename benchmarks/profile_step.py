@@ -2,12 +2,13 @@
 profile (time and kernel count per op type) of decode and mixed steps.
 
     python benchmarks/profile_step.py MODEL [--streams 1 32] [--steps 24] [--threads 2]
-                                            [--native-ops off on] [--repeat 2]
+                                            [--native-ops off on] [--repeat 2] [--mixed-chunk 0 256]
 
 MODEL: anything `trtkv generate` takes (an export, an HF dir, a .gguf file). Phases: schedule,
 backend.execute split into the ONNX Runtime run and the KV pool scatter, sampling,
 scheduler.update, and output processing (stop checks, detokenizing). Prints a table per
-workload; `--json` writes the numbers. Several `--native-ops` modes (the native CPU kernels
+workload; `--json` writes the numbers. `--mixed-chunk C` adds mixed steps (the decodes plus a
+C-token prefill chunk of a long prompt). Several `--native-ops` modes (the native CPU kernels
 vs the ONNX function bodies) are run alternately, `--repeat` rounds, for side-by-side ratios.
 """
 
@@ -65,19 +66,30 @@ def _prefill(engine: Engine) -> None:
         engine.step()
 
 
-def _config(streams: int, threads: int, prompt_len: int, native_ops: str) -> EngineConfig:
-    return EngineConfig(num_threads=threads, num_blocks=2048, max_num_seqs=max(streams, 1),
-                        max_num_batched_tokens=max(512, prompt_len), native_ops=native_ops)
+def _config(streams: int, threads: int, prompt_len: int, native_ops: str, mixed_chunk: int = 0) -> EngineConfig:
+    budget = streams + mixed_chunk if mixed_chunk else max(512, prompt_len)
+    return EngineConfig(num_threads=threads, num_blocks=4096, max_num_seqs=max(streams, 1) + (1 if mixed_chunk else 0),
+                        max_num_batched_tokens=budget, native_ops=native_ops)
 
 
-def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len: int,
-                 native_ops: str = "auto") -> dict[str, Any]:
-    engine = Engine(model, _config(streams, threads, prompt_len, native_ops))
+def _start(engine: Engine, streams: int, steps: int, prompt_len: int, mixed_chunk: int) -> None:
+    """``streams`` requests prefilled and decoding; with ``mixed_chunk``, then one long prompt
+    whose prefill runs ``mixed_chunk`` tokens a step beside the decodes (mixed steps)."""
     vocab = engine.manifest.vocab_size
     for i in range(streams):
         prompt = [(37 * i + 11 * j) % (vocab - 10) + 5 for j in range(prompt_len)]
-        engine.add_request(prompt, SamplingParams(max_new_tokens=steps + 8, temperature=0.0, ignore_eos=True))
+        engine.add_request(prompt, SamplingParams(max_new_tokens=steps + 48, temperature=0.0, ignore_eos=True))
     _prefill(engine)
+    if mixed_chunk:
+        long_prompt = [(13 * j) % (vocab - 10) + 5 for j in range(mixed_chunk * (steps + 12))]
+        engine.add_request(long_prompt, SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True))
+        engine.step()  # admission
+
+
+def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len: int,
+                 native_ops: str = "auto", mixed_chunk: int = 0) -> dict[str, Any]:
+    engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk))
+    _start(engine, streams, steps, prompt_len, mixed_chunk)
     totals = instrument(engine)
     walls = []
     for _ in range(steps):
@@ -87,11 +99,13 @@ def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len
     median = {name: statistics.median(v) * 1e3 for name, v in totals.items()}
     median["step_wall"] = statistics.median(walls) * 1e3
     median["pool_scatter_and_inputs"] = median["backend_execute"] - median["ort_run"]
-    return {"streams": streams, "steps": steps, "native_ops": engine.backend.native_ops,  # type: ignore[attr-defined]
+    return {"streams": streams, "steps": steps, "mixed_chunk": mixed_chunk,
+            "native_ops": engine.backend.native_ops,  # type: ignore[attr-defined]
             "ms": median, "tokens_per_s": streams / (median["step_wall"] / 1e3)}
 
 
-def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native_ops: str = "auto") -> dict[str, Any]:
+def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native_ops: str = "auto",
+                mixed_chunk: int = 0) -> dict[str, Any]:
     """ONNX Runtime's profiler over a few decode steps: ms and kernel count per op type per step."""
     import onnxruntime as ort
 
@@ -108,14 +122,10 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native
 
     orb.ort.SessionOptions = options  # type: ignore[misc]
     try:
-        engine = Engine(model, _config(streams, threads, prompt_len, native_ops))
+        engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk))
     finally:
         orb.ort.SessionOptions = original  # type: ignore[misc]
-    vocab = engine.manifest.vocab_size
-    for i in range(streams):
-        prompt = [(37 * i + 11 * j) % (vocab - 10) + 5 for j in range(prompt_len)]
-        engine.add_request(prompt, SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True))
-    _prefill(engine)
+    _start(engine, streams, 10, prompt_len, mixed_chunk)
     for _ in range(2):  # warm-up decode steps
         engine.step()
     measured = 8
@@ -133,7 +143,8 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native
             by_op[op][0] += e["dur"] / 1e3 / measured
             by_op[op][1] += 1 / measured
     top = sorted(by_op.items(), key=lambda kv: -kv[1][0])
-    return {"streams": streams, "native_ops": native_ops, "per_step_ms": {k: round(v[0], 3) for k, v in top},
+    return {"streams": streams, "native_ops": native_ops, "mixed_chunk": mixed_chunk,
+            "per_step_ms": {k: round(v[0], 3) for k, v in top},
             "kernels_per_step": {k: round(v[1]) for k, v in top},
             "total_kernels_per_step": round(sum(v[1] for v in by_op.values())),
             "layers": engine.manifest.num_layers}
@@ -149,24 +160,28 @@ def main() -> int:
     parser.add_argument("--json", default="")
     parser.add_argument("--native-ops", nargs="+", default=["auto"], choices=["auto", "on", "off"])
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the modes, alternated")
+    parser.add_argument("--mixed-chunk", type=int, nargs="+", default=[0],
+                        help="also profile mixed steps: the decodes plus a prefill chunk of this many tokens (0: none)")
     args = parser.parse_args()
     model = resolve_model(args.model)
     report: dict[str, Any] = {"model": args.model, "threads": args.threads, "decode": [], "ort": []}
-    for n in args.streams:
+    for n, chunk in ((n, c) for n in args.streams for c in args.mixed_chunk):
+        kind = f"mixed step ({n} decodes + {chunk}-token prefill chunk)" if chunk else f"decode step, {n} stream(s)"
         for round_ in range(args.repeat):
             for mode in args.native_ops:
-                r = run_workload(model, n, args.steps, args.threads, args.prompt_len, mode)
+                r = run_workload(model, n, args.steps, args.threads, args.prompt_len, mode, chunk)
                 report["decode"].append(r)
                 ms = r["ms"]
-                print(f"\n== decode step, {n} stream(s), native ops {mode} (round {round_ + 1}): "
+                print(f"\n== {kind}, native ops {mode} (round {round_ + 1}): "
                       f"{ms['step_wall']:.2f} ms/step, {r['tokens_per_s']:.1f} tok/s")
                 for name in ("schedule", "ort_run", "pool_scatter_and_inputs", "sample", "scheduler_update",
                              "process_outputs"):
                     print(f"  {name:26s} {ms.get(name, 0.0):8.3f} ms  {100 * ms.get(name, 0.0) / ms['step_wall']:5.1f}%")
-    for n, mode in ((n, mode) for n in args.streams for mode in args.native_ops):
-        p = ort_profile(model, n, args.threads, args.prompt_len, mode)
+    for n, chunk, mode in ((n, c, m) for n in args.streams for c in args.mixed_chunk for m in args.native_ops):
+        p = ort_profile(model, n, args.threads, args.prompt_len, mode, chunk)
         report["ort"].append(p)
-        print(f"\n== ONNX Runtime profile, decode, {n} stream(s), native ops {mode}: "
+        kind = f"mixed ({n} decodes + {chunk}-token chunk)" if chunk else f"decode, {n} stream(s)"
+        print(f"\n== ONNX Runtime profile, {kind}, native ops {mode}: "
               f"{p['total_kernels_per_step']} kernels per step "
               f"({p['total_kernels_per_step'] / p['layers']:.0f} per layer)")
         for op, t in list(p["per_step_ms"].items())[:10]:

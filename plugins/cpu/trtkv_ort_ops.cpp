@@ -235,6 +235,8 @@ void encode_row(const float* x, int d, int groups, Kv kv, float scale, uint8_t* 
     }
 }
 
+constexpr int kKeyChunkDecl = 32;  // keys scored at once (kKeyChunk)
+
 // ---- small helpers -----------------------------------------------------------------------------
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument(what); }
@@ -291,14 +293,131 @@ inline float exp_nonpositive(float x) {
     return x < -87.f ? 0.f : p * scale;
 }
 
-inline void axpy(float a, const float* x, float* y, int n) {
-    for (int i = 0; i < n; ++i) y[i] += a * x[i];
+// a[0..d) += sum_j w[j] * v[j][0..d): each slice of `a` stays in a register across the keys.
+inline void accumulate(const float* w, const float* const* v, int nk, float* a, int d) {
+    int x0 = 0;
+#if defined(__AVX512F__)
+    for (; x0 < d; x0 += 16) {
+        const __mmask16 m = d - x0 >= 16 ? static_cast<__mmask16>(0xffff)
+                                         : static_cast<__mmask16>((1u << (d - x0)) - 1u);
+        __m512 acc = _mm512_maskz_loadu_ps(m, a + x0);
+        for (int j = 0; j < nk; ++j) {
+            if (w[j] == 0.f) continue;
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_maskz_loadu_ps(m, v[j] + x0), acc);
+        }
+        _mm512_mask_storeu_ps(a + x0, m, acc);
+    }
+#endif
+    for (; x0 < d; ++x0) {
+        float acc = a[x0];
+        for (int j = 0; j < nk; ++j) acc += w[j] * v[j][x0];
+        a[x0] = acc;
+    }
+}
+
+// x[j] = exp(x[j] - m) for j < n (masked keys, -inf, weigh 0); returns their sum.
+inline float softmax_weights(float* x, int n, float m) {
+    int j = 0;
+    float sum = 0.f;
+#if defined(__AVX512F__)
+    const __m512 vm = _mm512_set1_ps(m), lo = _mm512_set1_ps(-87.f), log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+    __m512 total = _mm512_setzero_ps();
+    for (; j < n; j += 16) {
+        const __mmask16 live = n - j >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+        const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + j), vm);
+        const __mmask16 keep = _mm512_mask_cmp_ps_mask(live, v, lo, _CMP_GE_OQ);  // below -87 (and -inf): 0
+        const __m512 xc = _mm512_max_ps(v, lo);
+        const __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(xc, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(nf, ln2_hi, xc);
+        r = _mm512_fnmadd_ps(nf, ln2_lo, r);
+        __m512 p = _mm512_set1_ps(1.f / 720.f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+        const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(nf), _mm512_set1_epi32(127)), 23);
+        const __m512 w = _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(e));
+        total = _mm512_add_ps(total, w);
+        _mm512_mask_storeu_ps(x + j, live, w);
+    }
+    sum = _mm512_reduce_add_ps(total);
+#endif
+    for (; j < n; ++j) {
+        x[j] = exp_nonpositive(x[j] - m);
+        sum += x[j];
+    }
+    return sum;
+}
+
+// Scores of nr <= 4 query rows (q: rows of d) against the KC keys of kt ([d, KC], transposed):
+// out[i * KC + j], register-blocked (no horizontal sums).
+inline void score_block4(const float* q, int d, const float* kt, int nr, float* out) {
+#if defined(__AVX512F__)
+    static_assert(kKeyChunkDecl == 32, "two 16-wide vectors per row");
+    const float* qp[4];
+    for (int i = 0; i < 4; ++i) qp[i] = q + static_cast<size_t>(std::min(i, nr - 1)) * d;
+    __m512 acc[4][2];
+    for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int x = 0; x < d; ++x) {
+        const __m512 c0 = _mm512_loadu_ps(kt + static_cast<size_t>(x) * 32);
+        const __m512 c1 = _mm512_loadu_ps(kt + static_cast<size_t>(x) * 32 + 16);
+        for (int i = 0; i < 4; ++i) {
+            const __m512 b = _mm512_set1_ps(qp[i][x]);
+            acc[i][0] = _mm512_fmadd_ps(b, c0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(b, c1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < nr; ++i) {
+        _mm512_storeu_ps(out + i * 32, acc[i][0]);
+        _mm512_storeu_ps(out + i * 32 + 16, acc[i][1]);
+    }
+#else
+    for (int i = 0; i < nr; ++i) {
+        float row[kKeyChunkDecl] = {0.f};
+        for (int x = 0; x < d; ++x) {
+            const float qx = q[static_cast<size_t>(i) * d + x];
+            const float* col = kt + static_cast<size_t>(x) * kKeyChunkDecl;
+            for (int j = 0; j < kKeyChunkDecl; ++j) row[j] += qx * col[j];
+        }
+        std::memcpy(out + i * kKeyChunkDecl, row, sizeof(row));
+    }
+#endif
+}
+
+// a rows (nr <= 4, each d wide) += w rows ([nr, KC] weights) times the chunk's value rows.
+inline void accumulate_block4(const float* w, const float* const* v, int nk, float* a, int nr, int d) {
+#if defined(__AVX512F__)
+    static const float zeros[kKeyChunkDecl] = {0.f};
+    const float* wp[4];
+    float* ap[4];
+    for (int i = 0; i < 4; ++i) {
+        wp[i] = i < nr ? w + i * kKeyChunkDecl : zeros;
+        ap[i] = a + static_cast<size_t>(std::min(i, nr - 1)) * d;
+    }
+    for (int x0 = 0; x0 < d; x0 += 16) {
+        const __mmask16 m = d - x0 >= 16 ? static_cast<__mmask16>(0xffff)
+                                         : static_cast<__mmask16>((1u << (d - x0)) - 1u);
+        __m512 acc[4];
+        for (int i = 0; i < 4; ++i) acc[i] = _mm512_maskz_loadu_ps(m, ap[i] + x0);
+        for (int j = 0; j < nk; ++j) {
+            const __m512 vj = _mm512_maskz_loadu_ps(m, v[j] + x0);
+            for (int i = 0; i < 4; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(wp[i][j]), vj, acc[i]);
+        }
+        for (int i = 0; i < nr; ++i) _mm512_mask_storeu_ps(ap[i] + x0, m, acc[i]);
+    }
+#else
+    for (int i = 0; i < nr; ++i) accumulate(w + i * kKeyChunkDecl, v, nk, a + static_cast<size_t>(i) * d, d);
+#endif
 }
 
 // ---- PagedAttention ------------------------------------------------------------------------------
 
 constexpr int kQueryTile = 16;  // new tokens per work item (prefill chunks are split in tiles)
-constexpr int kKeyChunk = 32;   // keys scored at once
+constexpr int kKeyChunk = kKeyChunkDecl;
+constexpr int kGemmRows = 8;    // from this many rows per item, scores go through the transposed chunk
 
 struct AttnJob {
     // tensors
@@ -339,7 +458,7 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
 
     thread_local std::vector<float> scratch;
     const size_t need = static_cast<size_t>(rows) * d * 2 + static_cast<size_t>(rows) * (kKeyChunk + 2) +
-                        static_cast<size_t>(kKeyChunk) * d * 2;
+                        static_cast<size_t>(kKeyChunk) * d * 3;
     if (scratch.size() < need) scratch.resize(need);
     float* q = scratch.data();                       // [rows, D] scaled queries
     float* acc = q + static_cast<size_t>(rows) * d;  // [rows, D]
@@ -348,6 +467,7 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
     float* row_sum = row_max + rows;
     float* kbuf = row_sum + rows;  // [KC, D]
     float* vbuf = kbuf + static_cast<size_t>(kKeyChunk) * d;
+    float* kt = vbuf + static_cast<size_t>(kKeyChunk) * d;  // [D, KC] transposed keys (many rows)
 
     const size_t q_elem = job.query_f16 ? 2 : 4;
     for (int i = 0; i < nq; ++i) {
@@ -386,6 +506,29 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
             krow[j] = decode_row(kr, job.kv, d, job.groups, ks, kbuf + static_cast<size_t>(j) * d);
             vrow[j] = decode_row(vr, job.kv, d, job.groups, vs, vbuf + static_cast<size_t>(j) * d);
         }
+        // Many rows (prefill tiles, wide GQA groups): scores as a small GEMM over the chunk's
+        // keys transposed to [D, KC], no horizontal sums. Few rows (decode): one dot per key.
+        const bool gemm = rows >= kGemmRows;
+        if (gemm) {
+            for (int x = 0; x < d; ++x) {
+                float* col = kt + static_cast<size_t>(x) * kKeyChunk;
+                for (int j = 0; j < nk; ++j) col[j] = krow[j][x];
+                for (int j = nk; j < kKeyChunk; ++j) col[j] = 0.f;
+            }
+        }
+        // Scores of every row over the chunk.
+        if (gemm) {
+            for (int r0 = 0; r0 < rows; r0 += 4) {
+                score_block4(q + static_cast<size_t>(r0) * d, d, kt, std::min(4, rows - r0),
+                             score + static_cast<size_t>(r0) * kKeyChunk);
+            }
+        } else {
+            for (int r = 0; r < rows; ++r) {
+                float* sc = score + static_cast<size_t>(r) * kKeyChunk;
+                for (int j = 0; j < nk; ++j) sc[j] = dot(q + static_cast<size_t>(r) * d, krow[j], d);
+            }
+        }
+        // Per row: mask, soft-cap, online-softmax rescale; the row's scores become its weights.
         for (int r = 0; r < rows; ++r) {
             const int64_t qpos = ctx + it.q0 + r / group;
             const int64_t lo = job.window > 0 ? qpos - job.window + 1 : 0;
@@ -393,16 +536,16 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
             float cmax = -std::numeric_limits<float>::infinity();
             for (int j = 0; j < nk; ++j) {
                 const int64_t p = k0 + j;
-                if (p > qpos || p < lo) {
-                    sc[j] = -std::numeric_limits<float>::infinity();
-                    continue;
-                }
-                float s = dot(q + static_cast<size_t>(r) * d, krow[j], d);
+                float s = sc[j];
                 if (job.softcap > 0.f) s = job.softcap * std::tanh(s / job.softcap);
+                s = (p > qpos || p < lo) ? -std::numeric_limits<float>::infinity() : s;
                 sc[j] = s;
                 cmax = std::max(cmax, s);
             }
-            if (cmax == -std::numeric_limits<float>::infinity()) continue;
+            if (cmax == -std::numeric_limits<float>::infinity()) {
+                std::fill(sc, sc + kKeyChunk, 0.f);  // no visible key here: weighs nothing
+                continue;
+            }
             float* a = acc + static_cast<size_t>(r) * d;
             const float m_new = std::max(row_max[r], cmax);
             if (m_new > row_max[r]) {
@@ -411,14 +554,17 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
                 for (int x = 0; x < d; ++x) a[x] *= alpha;
                 row_max[r] = m_new;
             }
-            float sum = 0.f;
-            for (int j = 0; j < nk; ++j) {  // masked keys (-inf) weigh 0
-                sc[j] = exp_nonpositive(sc[j] - m_new);
-                sum += sc[j];
+            row_sum[r] += softmax_weights(sc, nk, m_new);
+        }
+        // Weighted values into each row's accumulator.
+        if (gemm) {
+            for (int r0 = 0; r0 < rows; r0 += 4) {
+                accumulate_block4(score + static_cast<size_t>(r0) * kKeyChunk, vrow, nk,
+                                  acc + static_cast<size_t>(r0) * d, std::min(4, rows - r0), d);
             }
-            row_sum[r] += sum;
-            for (int j = 0; j < nk; ++j) {
-                if (sc[j] != 0.f) axpy(sc[j], vrow[j], a, d);
+        } else {
+            for (int r = 0; r < rows; ++r) {
+                accumulate(score + static_cast<size_t>(r) * kKeyChunk, vrow, nk, acc + static_cast<size_t>(r) * d, d);
             }
         }
     }

@@ -7,6 +7,7 @@ CI must have them, so there a build failure fails instead of skipping.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -220,3 +221,19 @@ def test_native_kernels_replace_the_function_bodies(tmp_path):
             assert {"PagedAttention", "KVAppend"} <= kinds and "Softmax" not in kinds
         else:
             assert "Softmax" in kinds and "PagedAttention" not in kinds
+
+
+def test_portable_build_matches_reference(tmp_path):
+    """The paths a CPU without AVX-512 / F16C runs (``-march=x86-64``), built and checked in a
+    child process on a sample of the cases above."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRTKV_NATIVE_ARCH="x86-64", TRTKV_NATIVE_CACHE=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+         "match_reference and (long or mixed) and not portable or head_layouts or fp16_compute or edge_values"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    assert list(tmp_path.rglob("libtrtkv_ort_ops.so")), "the portable library was not built"

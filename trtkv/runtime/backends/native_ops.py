@@ -3,7 +3,7 @@
 A custom-op library in domain ``trtkv``: once registered on a session, ONNX Runtime runs its
 fused PagedAttention / KVAppend kernels instead of the models' local function bodies (dozens
 of small standard ops per layer). It is compiled on first use with g++ for this CPU
-(``-O3 -march=native``) and cached by (sources, flags, headers, CPU) under
+(``-O3 -march=native``; AVX-512 paths where the CPU has them, portable C++ otherwise) and cached by (sources, flags, headers, CPU) under
 ``$TRTKV_NATIVE_CACHE`` or ``~/.cache/trtkv/native``.
 
 Building needs ONNX Runtime's C/C++ API headers, which no PyPI wheel or Debian package ships;
@@ -32,8 +32,14 @@ from trtkv.errors import ConfigError
 NATIVE_OPS_MODES = ("auto", "on", "off")
 SOURCE = PLUGINS_SOURCE_DIR / "cpu" / "trtkv_ort_ops.cpp"
 LIBRARY_NAME = "libtrtkv_ort_ops.so"
-_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fvisibility=hidden",
+_FLAGS = ("-std=c++17", "-O3", "-fno-math-errno", "-shared", "-fPIC", "-fvisibility=hidden",
           "-Wall", "-Wextra", "-Wno-unused-parameter")
+
+
+def _arch_flags() -> list[str]:
+    """``-march``: this CPU (AVX-512 / AVX2 paths where it has them), or ``$TRTKV_NATIVE_ARCH``
+    (e.g. ``x86-64``: the portable paths; tests build it to check them)."""
+    return [f"-march={os.environ.get('TRTKV_NATIVE_ARCH') or 'native'}"]
 HEADERS_HINT = ("ONNX Runtime's C API headers: run scripts/setup.sh (installs them into the venv from npm) or "
                 "set TRTKV_ORT_INCLUDE to a directory holding onnxruntime_cxx_api.h")
 
@@ -105,12 +111,12 @@ def native_ops_library() -> Path:
             "upgrade onnxruntime or point TRTKV_ORT_INCLUDE at older headers")
     if not SOURCE.is_file():
         raise NativeOpsUnavailable(f"{SOURCE} is missing (a broken install?)")
-    flags = [*_FLAGS, f"-I{include}"]
+    flags = [*_FLAGS, *_arch_flags(), f"-I{include}"]
     digest = hashlib.sha256()
     for path in _sources():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    digest.update(" ".join(_FLAGS).encode())
+    digest.update(" ".join([*_FLAGS, *_arch_flags()]).encode())
     digest.update((include / "onnxruntime_c_api.h").read_bytes())
     digest.update(_cpu_signature())
     target = _cache_root() / digest.hexdigest()[:16] / LIBRARY_NAME

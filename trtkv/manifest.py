@@ -31,6 +31,10 @@ from trtkv.ops.schema import (
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 FORMAT_VERSION = 1
+#: Revision of the graph `trtkv export` emits (same format, different nodes): part of the
+#: export cache key (`trtkv.model_source`), so an on-the-fly export is redone when it changes.
+#: 2: RMSNorm through Pow, which ONNX Runtime fuses into one SimplifiedLayerNormalization.
+GRAPH_REVISION = 2
 
 #: Graph input / output names shared by the exporter and every backend.
 INPUT_NAMES = (

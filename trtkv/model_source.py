@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from trtkv.errors import CheckpointError
 from trtkv.export.config import ExportConfig
-from trtkv.manifest import FORMAT_VERSION, MANIFEST_FILE
+from trtkv.manifest import FORMAT_VERSION, GRAPH_REVISION, MANIFEST_FILE
 
 if TYPE_CHECKING:
     from trtkv.manifest import Manifest
@@ -78,7 +78,7 @@ def resolve_model(spec: str | Path, *, dtype: str = "fp32", kv_dtype: str = "aut
         return path
     digest = _digest({"key": key, "dtype": config.dtype, "kv_dtype": config.resolved_kv_dtype,
                       "block_size": config.block_size, "format_version": FORMAT_VERSION,
-                      "trtkv": _trtkv_version()})
+                      "graph": GRAPH_REVISION, "trtkv": _trtkv_version()})
     return _cached_export(spec, source, export_cache_dir() / digest, config)
 
 

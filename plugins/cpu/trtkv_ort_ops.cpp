@@ -235,7 +235,7 @@ void encode_row(const float* x, int d, int groups, Kv kv, float scale, uint8_t* 
     }
 }
 
-constexpr int kKeyChunkDecl = 32;  // keys scored at once (kKeyChunk)
+constexpr int kKeyChunkDecl = 64;  // keys scored at once (kKeyChunk)
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -356,23 +356,24 @@ inline float softmax_weights(float* x, int n, float m) {
 // out[i * KC + j], register-blocked (no horizontal sums).
 inline void score_block4(const float* q, int d, const float* kt, int nr, float* out) {
 #if defined(__AVX512F__)
-    static_assert(kKeyChunkDecl == 32, "two 16-wide vectors per row");
+    constexpr int kVecs = kKeyChunkDecl / 16;
+    static_assert(kKeyChunkDecl % 16 == 0, "whole 16-wide vectors per row");
     const float* qp[4];
     for (int i = 0; i < 4; ++i) qp[i] = q + static_cast<size_t>(std::min(i, nr - 1)) * d;
-    __m512 acc[4][2];
-    for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    __m512 acc[4][kVecs];
+    for (int i = 0; i < 4; ++i) {
+        for (int v = 0; v < kVecs; ++v) acc[i][v] = _mm512_setzero_ps();
+    }
     for (int x = 0; x < d; ++x) {
-        const __m512 c0 = _mm512_loadu_ps(kt + static_cast<size_t>(x) * 32);
-        const __m512 c1 = _mm512_loadu_ps(kt + static_cast<size_t>(x) * 32 + 16);
+        __m512 c[kVecs];
+        for (int v = 0; v < kVecs; ++v) c[v] = _mm512_loadu_ps(kt + static_cast<size_t>(x) * kKeyChunkDecl + 16 * v);
         for (int i = 0; i < 4; ++i) {
             const __m512 b = _mm512_set1_ps(qp[i][x]);
-            acc[i][0] = _mm512_fmadd_ps(b, c0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(b, c1, acc[i][1]);
+            for (int v = 0; v < kVecs; ++v) acc[i][v] = _mm512_fmadd_ps(b, c[v], acc[i][v]);
         }
     }
     for (int i = 0; i < nr; ++i) {
-        _mm512_storeu_ps(out + i * 32, acc[i][0]);
-        _mm512_storeu_ps(out + i * 32 + 16, acc[i][1]);
+        for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(out + i * kKeyChunkDecl + 16 * v, acc[i][v]);
     }
 #else
     for (int i = 0; i < nr; ++i) {
@@ -385,6 +386,19 @@ inline void score_block4(const float* q, int d, const float* kt, int nr, float* 
         std::memcpy(out + i * kKeyChunkDecl, row, sizeof(row));
     }
 #endif
+}
+
+// max of x[0..n).
+inline float max_of(const float* x, int n) {
+    int j = 0;
+    float m = -std::numeric_limits<float>::infinity();
+#if defined(__AVX512F__)
+    __m512 vm = _mm512_set1_ps(m);
+    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + j));
+    m = _mm512_reduce_max_ps(vm);
+#endif
+    for (; j < n; ++j) m = std::max(m, x[j]);
+    return m;
 }
 
 // a rows (nr <= 4, each d wide) += w rows ([nr, KC] weights) times the chunk's value rows.
@@ -533,14 +547,20 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
             const int64_t qpos = ctx + it.q0 + r / group;
             const int64_t lo = job.window > 0 ? qpos - job.window + 1 : 0;
             float* sc = score + static_cast<size_t>(r) * kKeyChunk;
-            float cmax = -std::numeric_limits<float>::infinity();
-            for (int j = 0; j < nk; ++j) {
-                const int64_t p = k0 + j;
-                float s = sc[j];
-                if (job.softcap > 0.f) s = job.softcap * std::tanh(s / job.softcap);
-                s = (p > qpos || p < lo) ? -std::numeric_limits<float>::infinity() : s;
-                sc[j] = s;
-                cmax = std::max(cmax, s);
+            if (job.softcap > 0.f) {
+                for (int j = 0; j < nk; ++j) sc[j] = job.softcap * std::tanh(sc[j] / job.softcap);
+            }
+            float cmax;
+            if (k0 >= lo && k0 + nk - 1 <= qpos) {
+                cmax = max_of(sc, nk);  // the whole chunk is visible to this row (long histories)
+            } else {
+                cmax = -std::numeric_limits<float>::infinity();
+                for (int j = 0; j < nk; ++j) {
+                    const int64_t p = k0 + j;
+                    const float s = (p > qpos || p < lo) ? -std::numeric_limits<float>::infinity() : sc[j];
+                    sc[j] = s;
+                    cmax = std::max(cmax, s);
+                }
             }
             if (cmax == -std::numeric_limits<float>::infinity()) {
                 std::fill(sc, sc + kKeyChunk, 0.f);  // no visible key here: weighs nothing

@@ -69,9 +69,11 @@ class LlamaGraph:
         return out
 
     def rms_norm(self, x: str, weight_name: str) -> str:
+        """x / sqrt(mean(x^2) + eps) * w in float32; written with Pow so ONNX Runtime's
+        optimizer fuses it into one SimplifiedLayerNormalization kernel (Mul(x, x) it does not)."""
         b = self.b
         x32 = b.op("Cast", x, to=TensorProto.FLOAT)
-        var = b.op("ReduceMean", b.op("Mul", x32, x32), b.ints(-1), keepdims=1)
+        var = b.op("ReduceMean", b.op("Pow", x32, b.scalar(2.0, np.float32)), b.ints(-1), keepdims=1)
         eps = b.scalar(self.spec.rms_norm_eps, np.float32)
         y = b.op("Div", x32, b.op("Sqrt", b.op("Add", var, eps)))
         out: str = b.op("Mul", self.w(weight_name), b.op("Cast", y, to=self.ct))

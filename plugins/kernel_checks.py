@@ -192,7 +192,7 @@ def make_attention_inputs(case: AttentionCase, rng: np.random.Generator) -> dict
     pool_f = rng.standard_normal((num_blocks, 2, B, Hkv, D)).astype(np.float32)
     query = rng.standard_normal((T, H, D)).astype(NUMPY_DTYPES[case.compute])
     if case.scale_groups:  # dynamic scales: values far past a fixed int8 scale's range
-        G, one = case.scale_groups, np.ones(1, np.float32)
+        G, one = case.scale_groups, np.full(1, 1 / 16, np.float32)  # static scales: ignored with dynamic ones
         key_f, value_f = (rng.standard_normal((T, Hkv, D)).astype(np.float32) * 30 for _ in range(2))
         return {"query": query, "key": reference.quantize_dynamic(key_f, G),
                 "value": reference.quantize_dynamic(value_f, G),

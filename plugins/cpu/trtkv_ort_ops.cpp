@@ -28,6 +28,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -244,6 +245,13 @@ constexpr int kKeyChunkDecl = 64;  // keys scored at once (kKeyChunk)
 std::vector<int64_t> shape_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
 
 float scale_at(const float* s, int64_t n, int64_t head) { return n == 1 ? s[0] : s[head]; }
+
+void check_index(const Ort::ConstValue& v, size_t rank, const char* name) {
+    auto info = v.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || info.GetShape().size() != rank) {
+        fail(std::string(name) + " must be int32 of rank " + std::to_string(rank));
+    }
+}
 
 void check_scales(const Ort::ConstValue& v, int64_t hkv, const char* name) {
     auto shape = shape_of(v);
@@ -672,6 +680,10 @@ struct PagedAttentionKernel {
         if (elem_size(pool.GetTensorTypeAndShapeInfo().GetElementType()) != elem_size(ktype)) {
             fail("pool and stored keys differ in element size");
         }
+        if (value.GetTensorTypeAndShapeInfo().GetElementType() != ktype) fail("key and value must have one dtype");
+        check_index(qsl, 1, "query_start_loc");
+        check_index(ctx_lens, 1, "context_lens");
+        check_index(block_tables, 2, "block_tables");
         const int64_t num_seqs = shape_of(ctx_lens)[0];
         if (shape_of(qsl)[0] != num_seqs + 1 || ts[0] != num_seqs) fail("query_start_loc / block_tables / context_lens disagree");
         check_scales(k_scale, hkv, "k_scale");
@@ -708,8 +720,8 @@ struct PagedAttentionKernel {
         // Validate the packing and every block id a sequence's history reads.
         if (job.qsl[0] != 0 || job.qsl[num_seqs] != num_tokens) fail("query_start_loc must run from 0 to T");
         for (int64_t s = 0; s < num_seqs; ++s) {
-            const int64_t n = job.qsl[s + 1] - job.qsl[s], c = job.ctx[s];
-            if (n < 0) fail("query_start_loc must not decrease");
+            const int64_t lo = job.qsl[s], hi = job.qsl[s + 1], n = hi - lo, c = job.ctx[s];  // int64: no wrap
+            if (n < 0 || lo < 0 || hi > num_tokens) fail("query_start_loc must not decrease and stay within [0, T]");
             if (c < 0) fail("context_lens must be >= 0");
             const int64_t used = (c + job.block_size - 1) / job.block_size;
             if (used > job.width_m) fail("context_lens[" + std::to_string(s) + "] needs more blocks than block_tables has");
@@ -832,7 +844,7 @@ struct AppendJob {
     bool f16;
     uint8_t* key_out;
     uint8_t* value_out;
-    uint8_t* pool;  // null: codes only
+    uint8_t* pool;  // null: codes only (compute() scatters them after encoding)
     const int64_t* slots;
     const float* k_scale;
     const float* v_scale;
@@ -856,12 +868,6 @@ void append_token(void* data, size_t t) {
         load_compute(job.value + in_off, job.f16, d, buf.data());
         encode_row(buf.data(), d, job.groups, job.kv, scale_at(job.v_scale, job.n_v_scale, h), job.value_out + out_off);
     }
-    const int64_t slot = job.slots[t];
-    if (job.pool == nullptr || slot < 0) return;
-    const size_t token_bytes = static_cast<size_t>(job.kv_heads) * row_bytes;
-    uint8_t* k_dst = job.pool + ((slot / job.block_size) * 2 * job.block_size + slot % job.block_size) * token_bytes;
-    std::memcpy(k_dst, job.key_out + t * token_bytes, token_bytes);
-    std::memcpy(k_dst + job.block_size * token_bytes, job.value_out + t * token_bytes, token_bytes);
 }
 
 struct KVAppendKernel {
@@ -926,10 +932,24 @@ struct KVAppendKernel {
         // The pool is a graph input bound zero-copy over the runtime's pool array (write_pool is
         // set only by that backend); slots address rows no sequence of this step reads.
         job.pool = write_pool ? const_cast<uint8_t*>(static_cast<const uint8_t*>(pool.GetTensorRawData())) : nullptr;
+        // Encode (in parallel for long steps), then scatter into the pool in token order, so a
+        // slot given twice ends with the later token, as the reference writes it.
+        uint8_t* pool_ptr = job.pool;
+        job.pool = nullptr;
         if (num_tokens > 64) {
             ctx.ParallelFor(append_token, static_cast<size_t>(num_tokens), 0, &job);
         } else {
             for (int64_t t = 0; t < num_tokens; ++t) append_token(&job, static_cast<size_t>(t));
+        }
+        if (pool_ptr != nullptr) {
+            const size_t token_bytes = static_cast<size_t>(job.kv_heads) * job.width * job.kv_elem;
+            for (int64_t t = 0; t < num_tokens; ++t) {
+                const int64_t slot = job.slots[t];
+                if (slot < 0) continue;
+                uint8_t* k_dst = pool_ptr + ((slot / job.block_size) * 2 * job.block_size + slot % job.block_size) * token_bytes;
+                std::memcpy(k_dst, job.key_out + t * token_bytes, token_bytes);
+                std::memcpy(k_dst + job.block_size * token_bytes, job.value_out + t * token_bytes, token_bytes);
+            }
         }
     }
 };
@@ -969,7 +989,9 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
     }
     Ort::InitApi(api);
     try {
+        static std::mutex lock;
         static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session
+        const std::lock_guard<std::mutex> hold(lock);
         Ort::CustomOpDomain domain("trtkv");
         domain.Add(&kKVAppend);
         domain.Add(&kPagedAttention);

@@ -267,8 +267,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     int32_t const W = D + p.scale_groups; // stored row width: codes (+ dynamic scale exponents)
     int32_t const group_dims = p.scale_groups > 0 ? D / p.scale_groups : D;
     int64_t const pool_row = static_cast<int64_t>(p.block_size) * p.num_kv_heads * W;
-    float const ks = head_scale(p.k_scale, p.k_scale_numel, kvh);
-    float const vs = head_scale(p.v_scale, p.v_scale_numel, kvh);
+    // Dynamic scales replace the static ones (as in the reference, which ignores k_scale there).
+    float const ks = p.scale_groups > 0 ? 1.f : head_scale(p.k_scale, p.k_scale_numel, kvh);
+    float const vs = p.scale_groups > 0 ? 1.f : head_scale(p.v_scale, p.v_scale_numel, kvh);
 
     for (int32_t base = split_lo; base < split_hi; base += kKeys) {
         __syncthreads(); // previous iteration's readers are done (and q_s is staged)

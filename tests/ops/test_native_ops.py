@@ -30,8 +30,8 @@ BATCHES = {
     "mixed": ([6, 0, 11, 2, 0], [1, 9, 3, 1, 1]),
     "decode_only": ([5, 13, 1], [1, 1, 1]),
     "prefill_only": ([0, 4, 9], [3, 2, 7]),
-    # past one query tile (16) and one key chunk (32), over many blocks
-    "long": ([40, 0, 70], [37, 50, 1]),
+    # past one query tile (16) and one key chunk (64), over many blocks
+    "long": ([40, 0, 100], [37, 50, 1]),
 }
 SCALES = {"int8": np.array([0.03, 0.05], np.float32), "fp8": np.array([0.01, 0.02], np.float32)}
 
@@ -206,6 +206,30 @@ def test_native_kernels_refuse_bad_indices(field, bad, message):
     out, ks, vs = _run(session, good, good["pool"], one, "fp32")  # the session still works
     ref = R.paged_attention(good["q"], ks, vs, good["pool"], good["qsl"], good["ctx"], good["tables"], one, one)
     np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+
+
+def test_native_write_pool_keeps_the_later_token_of_a_repeated_slot():
+    """A long step (encoded in parallel) whose slot_mapping names one slot twice: the pool ends
+    with the later token's codes, as the reference (and the NumPy scatter) write it."""
+    rng = np.random.default_rng(11)
+    b = _mixed_batch(rng, [3, 0], [1, 80], dtype=np.float32)
+    b["slots"] = b["slots"].copy()
+    b["slots"][75] = b["slots"][2]
+    one = np.ones(1, np.float32)
+    ref_pool = b["pool"].copy()
+    R.kv_append(b["k"], b["v"], b["slots"], ref_pool, one, one)
+    live = b["pool"].copy()
+    _run(_session("fp32", write_pool=True), b, live, one, "fp32")
+    np.testing.assert_array_equal(live, ref_pool)
+
+
+def test_native_refuses_a_wrapping_query_start_loc():
+    """Differences of query_start_loc that overflow int32 are refused, not run."""
+    rng = np.random.default_rng(12)
+    b = _mixed_batch(rng, [2, 3, 1], [2, 2, 1], dtype=np.float32)
+    b["qsl"] = np.array([0, 2**31 - 1, -2, 5], np.int32)
+    with pytest.raises(Exception, match="query_start_loc"):
+        _run(_session("fp32"), b, b["pool"], np.ones(1, np.float32), "fp32")
 
 
 def test_native_kernels_replace_the_function_bodies(tmp_path):

@@ -21,6 +21,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -73,11 +75,14 @@ def _cache_root() -> Path:
 
 
 def _cpu_signature() -> bytes:
-    """The CPU's model and feature flags (``-march=native`` code is for this CPU only)."""
+    """The CPU's model and feature flags (``-march=native`` code is for this CPU only); the
+    machine type and processor name where /proc/cpuinfo is missing."""
     try:
         lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
     except OSError:
-        return b""
+        import platform
+
+        return f"{platform.machine()} {platform.processor()}".encode()
     keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
     return "\n".join(keep).encode()
 
@@ -85,6 +90,9 @@ def _cpu_signature() -> bytes:
 def _sources() -> list[Path]:
     return [SOURCE, PLUGINS_SOURCE_DIR / "emulation" / "emulated_floats.h",
             PLUGINS_SOURCE_DIR / "generated" / "trtkv_ops.h"]
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -95,6 +103,15 @@ def native_ops_library() -> Path:
         NativeOpsUnavailable: no g++, no headers, a runtime older than the headers, or the
             compile failed; the message says which and what to do.
     """
+    with _BUILD_LOCK:
+        try:
+            return _build()
+        except OSError as exc:  # an unwritable cache, a failed exec: fall back like any other reason
+            raise NativeOpsUnavailable(f"cannot build the native CPU kernels ({exc}); set TRTKV_NATIVE_CACHE "
+                                       "to a writable directory") from None
+
+
+def _build() -> Path:
     import onnxruntime as ort
 
     gxx = shutil.which("g++")
@@ -117,13 +134,19 @@ def native_ops_library() -> Path:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(" ".join([*_FLAGS, *_arch_flags()]).encode())
-    digest.update((include / "onnxruntime_c_api.h").read_bytes())
+    for header in sorted(include.glob("*.h")):  # the C and C++ API headers compiled in
+        digest.update(header.name.encode())
+        digest.update(header.read_bytes())
+    version = subprocess.run([gxx, "-dumpfullversion"], capture_output=True, text=True)
+    digest.update(version.stdout.encode())
     digest.update(_cpu_signature())
     target = _cache_root() / digest.hexdigest()[:16] / LIBRARY_NAME
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{LIBRARY_NAME}.{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{LIBRARY_NAME}.", dir=target.parent)  # unique per build
+    os.close(fd)
+    tmp = Path(name)
     started = time.monotonic()
     proc = subprocess.run([gxx, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -52,8 +52,9 @@ class OnnxRuntimeBackend(BaseBackend):
         self.num_blocks = config.resolve_num_blocks(manifest)
         self.num_host_blocks = config.num_host_blocks
         native = resolve_native_ops(config.native_ops)
-        self.native_ops = native is not None
-        model = _load_model(Path(model_dir), manifest, native_kv_write=self.native_ops)
+        model = _load_model(Path(model_dir), manifest, native_kv_write=native is not None)
+        # The backend skips its own K/V scatter only when every layer's KVAppend writes the pool.
+        self.native_ops = native is not None and _count_pool_writers(model) == manifest.num_layers
         opts = ort.SessionOptions()
         if native is not None:
             opts.register_custom_ops_library(str(native))
@@ -150,6 +151,11 @@ class OnnxRuntimeBackend(BaseBackend):
 def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
+
+
+def _count_pool_writers(model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node if n.domain == OP_DOMAIN and n.op_type == KV_APPEND.name
+               and any(a.name == "write_pool" and a.i == 1 for a in n.attribute))
 
 
 def _load_model(model_dir: Path, manifest: Manifest, *, native_kv_write: bool = False) -> onnx.ModelProto:

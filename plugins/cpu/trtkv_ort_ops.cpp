@@ -419,16 +419,30 @@ inline void accumulate_block4(const float* w, const float* const* v, int nk, flo
         wp[i] = i < nr ? w + i * kKeyChunkDecl : zeros;
         ap[i] = a + static_cast<size_t>(std::min(i, nr - 1)) * d;
     }
-    for (int x0 = 0; x0 < d; x0 += 16) {
-        const __mmask16 m = d - x0 >= 16 ? static_cast<__mmask16>(0xffff)
-                                         : static_cast<__mmask16>((1u << (d - x0)) - 1u);
-        __m512 acc[4];
-        for (int i = 0; i < 4; ++i) acc[i] = _mm512_maskz_loadu_ps(m, ap[i] + x0);
-        for (int j = 0; j < nk; ++j) {
-            const __m512 vj = _mm512_maskz_loadu_ps(m, v[j] + x0);
-            for (int i = 0; i < 4; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(wp[i][j]), vj, acc[i]);
+    // 64 dims at a time: 4 rows x 4 vectors of accumulators, so each value vector loaded
+    // feeds 4 FMAs and each broadcast weight 4 (FMA-bound rather than load-bound).
+    for (int x0 = 0; x0 < d; x0 += 64) {
+        __mmask16 m[4];
+        for (int u = 0; u < 4; ++u) {
+            const int left = d - x0 - 16 * u;
+            m[u] = left >= 16 ? static_cast<__mmask16>(0xffff)
+                              : static_cast<__mmask16>(left > 0 ? (1u << left) - 1u : 0u);
         }
-        for (int i = 0; i < nr; ++i) _mm512_mask_storeu_ps(ap[i] + x0, m, acc[i]);
+        __m512 acc[4][4];
+        for (int i = 0; i < 4; ++i) {
+            for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_maskz_loadu_ps(m[u], ap[i] + x0 + 16 * u);
+        }
+        for (int j = 0; j < nk; ++j) {
+            __m512 vj[4];
+            for (int u = 0; u < 4; ++u) vj[u] = _mm512_maskz_loadu_ps(m[u], v[j] + x0 + 16 * u);
+            for (int i = 0; i < 4; ++i) {
+                const __m512 wij = _mm512_set1_ps(wp[i][j]);
+                for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_fmadd_ps(wij, vj[u], acc[i][u]);
+            }
+        }
+        for (int i = 0; i < nr; ++i) {
+            for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(ap[i] + x0 + 16 * u, m[u], acc[i][u]);
+        }
     }
 #else
     for (int i = 0; i < nr; ++i) accumulate(w + i * kKeyChunkDecl, v, nk, a + static_cast<size_t>(i) * d, d);
@@ -437,7 +451,7 @@ inline void accumulate_block4(const float* w, const float* const* v, int nk, flo
 
 // ---- PagedAttention ------------------------------------------------------------------------------
 
-constexpr int kQueryTile = 16;  // new tokens per work item (prefill chunks are split in tiles)
+constexpr int kQueryTile = 32;  // new tokens per work item (prefill chunks are split in tiles)
 constexpr int kKeyChunk = kKeyChunkDecl;
 constexpr int kGemmRows = 8;    // from this many rows per item, scores go through the transposed chunk
 

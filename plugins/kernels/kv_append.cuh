@@ -13,6 +13,27 @@
 namespace trtkv {
 namespace kernels {
 
+//! The pool slot a token's codes go to, after the checks every KVAppend kernel makes; -1 when
+//! nothing is written: no pool, a padding token (slot < 0) or a slot past the pool (reported
+//! once per token, by the caller that passes `report`, checked even without a pool).
+__device__ __forceinline__ int64_t pool_slot(KVAppendParams const& p, void const* pool, int64_t token,
+    int64_t num_slots, bool report) {
+    if (pool == nullptr && num_slots <= 0) {
+        return -1;
+    }
+    int64_t const slot = p.slot_mapping[token];
+    if (slot < 0) {
+        return -1;
+    }
+    if (slot >= num_slots) {
+        if (report) {
+            report_error(p.error_flags, kErrorSlotOutOfRange);
+        }
+        return -1;
+    }
+    return pool == nullptr ? -1 : slot;
+}
+
 template <typename TIn, typename TKV>
 __global__ void kv_append_kernel(KVAppendParams p) {
     int32_t const vecs_per_head = p.head_dim / 8;
@@ -51,21 +72,8 @@ __global__ void kv_append_kernel(KVAppendParams p) {
         if (value_stored != nullptr) {
             store8(value_stored + src, v);
         }
-        bool const check_slots = pool != nullptr || num_slots > 0;
-        if (!check_slots) {
-            continue;
-        }
-        int64_t const slot = p.slot_mapping[token];
+        int64_t const slot = pool_slot(p, pool, token, num_slots, rem == 0);
         if (slot < 0) {
-            continue; // padding token
-        }
-        if (slot >= num_slots) {
-            if (rem == 0) { // one report per token
-                report_error(p.error_flags, kErrorSlotOutOfRange);
-            }
-            continue;
-        }
-        if (pool == nullptr) {
             continue;
         }
         int64_t const block = slot / p.block_size;
@@ -146,20 +154,8 @@ __global__ void kv_append_dynamic_kernel(KVAppendParams p) {
             }
             value_stored[row + p.head_dim + grp] = ve;
         }
-        if (pool == nullptr && num_slots <= 0) {
-            continue;
-        }
-        int64_t const slot = p.slot_mapping[token];
+        int64_t const slot = pool_slot(p, pool, token, num_slots, rem == 0);
         if (slot < 0) {
-            continue; // padding token
-        }
-        if (slot >= num_slots) {
-            if (rem == 0) { // one report per token
-                report_error(p.error_flags, kErrorSlotOutOfRange);
-            }
-            continue;
-        }
-        if (pool == nullptr) {
             continue;
         }
         int64_t const block = slot / p.block_size;

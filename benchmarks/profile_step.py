@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trtkv.model_source import resolve_model  # noqa: E402
+from trtkv.runtime.backends.native_ops import NATIVE_OPS_MODES  # noqa: E402
 from trtkv.runtime.config import EngineConfig  # noqa: E402
 from trtkv.runtime.engine import Engine  # noqa: E402
 from trtkv.runtime.sampling import SamplingParams  # noqa: E402
@@ -158,7 +159,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--json", default="")
-    parser.add_argument("--native-ops", nargs="+", default=["auto"], choices=["auto", "on", "off"])
+    parser.add_argument("--native-ops", nargs="+", default=["auto"], choices=NATIVE_OPS_MODES)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the modes, alternated")
     parser.add_argument("--mixed-chunk", type=int, nargs="+", default=[0],
                         help="also profile mixed steps: the decodes plus a prefill chunk of this many tokens (0: none)")

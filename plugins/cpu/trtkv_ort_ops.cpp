@@ -236,7 +236,7 @@ void encode_row(const float* x, int d, int groups, Kv kv, float scale, uint8_t* 
     }
 }
 
-constexpr int kKeyChunkDecl = 64;  // keys scored at once (kKeyChunk)
+constexpr int kKeyChunk = 64;  // keys scored at once (PagedAttention)
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -245,6 +245,12 @@ constexpr int kKeyChunkDecl = 64;  // keys scored at once (kKeyChunk)
 std::vector<int64_t> shape_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
 
 float scale_at(const float* s, int64_t n, int64_t head) { return n == 1 ? s[0] : s[head]; }
+
+// Byte offset of a token's K row group (all KV heads) in a [N, 2, B, Hkv, W] pool; its V rows
+// follow block_size * token_bytes later.
+inline size_t pool_token_offset(int64_t block, int64_t within, int64_t block_size, size_t token_bytes) {
+    return static_cast<size_t>(block * 2 * block_size + within) * token_bytes;
+}
 
 void check_index(const Ort::ConstValue& v, size_t rank, const char* name) {
     auto info = v.GetTensorTypeAndShapeInfo();
@@ -364,8 +370,8 @@ inline float softmax_weights(float* x, int n, float m) {
 // out[i * KC + j], register-blocked (no horizontal sums).
 inline void score_block4(const float* q, int d, const float* kt, int nr, float* out) {
 #if defined(__AVX512F__)
-    constexpr int kVecs = kKeyChunkDecl / 16;
-    static_assert(kKeyChunkDecl % 16 == 0, "whole 16-wide vectors per row");
+    constexpr int kVecs = kKeyChunk / 16;
+    static_assert(kKeyChunk % 16 == 0, "whole 16-wide vectors per row");
     const float* qp[4];
     for (int i = 0; i < 4; ++i) qp[i] = q + static_cast<size_t>(std::min(i, nr - 1)) * d;
     __m512 acc[4][kVecs];
@@ -374,24 +380,24 @@ inline void score_block4(const float* q, int d, const float* kt, int nr, float* 
     }
     for (int x = 0; x < d; ++x) {
         __m512 c[kVecs];
-        for (int v = 0; v < kVecs; ++v) c[v] = _mm512_loadu_ps(kt + static_cast<size_t>(x) * kKeyChunkDecl + 16 * v);
+        for (int v = 0; v < kVecs; ++v) c[v] = _mm512_loadu_ps(kt + static_cast<size_t>(x) * kKeyChunk + 16 * v);
         for (int i = 0; i < 4; ++i) {
             const __m512 b = _mm512_set1_ps(qp[i][x]);
             for (int v = 0; v < kVecs; ++v) acc[i][v] = _mm512_fmadd_ps(b, c[v], acc[i][v]);
         }
     }
     for (int i = 0; i < nr; ++i) {
-        for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(out + i * kKeyChunkDecl + 16 * v, acc[i][v]);
+        for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(out + i * kKeyChunk + 16 * v, acc[i][v]);
     }
 #else
     for (int i = 0; i < nr; ++i) {
-        float row[kKeyChunkDecl] = {0.f};
+        float row[kKeyChunk] = {0.f};
         for (int x = 0; x < d; ++x) {
             const float qx = q[static_cast<size_t>(i) * d + x];
-            const float* col = kt + static_cast<size_t>(x) * kKeyChunkDecl;
-            for (int j = 0; j < kKeyChunkDecl; ++j) row[j] += qx * col[j];
+            const float* col = kt + static_cast<size_t>(x) * kKeyChunk;
+            for (int j = 0; j < kKeyChunk; ++j) row[j] += qx * col[j];
         }
-        std::memcpy(out + i * kKeyChunkDecl, row, sizeof(row));
+        std::memcpy(out + i * kKeyChunk, row, sizeof(row));
     }
 #endif
 }
@@ -412,11 +418,11 @@ inline float max_of(const float* x, int n) {
 // a rows (nr <= 4, each d wide) += w rows ([nr, KC] weights) times the chunk's value rows.
 inline void accumulate_block4(const float* w, const float* const* v, int nk, float* a, int nr, int d) {
 #if defined(__AVX512F__)
-    static const float zeros[kKeyChunkDecl] = {0.f};
+    static const float zeros[kKeyChunk] = {0.f};
     const float* wp[4];
     float* ap[4];
     for (int i = 0; i < 4; ++i) {
-        wp[i] = i < nr ? w + i * kKeyChunkDecl : zeros;
+        wp[i] = i < nr ? w + i * kKeyChunk : zeros;
         ap[i] = a + static_cast<size_t>(std::min(i, nr - 1)) * d;
     }
     // 64 dims at a time: 4 rows x 4 vectors of accumulators, so each value vector loaded
@@ -445,14 +451,13 @@ inline void accumulate_block4(const float* w, const float* const* v, int nk, flo
         }
     }
 #else
-    for (int i = 0; i < nr; ++i) accumulate(w + i * kKeyChunkDecl, v, nk, a + static_cast<size_t>(i) * d, d);
+    for (int i = 0; i < nr; ++i) accumulate(w + i * kKeyChunk, v, nk, a + static_cast<size_t>(i) * d, d);
 #endif
 }
 
 // ---- PagedAttention ------------------------------------------------------------------------------
 
 constexpr int kQueryTile = 32;  // new tokens per work item (prefill chunks are split in tiles)
-constexpr int kKeyChunk = kKeyChunkDecl;
 constexpr int kGemmRows = 8;    // from this many rows per item, scores go through the transposed chunk
 
 struct AttnJob {
@@ -530,8 +535,8 @@ void attend_item(const AttnJob& job, const AttnJob::Item& it) {
             const uint8_t *kr, *vr;
             if (p < ctx) {
                 const int64_t blk = job.tables[it.s * job.width_m + p / job.block_size];
-                const uint8_t* base = job.pool + (blk * 2 * job.block_size + p % job.block_size) * pool_token_bytes +
-                                      it.kh * row_bytes;
+                const uint8_t* base = job.pool + pool_token_offset(blk, p % job.block_size, job.block_size,
+                                                                   pool_token_bytes) + it.kh * row_bytes;
                 kr = base;
                 vr = base + job.block_size * pool_token_bytes;
             } else {
@@ -858,11 +863,9 @@ struct AppendJob {
     bool f16;
     uint8_t* key_out;
     uint8_t* value_out;
-    uint8_t* pool;  // null: codes only (compute() scatters them after encoding)
-    const int64_t* slots;
     const float* k_scale;
     const float* v_scale;
-    int64_t n_k_scale, n_v_scale, block_size;
+    int64_t n_k_scale, n_v_scale;
     int kv_heads, head_dim, width, groups;
     size_t kv_elem;
     Kv kv;
@@ -924,45 +927,43 @@ struct KVAppendKernel {
         job.key = static_cast<const uint8_t*>(key.GetTensorRawData());
         job.value = static_cast<const uint8_t*>(value.GetTensorRawData());
         job.f16 = ctype == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-        job.slots = slots.GetTensorData<int64_t>();
+        const int64_t* slots_data = slots.GetTensorData<int64_t>();
+        const int64_t block_size = ps[2];
         job.k_scale = k_scale.GetTensorData<float>();
         job.v_scale = v_scale.GetTensorData<float>();
         job.n_k_scale = k_scale.GetTensorTypeAndShapeInfo().GetElementCount();
         job.n_v_scale = v_scale.GetTensorTypeAndShapeInfo().GetElementCount();
-        job.block_size = ps[2];
         job.kv_heads = static_cast<int>(hkv);
         job.head_dim = static_cast<int>(d);
         job.width = static_cast<int>(width);
         job.groups = static_cast<int>(groups);
         job.kv_elem = elem_size(ptype);
         job.kv = kv;
-        const int64_t num_slots = ps[0] * ps[2];
+        const int64_t num_slots = ps[0] * block_size;
         for (int64_t t = 0; t < num_tokens; ++t) {
-            if (job.slots[t] >= num_slots) fail("slot " + std::to_string(job.slots[t]) + " is outside the pool");
+            if (slots_data[t] >= num_slots) fail("slot " + std::to_string(slots_data[t]) + " is outside the pool");
         }
         const std::vector<int64_t> out_shape{num_tokens, hkv, width};
         job.key_out = static_cast<uint8_t*>(ctx.GetOutput(0, out_shape).GetTensorMutableRawData());
         job.value_out = static_cast<uint8_t*>(ctx.GetOutput(1, out_shape).GetTensorMutableRawData());
-        // The pool is a graph input bound zero-copy over the runtime's pool array (write_pool is
-        // set only by that backend); slots address rows no sequence of this step reads.
-        job.pool = write_pool ? const_cast<uint8_t*>(static_cast<const uint8_t*>(pool.GetTensorRawData())) : nullptr;
         // Encode (in parallel for long steps), then scatter into the pool in token order, so a
-        // slot given twice ends with the later token, as the reference writes it.
-        uint8_t* pool_ptr = job.pool;
-        job.pool = nullptr;
+        // slot given twice ends with the later token, as the reference writes it. The pool is a
+        // graph input bound zero-copy over the runtime's pool array (write_pool is set only by
+        // that backend); slots address rows no sequence of this step reads.
         if (num_tokens > 64) {
             ctx.ParallelFor(append_token, static_cast<size_t>(num_tokens), 0, &job);
         } else {
             for (int64_t t = 0; t < num_tokens; ++t) append_token(&job, static_cast<size_t>(t));
         }
-        if (pool_ptr != nullptr) {
+        if (write_pool) {
+            auto* pool_bytes = const_cast<uint8_t*>(static_cast<const uint8_t*>(pool.GetTensorRawData()));
             const size_t token_bytes = static_cast<size_t>(job.kv_heads) * job.width * job.kv_elem;
             for (int64_t t = 0; t < num_tokens; ++t) {
-                const int64_t slot = job.slots[t];
-                if (slot < 0) continue;
-                uint8_t* k_dst = pool_ptr + ((slot / job.block_size) * 2 * job.block_size + slot % job.block_size) * token_bytes;
+                if (slots_data[t] < 0) continue;
+                uint8_t* k_dst = pool_bytes + pool_token_offset(slots_data[t] / block_size, slots_data[t] % block_size,
+                                                                block_size, token_bytes);
                 std::memcpy(k_dst, job.key_out + t * token_bytes, token_bytes);
-                std::memcpy(k_dst + job.block_size * token_bytes, job.value_out + t * token_bytes, token_bytes);
+                std::memcpy(k_dst + block_size * token_bytes, job.value_out + t * token_bytes, token_bytes);
             }
         }
     }

@@ -39,29 +39,20 @@ Status launch_kv_append(KVAppendParams const& p, cudaStream_t stream) noexcept {
         return Status::kOK;
     }
     int const threads = 256;
-    if (p.scale_groups > 0) {
-        int64_t const groups = p.num_tokens * p.num_kv_heads * p.scale_groups;
-        int64_t const blocks = std::min<int64_t>((groups + threads - 1) / threads, 65535);
-        Status const status = kernels::dispatch_compute(p.compute_dtype, [&](auto in_tag) {
-            using TIn = typename decltype(in_tag)::type;
-            cudaError_t const err = kernels::launch_kernel(kernels::kv_append_dynamic_kernel<TIn>,
-                dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream, p);
-            return err == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
-        });
-        if (status != Status::kOK) {
-            return status;
-        }
-        return cudaGetLastError() == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
-    }
-    int64_t const vectors = p.num_tokens * p.num_kv_heads * (p.head_dim / 8);
-    int64_t const blocks = std::min<int64_t>((vectors + threads - 1) / threads, 65535);
+    // Work items: one per (token, KV head, scale group) with dynamic scales, else per 8 values.
+    int64_t const items = p.num_tokens * p.num_kv_heads * (p.scale_groups > 0 ? p.scale_groups : p.head_dim / 8);
+    dim3 const grid(static_cast<unsigned>(std::min<int64_t>((items + threads - 1) / threads, 65535)));
+    auto launched = [](cudaError_t err) { return err == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR; };
     Status const status = kernels::dispatch_compute(p.compute_dtype, [&](auto in_tag) {
         using TIn = typename decltype(in_tag)::type;
+        if (p.scale_groups > 0) {
+            return launched(kernels::launch_kernel(kernels::kv_append_dynamic_kernel<TIn>, grid, dim3(threads), 0,
+                                                   stream, p));
+        }
         return kernels::dispatch_kv(p.kv_dtype, [&](auto kv_tag) {
             using TKV = typename decltype(kv_tag)::type;
-            cudaError_t const err = kernels::launch_kernel(kernels::kv_append_kernel<TIn, TKV>,
-                dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream, p);
-            return err == cudaSuccess ? Status::kOK : Status::kCUDA_ERROR;
+            return launched(kernels::launch_kernel(kernels::kv_append_kernel<TIn, TKV>, grid, dim3(threads), 0,
+                                                   stream, p));
         });
     });
     if (status != Status::kOK) {

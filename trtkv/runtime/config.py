@@ -16,6 +16,7 @@ from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
 from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype, ceil_div
 from trtkv.runtime.backends.base import BackendConfig
+from trtkv.runtime.backends.native_ops import NATIVE_OPS_MODES
 from trtkv.runtime.kv.eviction import EVICTION_POLICIES
 from trtkv.runtime.scheduler.config import SchedulerConfig
 from trtkv.runtime.scheduler.policy import POLICIES
@@ -51,7 +52,7 @@ class EngineConfig:
     native_ops: str = _of(BackendConfig, "native_ops", "native CPU kernels for PagedAttention / KVAppend on ONNX "
                           "Runtime: auto (built with g++ on first use when ONNX Runtime's headers are installed; "
                           "else the ONNX function bodies), on (required), off (the function bodies)",
-                          choices=("auto", "on", "off"))
+                          choices=NATIVE_OPS_MODES)
     gpu_memory_utilization: float = _of(BackendConfig, "gpu_memory_utilization",
                                         "fraction of GPU memory for weights + KV (tensorrt)")
     max_model_len: int = _opt(0, "longest prompt + output; 0 = the model's max positions")

@@ -13,6 +13,7 @@ import numpy as np
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
 from trtkv.ops.schema import KV_DTYPES, KV_SCALE_MODES, canonical_dtype
+from trtkv.runtime.backends.native_ops import check_native_ops_mode
 from trtkv.runtime.plan import StepPlan
 
 
@@ -46,8 +47,7 @@ class BackendConfig:
             raise ConfigError(f"--kv-cache-gib must be a finite number > 0, got {self.kv_cache_gib}")
         if self.num_threads < 0:
             raise ConfigError(f"--num-threads must be >= 0 (0 = all cores), got {self.num_threads}")
-        if self.native_ops not in ("auto", "on", "off"):
-            raise ConfigError(f"--native-ops must be auto, on or off, got {self.native_ops!r}")
+        check_native_ops_mode(self.native_ops)
         if self.num_host_blocks < 0:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
         if not (math.isfinite(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):

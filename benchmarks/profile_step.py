@@ -2,14 +2,16 @@
 profile (time and kernel count per op type) of decode and mixed steps.
 
     python benchmarks/profile_step.py MODEL [--streams 1 32] [--steps 24] [--threads 2]
-                                            [--native-ops off on] [--repeat 2] [--mixed-chunk 0 256]
+                                            [--native-ops off on] [--cpu-matmul fp32 bf16] [--repeat 2]
+                                            [--mixed-chunk 0 256]
 
 MODEL: anything `trtkv generate` takes (an export, an HF dir, a .gguf file). Phases: schedule,
 backend.execute split into the ONNX Runtime run and the KV pool scatter, sampling,
 scheduler.update, and output processing (stop checks, detokenizing). Prints a table per
 workload; `--json` writes the numbers. `--mixed-chunk C` adds mixed steps (the decodes plus a
 C-token prefill chunk of a long prompt). Several `--native-ops` modes (the native CPU kernels
-vs the ONNX function bodies) are run alternately, `--repeat` rounds, for side-by-side ratios.
+vs the ONNX function bodies) and `--cpu-matmul` modes (bf16 on AMX vs float32 Gemm) are run
+alternately, `--repeat` rounds, for side-by-side ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trtkv.model_source import resolve_model  # noqa: E402
+from trtkv.runtime.backends.cpu_matmul import CPU_MATMUL_MODES  # noqa: E402
 from trtkv.runtime.backends.native_ops import NATIVE_OPS_MODES  # noqa: E402
 from trtkv.runtime.config import EngineConfig  # noqa: E402
 from trtkv.runtime.engine import Engine  # noqa: E402
@@ -67,10 +70,11 @@ def _prefill(engine: Engine) -> None:
         engine.step()
 
 
-def _config(streams: int, threads: int, prompt_len: int, native_ops: str, mixed_chunk: int = 0) -> EngineConfig:
+def _config(streams: int, threads: int, prompt_len: int, native_ops: str, mixed_chunk: int = 0,
+            cpu_matmul: str = "auto") -> EngineConfig:
     budget = streams + mixed_chunk if mixed_chunk else max(512, prompt_len)
     return EngineConfig(num_threads=threads, num_blocks=4096, max_num_seqs=max(streams, 1) + (1 if mixed_chunk else 0),
-                        max_num_batched_tokens=budget, native_ops=native_ops)
+                        max_num_batched_tokens=budget, native_ops=native_ops, cpu_matmul=cpu_matmul)
 
 
 def _start(engine: Engine, streams: int, steps: int, prompt_len: int, mixed_chunk: int) -> None:
@@ -88,8 +92,8 @@ def _start(engine: Engine, streams: int, steps: int, prompt_len: int, mixed_chun
 
 
 def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len: int,
-                 native_ops: str = "auto", mixed_chunk: int = 0) -> dict[str, Any]:
-    engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk))
+                 native_ops: str = "auto", mixed_chunk: int = 0, cpu_matmul: str = "auto") -> dict[str, Any]:
+    engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk, cpu_matmul))
     _start(engine, streams, steps, prompt_len, mixed_chunk)
     totals = instrument(engine)
     walls = []
@@ -102,11 +106,12 @@ def run_workload(model: Path, streams: int, steps: int, threads: int, prompt_len
     median["pool_scatter_and_inputs"] = median["backend_execute"] - median["ort_run"]
     return {"streams": streams, "steps": steps, "mixed_chunk": mixed_chunk,
             "native_ops": engine.backend.native_ops,  # type: ignore[attr-defined]
+            "bf16_matmul": engine.backend.bf16_matmul,  # type: ignore[attr-defined]
             "ms": median, "tokens_per_s": streams / (median["step_wall"] / 1e3)}
 
 
 def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native_ops: str = "auto",
-                mixed_chunk: int = 0) -> dict[str, Any]:
+                mixed_chunk: int = 0, cpu_matmul: str = "auto") -> dict[str, Any]:
     """ONNX Runtime's profiler over a few decode steps: ms and kernel count per op type per step."""
     import onnxruntime as ort
 
@@ -123,7 +128,7 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native
 
     orb.ort.SessionOptions = options  # type: ignore[misc]
     try:
-        engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk))
+        engine = Engine(model, _config(streams, threads, prompt_len, native_ops, mixed_chunk, cpu_matmul))
     finally:
         orb.ort.SessionOptions = original  # type: ignore[misc]
     _start(engine, streams, 10, prompt_len, mixed_chunk)
@@ -144,7 +149,7 @@ def ort_profile(model: Path, streams: int, threads: int, prompt_len: int, native
             by_op[op][0] += e["dur"] / 1e3 / measured
             by_op[op][1] += 1 / measured
     top = sorted(by_op.items(), key=lambda kv: -kv[1][0])
-    return {"streams": streams, "native_ops": native_ops, "mixed_chunk": mixed_chunk,
+    return {"streams": streams, "native_ops": native_ops, "cpu_matmul": cpu_matmul, "mixed_chunk": mixed_chunk,
             "per_step_ms": {k: round(v[0], 3) for k, v in top},
             "kernels_per_step": {k: round(v[1]) for k, v in top},
             "total_kernels_per_step": round(sum(v[1] for v in by_op.values())),
@@ -160,29 +165,31 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--json", default="")
     parser.add_argument("--native-ops", nargs="+", default=["auto"], choices=NATIVE_OPS_MODES)
+    parser.add_argument("--cpu-matmul", nargs="+", default=["auto"], choices=CPU_MATMUL_MODES)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the modes, alternated")
     parser.add_argument("--mixed-chunk", type=int, nargs="+", default=[0],
                         help="also profile mixed steps: the decodes plus a prefill chunk of this many tokens (0: none)")
     args = parser.parse_args()
     model = resolve_model(args.model)
+    modes = [(native, matmul) for native in args.native_ops for matmul in args.cpu_matmul]
     report: dict[str, Any] = {"model": args.model, "threads": args.threads, "decode": [], "ort": []}
     for n, chunk in ((n, c) for n in args.streams for c in args.mixed_chunk):
         kind = f"mixed step ({n} decodes + {chunk}-token prefill chunk)" if chunk else f"decode step, {n} stream(s)"
         for round_ in range(args.repeat):
-            for mode in args.native_ops:
-                r = run_workload(model, n, args.steps, args.threads, args.prompt_len, mode, chunk)
+            for native, matmul in modes:
+                r = run_workload(model, n, args.steps, args.threads, args.prompt_len, native, chunk, matmul)
                 report["decode"].append(r)
                 ms = r["ms"]
-                print(f"\n== {kind}, native ops {mode} (round {round_ + 1}): "
+                print(f"\n== {kind}, native ops {native}, cpu matmul {matmul} (round {round_ + 1}): "
                       f"{ms['step_wall']:.2f} ms/step, {r['tokens_per_s']:.1f} tok/s")
                 for name in ("schedule", "ort_run", "pool_scatter_and_inputs", "sample", "scheduler_update",
                              "process_outputs"):
                     print(f"  {name:26s} {ms.get(name, 0.0):8.3f} ms  {100 * ms.get(name, 0.0) / ms['step_wall']:5.1f}%")
-    for n, chunk, mode in ((n, c, m) for n in args.streams for c in args.mixed_chunk for m in args.native_ops):
-        p = ort_profile(model, n, args.threads, args.prompt_len, mode, chunk)
+    for n, chunk, (native, matmul) in ((n, c, m) for n in args.streams for c in args.mixed_chunk for m in modes):
+        p = ort_profile(model, n, args.threads, args.prompt_len, native, chunk, matmul)
         report["ort"].append(p)
         kind = f"mixed ({n} decodes + {chunk}-token chunk)" if chunk else f"decode, {n} stream(s)"
-        print(f"\n== ONNX Runtime profile, {kind}, native ops {mode}: "
+        print(f"\n== ONNX Runtime profile, {kind}, native ops {native}, cpu matmul {matmul}: "
               f"{p['total_kernels_per_step']} kernels per step "
               f"({p['total_kernels_per_step'] / p['layers']:.0f} per layer)")
         for op, t in list(p["per_step_ms"].items())[:10]:

@@ -105,6 +105,29 @@ def require_native_ops() -> None:
         pytest.skip(reason)
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether /proc/cpuinfo lists AMX-BF16 (and the AVX512-BF16 the kernel's small-M path uses)."""
+    try:
+        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(flags)
+
+
+def require_amx_bf16() -> Path:
+    """The native library, when this CPU has AMX-BF16 (skip otherwise: a hardware condition).
+    Where the CPU has it, the library must build and be allowed the tile state (fail if not)."""
+    from trtkv.runtime.backends.cpu_matmul import amx_bf16_available
+    from trtkv.runtime.backends.native_ops import native_ops_library
+
+    if not cpu_has_amx_bf16():
+        pytest.skip("this CPU has no AMX-BF16 (trtkv.cpu::MatMulBf16 needs Intel Xeon 4th generation or newer)")
+    require_native_ops()
+    library = native_ops_library()
+    assert amx_bf16_available(library), "the CPU lists AMX-BF16 but the library may not use it (kernel permission?)"
+    return library
+
+
 def _has_cuda_gpu() -> bool:
     try:
         import torch

@@ -60,7 +60,8 @@ def chunk_logprobs(backend: object, window: list[int], chunk: int) -> list[np.nd
     return out
 
 
-def greedy_outputs(model_dir: Path, manifest: Manifest, prompts: list[list[int]], num_tokens: int) -> list[list[int]]:
+def greedy_outputs(model_dir: Path, manifest: Manifest, prompts: list[list[int]], num_tokens: int,
+                   cpu_matmul: str = "auto") -> list[list[int]]:
     from trtkv.runtime.backends.base import BackendConfig
     from trtkv.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from trtkv.runtime.config import EngineConfig
@@ -68,7 +69,7 @@ def greedy_outputs(model_dir: Path, manifest: Manifest, prompts: list[list[int]]
     from trtkv.runtime.sampling import SamplingParams
 
     num_blocks = len(prompts) * ceil_div(max(map(len, prompts)) + num_tokens, manifest.block_size)
-    backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(num_blocks=num_blocks))
+    backend = OnnxRuntimeBackend(model_dir, manifest, BackendConfig(num_blocks=num_blocks, cpu_matmul=cpu_matmul))
     engine = Engine(model_dir, EngineConfig(num_blocks=num_blocks, allow_uncalibrated_kv=True,
                                             max_num_batched_tokens=4096), backend=backend)
     params = SamplingParams(temperature=0, max_new_tokens=num_tokens, ignore_eos=True)

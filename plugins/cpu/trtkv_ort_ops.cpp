@@ -37,6 +37,8 @@
 #include <immintrin.h>
 #endif
 
+#include "amx_matmul.h"
+
 // Round-to-nearest-even encoders (float -> fp16 / bf16 / fp8 E4M3) shared with the CUDA kernels'
 // host emulation: one definition of the rounding rules on the host.
 #include "../emulation/emulated_floats.h"
@@ -986,8 +988,112 @@ struct KVAppendOp : Ort::CustomOpBase<KVAppendOp, KVAppendKernel, true> {
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
 };
 
+// ---- MatMulBf16 (domain trtkv.cpu: the backend's own op, not part of the export contract) -------
+
+// Y[..., N] float32 = X[..., K] float32 (rounded to bf16) x W (bf16, packed for AMX:
+// [ceil(N/32), ceil(K/32), 2, 16, 32], amx_matmul.h), float32 accumulation. Attributes k, n.
+struct MatMulJob {
+    const uint16_t* a;
+    const uint16_t* packed;
+    float* y;
+    int64_t m, kp, n, panels, blocks;
+};
+
+void matmul_item(void* data, size_t index) {
+#if TRTKV_HAVE_AMX_CODE
+    const auto& job = *static_cast<const MatMulJob*>(data);
+    const int64_t chunk = static_cast<int64_t>(index) / job.panels, p = static_cast<int64_t>(index) % job.panels;
+    const int64_t blk0 = chunk * amx::kChunkBlocks;
+    const int64_t blk1 = std::min(job.blocks, blk0 + amx::kChunkBlocks);
+    amx::run_item(job.a, job.m, job.kp, job.packed, job.n, p, blk0, blk1, job.y);
+#else
+    (void)data;
+    (void)index;
+#endif
+}
+
+struct MatMulBf16Kernel {
+    int64_t k, n;
+    explicit MatMulBf16Kernel(const OrtKernelInfo* info) : k(attr_int(info, "k", 0)), n(attr_int(info, "n", 0)) {
+        if (k <= 0 || n <= 0) fail("attributes k and n must be positive");
+        if (!amx::amx_available()) fail("this CPU (or kernel) does not allow AMX-BF16");
+    }
+
+    OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+        try {
+            compute(context);
+            return nullptr;
+        } catch (const std::exception& e) {
+            return Ort::Status((std::string("trtkv.cpu::MatMulBf16 (native): ") + e.what()).c_str(),
+                               ORT_INVALID_ARGUMENT)
+                .release();
+        }
+    }
+
+    void compute(OrtKernelContext* context) {
+        Ort::KernelContext ctx(context);
+        auto x = ctx.GetInput(0), w = ctx.GetInput(1);
+        auto xs = shape_of(x), ws = shape_of(w);
+        if (x.GetTensorTypeAndShapeInfo().GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail("X must be float32");
+        if (w.GetTensorTypeAndShapeInfo().GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16) fail("W must be bf16");
+        const int64_t kp = amx::round_up(k, amx::kStep), panels = amx::round_up(n, amx::kPanel) / amx::kPanel;
+        const std::vector<int64_t> packed_shape{panels, kp / amx::kStep, 2, 16, amx::kStep};
+        if (ws != packed_shape) fail("W is not packed for k = " + std::to_string(k) + ", n = " + std::to_string(n));
+        if (xs.empty() || xs.back() != k) fail("X's last dimension must be k = " + std::to_string(k));
+        int64_t m = 1;
+        for (size_t i = 0; i + 1 < xs.size(); ++i) m *= xs[i];
+        std::vector<int64_t> ys(xs);
+        ys.back() = n;
+        auto out = ctx.GetOutput(0, ys);
+        if (m == 0) return;
+#if TRTKV_HAVE_AMX_CODE
+        const int64_t blocks = amx::round_up(m, amx::kBlockRows) / amx::kBlockRows;
+        std::vector<uint16_t> a(static_cast<size_t>(blocks * amx::kBlockRows * kp), 0);
+        amx::to_bf16_rows(x.GetTensorData<float>(), m, k, kp, a.data());
+        MatMulJob job{a.data(), static_cast<const uint16_t*>(w.GetTensorRawData()), out.GetTensorMutableData<float>(),
+                      m, kp, n, panels, blocks};
+        const int64_t chunks = (blocks + amx::kChunkBlocks - 1) / amx::kChunkBlocks;
+        ctx.ParallelFor(matmul_item, static_cast<size_t>(chunks * panels), 0, &job);
+#endif
+    }
+};
+
+// Y: X's shape with the last dimension n, float32.
+OrtStatusPtr infer_matmul_bf16(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+    return guarded([&] {
+        const OrtApi& api = Ort::GetApi();
+        Dims y = input_dims(api, ctx, 0);
+        if (y.ints.empty()) throw std::invalid_argument("MatMulBf16: X must have a rank >= 1");
+        Ort::ShapeInferContext infer(&api, ctx);
+        y.ints.back() = infer.GetAttrInt("n");
+        y.syms.back() = nullptr;
+        y.type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+        set_output(api, ctx, 0, y);
+    });
+}
+
+struct MatMulBf16Op : Ort::CustomOpBase<MatMulBf16Op, MatMulBf16Kernel, true> {
+    MatMulBf16Op() { InferOutputShapeFn = infer_matmul_bf16; }
+    OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+        try {
+            *kernel = new MatMulBf16Kernel(info);
+            return nullptr;
+        } catch (const std::exception& e) {
+            return Ort::Status((std::string("trtkv.cpu::MatMulBf16: ") + e.what()).c_str(), ORT_FAIL).release();
+        }
+    }
+    const char* GetName() const { return "MatMulBf16"; }
+    size_t GetInputTypeCount() const { return 2; }
+    ONNXTensorElementDataType GetInputType(size_t i) const {
+        return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    }
+    size_t GetOutputTypeCount() const { return 1; }
+    ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 const PagedAttentionOp kPagedAttention;
 const KVAppendOp kKVAppend;
+const MatMulBf16Op kMatMulBf16;
 
 }  // namespace
 
@@ -1010,13 +1116,20 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
         Ort::CustomOpDomain domain("trtkv");
         domain.Add(&kKVAppend);
         domain.Add(&kPagedAttention);
+        Ort::CustomOpDomain cpu_domain("trtkv.cpu");
+        cpu_domain.Add(&kMatMulBf16);
         Ort::UnownedSessionOptions(options).Add(domain);
+        Ort::UnownedSessionOptions(options).Add(cpu_domain);
         domains.push_back(std::move(domain));
+        domains.push_back(std::move(cpu_domain));
     } catch (const std::exception& e) {
         return api->CreateStatus(ORT_FAIL, e.what());
     }
     return nullptr;
 }
+
+//! 1 when this CPU and kernel run trtkv.cpu::MatMulBf16 (AMX-BF16), else 0.
+__attribute__((visibility("default"))) int trtkv_native_amx_bf16() { return amx::amx_available() ? 1 : 0; }
 
 //! The dynamic-scale tables this library encodes with (tests compare them with the reference).
 __attribute__((visibility("default"))) void trtkv_native_dynamic_tables(float* scales, float* thresholds) {

@@ -16,6 +16,7 @@ from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
 from trtkv.ops.schema import QUANTIZED_KV_DTYPES, canonical_dtype, ceil_div
 from trtkv.runtime.backends.base import BackendConfig
+from trtkv.runtime.backends.cpu_matmul import CPU_MATMUL_MODES
 from trtkv.runtime.backends.native_ops import NATIVE_OPS_MODES
 from trtkv.runtime.kv.eviction import EVICTION_POLICIES
 from trtkv.runtime.scheduler.config import SchedulerConfig
@@ -53,6 +54,10 @@ class EngineConfig:
                           "Runtime: auto (built with g++ on first use when ONNX Runtime's headers are installed; "
                           "else the ONNX function bodies), on (required), off (the function bodies)",
                           choices=NATIVE_OPS_MODES)
+    cpu_matmul: str = _of(BackendConfig, "cpu_matmul", "MatMul compute on ONNX Runtime: auto (bf16 exports run "
+                          "their linear layers in bf16 on AMX where the CPU has AMX-BF16; else float32), bf16 (every "
+                          "weight rounded to bf16 at load, computed on AMX; refused without it), fp32 (float32 Gemm)",
+                          choices=CPU_MATMUL_MODES)
     gpu_memory_utilization: float = _of(BackendConfig, "gpu_memory_utilization",
                                         "fraction of GPU memory for weights + KV (tensorrt)")
     max_model_len: int = _opt(0, "longest prompt + output; 0 = the model's max positions")
@@ -261,7 +266,7 @@ def resolve_config(model_dir: str | Path, config: EngineConfig) -> ResolvedConfi
         backend=config.backend, kv_dtype=config.kv_dtype, kv_scales=config.kv_scales, num_blocks=config.num_blocks,
         block_size=config.block_size, kv_cache_gib=config.kv_cache_gib, num_host_blocks=config.num_host_blocks,
         num_threads=config.num_threads, gpu_memory_utilization=config.gpu_memory_utilization,
-        native_ops=config.native_ops,
+        native_ops=config.native_ops, cpu_matmul=config.cpu_matmul,
     )
     kv_manifest = backend.resolve_manifest(manifest)
     config.check_kv_scales(kv_manifest)

@@ -13,6 +13,7 @@ import numpy as np
 from trtkv.errors import ConfigError
 from trtkv.manifest import Manifest
 from trtkv.ops.schema import KV_DTYPES, KV_SCALE_MODES, canonical_dtype
+from trtkv.runtime.backends.cpu_matmul import check_cpu_matmul_mode
 from trtkv.runtime.backends.native_ops import check_native_ops_mode
 from trtkv.runtime.plan import StepPlan
 
@@ -31,6 +32,8 @@ class BackendConfig:
     num_threads: int = field(default=0, metadata={"help": "CPU threads for ONNX Runtime; 0 = all cores"})
     native_ops: str = field(default="auto", metadata={
         "help": "native CPU kernels for the trtkv ops (onnxruntime): auto (when they build here), on, off"})
+    cpu_matmul: str = field(default="auto", metadata={
+        "help": "MatMul compute on onnxruntime: auto (bf16 on AMX for bf16 exports), bf16 (every weight, AMX), fp32"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "fraction of GPU memory trtkv may use (tensorrt)"})
 
     def __post_init__(self) -> None:
@@ -48,6 +51,7 @@ class BackendConfig:
         if self.num_threads < 0:
             raise ConfigError(f"--num-threads must be >= 0 (0 = all cores), got {self.num_threads}")
         check_native_ops_mode(self.native_ops)
+        check_cpu_matmul_mode(self.cpu_matmul)
         if self.num_host_blocks < 0:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
         if not (math.isfinite(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):

@@ -87,7 +87,7 @@ def _cpu_signature() -> bytes:
 
 
 def _sources() -> list[Path]:
-    return [SOURCE, PLUGINS_SOURCE_DIR / "emulation" / "emulated_floats.h",
+    return [SOURCE, SOURCE.with_name("amx_matmul.h"), PLUGINS_SOURCE_DIR / "emulation" / "emulated_floats.h",
             PLUGINS_SOURCE_DIR / "generated" / "trtkv_ops.h"]
 
 

@@ -8,7 +8,9 @@ gathers rows, and the step's K/V come back as the KVAppend outputs and are scatt
 pool here. Either way O(new tokens), independent of the pool size.
 
 bf16 models: ONNX Runtime's CPU kernels lack bf16 MatMul/Add/..., so the graph is rewritten
-at load to compute in float32 from the bf16-rounded weights; the KV pool stays bf16.
+at load to compute in float32 from the bf16-rounded weights; the KV pool stays bf16. Where the
+CPU has AMX-BF16 the linear layers' MatMuls keep their bf16 weights and run on the native
+kernel instead (`cpu_matmul`, ``--cpu-matmul``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from trtkv.ops.onnx_functions import KV_ONNX_TYPES, op_functions
 from trtkv.ops.reference import KV_NUMPY_DTYPES
 from trtkv.ops.schema import KV_APPEND, OP_DOMAIN
 from trtkv.runtime.backends.base import BackendConfig, BaseBackend
+from trtkv.runtime.backends.cpu_matmul import CPU_DOMAIN, resolve_cpu_matmul, rewrite_matmuls
 from trtkv.runtime.backends.inputs import build_step_inputs
 from trtkv.runtime.backends.native_ops import resolve_native_ops
 from trtkv.runtime.plan import StepPlan
@@ -52,7 +55,9 @@ class OnnxRuntimeBackend(BaseBackend):
         self.num_blocks = config.resolve_num_blocks(manifest)
         self.num_host_blocks = config.num_host_blocks
         native = resolve_native_ops(config.native_ops)
-        model = _load_model(Path(model_dir), manifest, native_kv_write=native is not None)
+        self.bf16_matmul = resolve_cpu_matmul(config.cpu_matmul, manifest.dtype, native)
+        model = _load_model(Path(model_dir), manifest, native_kv_write=native is not None,
+                            bf16_matmul=self.bf16_matmul)
         # The backend skips its own K/V scatter only when every layer's KVAppend writes the pool.
         self.native_ops = native is not None and _count_pool_writers(model) == manifest.num_layers
         opts = ort.SessionOptions()
@@ -158,15 +163,19 @@ def _count_pool_writers(model: onnx.ModelProto) -> int:
                and any(a.name == "write_pool" and a.i == 1 for a in n.attribute))
 
 
-def _load_model(model_dir: Path, manifest: Manifest, *, native_kv_write: bool = False) -> onnx.ModelProto:
+def _load_model(model_dir: Path, manifest: Manifest, *, native_kv_write: bool = False,
+                bf16_matmul: bool = False) -> onnx.ModelProto:
     """The exported graph, ready for this backend (``native_kv_write``: the native KVAppend
-    kernels write the pool, attribute ``write_pool``)."""
+    kernels write the pool, attribute ``write_pool``; ``bf16_matmul``: the linear layers as
+    trtkv.cpu::MatMulBf16, `cpu_matmul`)."""
     path = model_dir / manifest.onnx_file
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:
         raise ModelDirError(f"cannot read {path} ({exc}); re-export the model") from exc
     _check_graph_matches(model, manifest, path)
+    if bf16_matmul:
+        rewrite_matmuls(model)  # before the float32 rewrite below: these weights stay bf16
     if manifest.dtype == "bf16":
         _bf16_to_fp32_compute(model)
     _set_kv_format(model, manifest)
@@ -233,10 +242,12 @@ def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
 
 
 def _bf16_to_fp32_compute(model: onnx.ModelProto) -> None:
-    """Rewrite the main graph's bf16 compute to float32 (the pool and op bodies keep bf16)."""
+    """Rewrite the main graph's bf16 compute to float32 (the pool, op bodies and the packed
+    weights of trtkv.cpu::MatMulBf16 keep bf16)."""
     graph = model.graph
+    packed = {n.input[1] for n in graph.node if n.domain == CPU_DOMAIN}
     for i, init in enumerate(graph.initializer):
-        if init.data_type == TensorProto.BFLOAT16:
+        if init.data_type == TensorProto.BFLOAT16 and init.name not in packed:
             bits = np.frombuffer(init.raw_data, dtype=np.uint16).astype(np.uint32) << 16
             arr = bits.view(np.float32).reshape(tuple(init.dims))
             graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))

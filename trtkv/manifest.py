@@ -34,7 +34,8 @@ FORMAT_VERSION = 1
 #: Revision of the graph `trtkv export` emits (same format, different nodes): part of the
 #: export cache key (`trtkv.model_source`), so an on-the-fly export is redone when it changes.
 #: 2: RMSNorm through Pow, which ONNX Runtime fuses into one SimplifiedLayerNormalization.
-GRAPH_REVISION = 2
+#: 3: rotary embedding as Gather (the halves swapped) times a signed sin table: no Slice/Neg/Concat.
+GRAPH_REVISION = 3
 
 #: Graph input / output names shared by the exporter and every backend.
 INPUT_NAMES = (

@@ -3,7 +3,7 @@
 The pool arrays are bound to the session as zero-copy OrtValues, so ONNX Runtime reads the
 sequences' histories straight from them. With the native CPU kernels (`native_ops`, the
 default where they build) PagedAttention reads the pool rows in place and KVAppend writes the
-step's codes into the pool itself; with the ONNX function bodies the PagedAttention body only
+step's codes into the pool itself (the stored codes are then no graph outputs); with the ONNX function bodies the PagedAttention body only
 gathers rows, and the step's K/V come back as the KVAppend outputs and are scattered into the
 pool here. Either way O(new tokens), independent of the pool size.
 
@@ -60,6 +60,8 @@ class OnnxRuntimeBackend(BaseBackend):
                             bf16_matmul=self.bf16_matmul)
         # The backend skips its own K/V scatter only when every layer's KVAppend writes the pool.
         self.native_ops = native is not None and _count_pool_writers(model) == manifest.num_layers
+        if self.native_ops:  # the stored codes stay inside the graph (PagedAttention reads them)
+            _drop_stored_outputs(model)
         opts = ort.SessionOptions()
         if native is not None:
             opts.register_custom_ops_library(str(native))
@@ -106,6 +108,8 @@ class OnnxRuntimeBackend(BaseBackend):
         stored: list[tuple[np.ndarray, np.ndarray]] = []
         for i, value in enumerate(self._pool_values):
             binding.bind_ortvalue_input(KV_CACHE_INPUT.format(layer=i), value)
+            if self.native_ops:
+                continue
             ks = np.empty((num_tokens, m.num_kv_heads, m.pool_head_dim), dtype=self.pools[i].dtype)
             vs = np.empty_like(ks)
             binding.bind_ortvalue_output(KEY_STORED_OUTPUT.format(layer=i), self._ortvalue(ks))
@@ -156,6 +160,14 @@ class OnnxRuntimeBackend(BaseBackend):
 def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
+
+
+def _drop_stored_outputs(model: onnx.ModelProto) -> None:
+    """Removes the key_stored / value_stored graph outputs (no per-step buffers to bind)."""
+    outputs = model.graph.output
+    for i in reversed(range(len(outputs))):
+        if outputs[i].name.startswith(("key_stored.", "value_stored.")):
+            del outputs[i]
 
 
 def _count_pool_writers(model: onnx.ModelProto) -> int:

@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+from trtkv.errors import ConfigError
 from trtkv.eval_kv import _perplexity, agreement, chunk_logprobs, greedy_outputs
 from trtkv.export.config import ExportConfig
 from trtkv.manifest import Manifest
@@ -77,6 +78,15 @@ def main() -> None:
                         help="which rows (none = the fp32 export, always run as the baseline)")
     args = parser.parse_args()
     variants = ["none", *[v for v in args.variants if v != "none"]]
+    if "bf16" in variants:
+        from trtkv.runtime.backends.cpu_matmul import resolve_cpu_matmul
+        from trtkv.runtime.backends.native_ops import resolve_native_ops
+
+        try:
+            resolve_cpu_matmul("bf16", "fp32", resolve_native_ops("auto"))
+        except ConfigError as exc:
+            print(f"skipping the bf16 row: {exc}")
+            variants.remove("bf16")
     dirs = {}
     for w in variants:
         if w in MATMUL_VARIANTS:

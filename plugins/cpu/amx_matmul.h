@@ -19,7 +19,9 @@
 
 #pragma once
 
-#if defined(__x86_64__) && defined(__linux__)
+// AMX intrinsics need GCC 11 / clang 12 or newer; older compilers build the rest of the library.
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>

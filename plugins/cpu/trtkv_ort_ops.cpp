@@ -1031,7 +1031,7 @@ struct MatMulBf16Kernel {
     int64_t k, n;
     explicit MatMulBf16Kernel(const OrtKernelInfo* info) : k(attr_int(info, "k", 0)), n(attr_int(info, "n", 0)) {
         if (k <= 0 || n <= 0) fail("attributes k and n must be positive");
-        if (!amx::amx_available()) fail("this CPU (or kernel) does not allow AMX-BF16");
+        if (!amx::amx_available()) fail("this CPU (or kernel) does not allow AMX-BF16; run with --cpu-matmul fp32");
     }
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context) {

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import require_amx_bf16
 from trtkv.errors import ConfigError
+from trtkv.runtime.backends import BackendConfig, create_backend
 from trtkv.runtime.backends.cpu_matmul import (
     CPU_DOMAIN,
     MATMUL_BF16,
@@ -152,7 +153,7 @@ def test_rewrite_keeps_a_shared_table_and_skips_non_constant_weights():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert rewrite_matmuls(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Gather", MATMUL_BF16, "MatMul", "Gemm"]
-    assert {i.name for i in model.graph.initializer} == {"table", "table.amx_bf16"}
+    assert {i.name for i in model.graph.initializer} == {"table", "table.T.amx_bf16"}
     assert any(op.domain == CPU_DOMAIN for op in model.opset_import)
 
 
@@ -165,8 +166,46 @@ def test_modes_and_refusals(tmp_path):
         resolve_cpu_matmul("bf16", "fp32", None)
     not_a_library = tmp_path / "libnothing.so"
     not_a_library.write_bytes(b"")
-    with pytest.raises(ConfigError, match="no AMX-BF16"):
+    with pytest.raises(ConfigError, match="cannot be loaded or is stale"):
         resolve_cpu_matmul("bf16", "fp32", not_a_library)
+    assert resolve_cpu_matmul("auto", "fp32", not_a_library) is False  # never probed for an fp32 export
+    with pytest.raises(ConfigError, match="--cpu-matmul bf16 is for the onnxruntime backend"):
+        BackendConfig(backend="tensorrt", cpu_matmul="bf16")
+
+
+def test_bf16_refused_where_nothing_would_run_in_bf16(exported_factory):
+    require_amx_bf16()
+    with pytest.raises(ConfigError, match="no float32 / bf16 linear layers"):
+        create_backend(str(exported_factory("llama", dtype="fp16")), BackendConfig(num_blocks=8, cpu_matmul="bf16"))
+
+
+def test_a_weight_read_transposed_and_plain_gets_two_packings():
+    library = require_amx_bf16()
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((64, 64)).astype(np.float32)  # square: a shared packing would pass shape checks
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["a"], transB=1), helper.make_node("MatMul", ["x", "W"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 64])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in "ab"],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert rewrite_matmuls(model) == 2
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    a, b = _session(model, library).run(None, {"x": x})
+    xr, wr = widen(bf16_bits(x)).astype(np.float64), widen(bf16_bits(w)).astype(np.float64)
+    np.testing.assert_allclose(a, xr @ wr.T, atol=1e-4)
+    np.testing.assert_allclose(b, xr @ wr, atol=1e-4)
+
+
+def test_a_weight_that_is_also_a_graph_output_is_kept():
+    w = np.ones((32, 32), np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("W", TensorProto.FLOAT, [32, 32])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert rewrite_matmuls(model) == 1
+    assert {i.name for i in model.graph.initializer} == {"W", "W.amx_bf16"}
 
 
 def test_auto_takes_bf16_exports_only():

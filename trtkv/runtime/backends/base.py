@@ -52,6 +52,9 @@ class BackendConfig:
             raise ConfigError(f"--num-threads must be >= 0 (0 = all cores), got {self.num_threads}")
         check_native_ops_mode(self.native_ops)
         check_cpu_matmul_mode(self.cpu_matmul)
+        if self.cpu_matmul == "bf16" and self.backend != "onnxruntime":
+            raise ConfigError("--cpu-matmul bf16 is for the onnxruntime backend (TensorRT engines take the "
+                              "export's dtype: export with --dtype bf16)")
         if self.num_host_blocks < 0:
             raise ConfigError(f"--num-host-blocks must be >= 0, got {self.num_host_blocks}")
         if not (math.isfinite(self.gpu_memory_utilization) and 0 < self.gpu_memory_utilization <= 1):

@@ -39,32 +39,38 @@ def check_cpu_matmul_mode(mode: str) -> None:
 
 
 @lru_cache(maxsize=4)
-def amx_bf16_available(library: Path) -> bool:
-    """Whether the native library can run MatMulBf16 here (CPU flags + the kernel's permission)."""
+def amx_bf16_reason(library: Path) -> str:
+    """Why the native library cannot run MatMulBf16 here ('' when it can): the CPU's flags and
+    the kernel's permission for the tile state, as the library itself checks them."""
     try:
-        lib = ctypes.CDLL(str(library))
-        probe = lib.trtkv_native_amx_bf16
-    except (OSError, AttributeError):
-        return False
+        probe = ctypes.CDLL(str(library)).trtkv_native_amx_bf16
+    except (OSError, AttributeError) as exc:
+        return f"the native library {library} cannot be loaded or is stale ({exc}); delete it to rebuild"
     probe.restype = ctypes.c_int
-    return bool(probe())
+    if not probe():
+        return "this CPU has no AMX-BF16 (Intel Xeon 4th generation or newer) or the kernel refuses its tile state"
+    return ""
+
+
+def amx_bf16_available(library: Path) -> bool:
+    """Whether the native library can run MatMulBf16 here."""
+    return not amx_bf16_reason(library)
 
 
 def resolve_cpu_matmul(mode: str, model_dtype: str, library: Path | None) -> bool:
-    """Whether this backend rewrites the MatMuls to bf16 on AMX.
+    """Whether this backend rewrites the linear layers to bf16 on AMX.
 
     Raises:
         ConfigError: ``bf16`` where the native library or AMX-BF16 is missing (says which).
     """
     check_cpu_matmul_mode(mode)
-    if mode == "fp32":
+    if mode == "fp32" or (mode == "auto" and model_dtype != "bf16"):
         return False
-    usable = library is not None and amx_bf16_available(library)
-    if mode == "bf16" and not usable:
-        why = ("the native CPU kernels are off or cannot be built here (--native-ops)" if library is None
-               else "this CPU has no AMX-BF16 (Intel Xeon 4th generation or newer) or the kernel refuses its tile state")
+    why = ("the native CPU kernels are off or cannot be built here (--native-ops)" if library is None
+           else amx_bf16_reason(library))
+    if why and mode == "bf16":
         raise ConfigError(f"--cpu-matmul bf16: {why}; use --cpu-matmul fp32")
-    return usable and (mode == "bf16" or model_dtype == "bf16")
+    return not why
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -120,6 +126,17 @@ def _weight_bits(weight: onnx.TensorProto, transposed: bool) -> np.ndarray:
     return bits.T if transposed else bits
 
 
+def _references(graph: onnx.GraphProto) -> list[str]:
+    """Every name the graph reads: node inputs (subgraphs' too), graph inputs and outputs."""
+    names = [v.name for v in (*graph.input, *graph.output)]
+    for node in graph.node:
+        names.extend(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                names.extend(_references(sub))
+    return names
+
+
 def rewrite_matmuls(model: onnx.ModelProto) -> int:
     """Turns every linear layer of the main graph (`_linear_weight`) into
     ``trtkv.cpu::MatMulBf16(x, packed W)`` (+ ``Add`` of a Gemm's bias); returns how many.
@@ -127,9 +144,8 @@ def rewrite_matmuls(model: onnx.ModelProto) -> int:
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    for name in _references(graph):
+        readers[name] = readers.get(name, 0) + 1
     nodes: list[onnx.NodeProto] = []
     done, unread = 0, set()
     for node in graph.node:
@@ -140,7 +156,7 @@ def rewrite_matmuls(model: onnx.ModelProto) -> int:
         weight, transposed = found
         bits = _weight_bits(weight, transposed)
         k, n = bits.shape
-        name = f"{weight.name}.amx_bf16"
+        name = f"{weight.name}{'.T' if transposed else ''}.amx_bf16"
         if name not in inits:
             packed = pack_weight(bits)
             tensor = helper.make_tensor(name, TensorProto.BFLOAT16, packed.shape, packed.tobytes(), raw=True)
@@ -166,5 +182,5 @@ def rewrite_matmuls(model: onnx.ModelProto) -> int:
     return done
 
 
-__all__ = ["CPU_DOMAIN", "CPU_MATMUL_MODES", "MATMUL_BF16", "amx_bf16_available", "bf16_bits", "check_cpu_matmul_mode", "pack_weight",
+__all__ = ["CPU_DOMAIN", "CPU_MATMUL_MODES", "MATMUL_BF16", "amx_bf16_available", "amx_bf16_reason", "bf16_bits", "check_cpu_matmul_mode", "pack_weight",
            "resolve_cpu_matmul", "rewrite_matmuls"]

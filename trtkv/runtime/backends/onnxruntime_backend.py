@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from trtkv.errors import ModelDirError
+from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import (
     KEY_STORED_OUTPUT,
     KV_CACHE_INPUT,
@@ -55,9 +55,13 @@ class OnnxRuntimeBackend(BaseBackend):
         self.num_blocks = config.resolve_num_blocks(manifest)
         self.num_host_blocks = config.num_host_blocks
         native = resolve_native_ops(config.native_ops)
-        self.bf16_matmul = resolve_cpu_matmul(config.cpu_matmul, manifest.dtype, native)
-        model = _load_model(Path(model_dir), manifest, native_kv_write=native is not None,
-                            bf16_matmul=self.bf16_matmul)
+        bf16_matmul = resolve_cpu_matmul(config.cpu_matmul, manifest.dtype, native)
+        model = _load_model(Path(model_dir), manifest, native_kv_write=native is not None, bf16_matmul=bf16_matmul)
+        self.bf16_matmul = bf16_matmul and any(n.domain == CPU_DOMAIN for n in model.graph.node)
+        if config.cpu_matmul == "bf16" and not self.bf16_matmul:
+            raise ConfigError(f"--cpu-matmul bf16: {model_dir} has no float32 / bf16 linear layers to run in bf16 "
+                              f"(a {manifest.dtype} export{' with --weights' if manifest.dtype == 'fp32' else ''}); "
+                              "use an fp32 or bf16 export without --weights, or --cpu-matmul auto")
         # The backend skips its own K/V scatter only when every layer's KVAppend writes the pool.
         self.native_ops = native is not None and _count_pool_writers(model) == manifest.num_layers
         if self.native_ops:  # the stored codes stay inside the graph (PagedAttention reads them)

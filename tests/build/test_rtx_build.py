@@ -21,6 +21,7 @@ from trtkv.build import BuildConfig, build_engine
 from trtkv.build.network import check_trtkv_layers, report_layers, trtkv_node_names
 from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import Manifest
+from trtkv.ops.schema import dynamic_scale_groups
 from trtkv.ops.lowered import lowered_op_functions
 
 try:
@@ -77,6 +78,7 @@ def test_rtx_builds_a_real_engine(exported_factory, tmp_path: Path) -> None:
     ("fp16", "int8", "per-head", "INT8"),
     ("fp16", "fp8", "per-tensor", "INT8"),  # E4M3 bit patterns, decoded by table in the engine
     ("fp16", "fp8", "per-head", "INT8"),
+    ("fp16", "int8", "dynamic", "INT8"),  # rows of head_dim codes + the groups' exponents, lowered
 ])
 def test_rtx_kv_dtypes(checkpoint_factory, tmp_path: Path, dtype, kv_dtype, kv_scales, pool_input) -> None:
     from trtkv.export.exporter import ExportConfig, export
@@ -86,6 +88,9 @@ def test_rtx_kv_dtypes(checkpoint_factory, tmp_path: Path, dtype, kv_dtype, kv_s
            ExportConfig(dtype=dtype, kv_dtype=kv_dtype, kv_scales=kv_scales, progress=False))
     info = _build(exported, tmp_path / "engine")
     assert info["inputs"]["kv_cache.0"] == pool_input
+    manifest = Manifest.load(exported)
+    assert info["profile"]["kv_cache.0"][2][-1] == manifest.pool_head_dim
+    assert manifest.pool_head_dim == manifest.head_dim + (kv_scales == "dynamic") * dynamic_scale_groups(manifest.head_dim)
     assert info["kv_pool_input_dtype"] == ("int8" if kv_dtype == "fp8" else kv_dtype)
     if kv_dtype == "fp8":  # KVAppend quantizes with Quantize layers: FP8 stored codes out
         assert info["network_layers"].get("QUANTIZE", 0) == 2 * Manifest.load(exported).num_layers
@@ -195,7 +200,7 @@ def _local_gpu_capability() -> int | None:
 @pytest.mark.gpu
 @pytest.mark.skipif(_local_gpu_capability() not in (75, 80, 86, 89, 120, 121),
                     reason="needs a CUDA GPU that TensorRT for RTX runs on (sm_75/80/86/89/12x) and a CUDA torch")
-@pytest.mark.parametrize("kv_dtype", ["fp16", "int8"])
+@pytest.mark.parametrize("kv_dtype", ["fp16", "int8", "int8-dynamic"])
 def test_rtx_engine_runs_like_onnxruntime(checkpoint_factory, tmp_path: Path, kv_dtype: str) -> None:
     """On a GPU: the engine deserializes and two steps (prefill, decode; the pool written by the
     runtime in between) give ONNX Runtime's logits and argmax."""
@@ -208,7 +213,9 @@ def test_rtx_engine_runs_like_onnxruntime(checkpoint_factory, tmp_path: Path, kv
     from trtkv.runtime.plan import ScheduledSeq, StepPlan
 
     exported = tmp_path / "onnx"
-    export(checkpoint_factory("llama"), exported, ExportConfig(dtype="fp16", kv_dtype=kv_dtype, progress=False))
+    kv_dtype, _, scales = kv_dtype.partition("-")
+    export(checkpoint_factory("llama"), exported, ExportConfig(dtype="fp16", kv_dtype=kv_dtype, progress=False,
+                                                               **({"kv_scales": scales} if scales else {})))
     _build(exported, tmp_path / "engine", compute_capabilities=str(_local_gpu_capability()))
     manifest = Manifest.load(exported)
     config = BackendConfig(num_blocks=32)

@@ -49,7 +49,7 @@ def ops_session(kv_dtype: str, *, scale: float = 0.0, sliding_window: int = 0, s
                vi("value_stored.0", pool_t, ["T", "Hkv", stored])]
     graph = helper.make_graph(b.nodes, "ops", inputs, outputs, b.initializers)
     if lowered:
-        functions = lowered_op_functions(kv_dtype, num_scales=num_scales)
+        functions = lowered_op_functions(kv_dtype, num_scales=num_scales, dynamic=dynamic)
     else:
         functions = op_functions(kv_dtype, fp8_pool_as_uint8=True, dynamic=dynamic)
     model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=functions)

@@ -144,17 +144,18 @@ def test_dynamic_scales_round_trip_exactly():
     assert err[1:].max() < 0.5 / 116 + 1e-6  # half a code step of the row's own range
 
 
+@pytest.mark.parametrize("lowered", [False, True])  # the ONNX Runtime bodies / the shape-static TensorRT ones
 @pytest.mark.parametrize("groups", [1, 3])  # scales per row of head_dim 48
 @pytest.mark.parametrize("kwargs", [{}, {"sliding_window": 5}])
 @pytest.mark.parametrize("batch", sorted(BATCHES))
-def test_dynamic_scale_bodies_match_reference(kwargs, batch, groups):
+def test_dynamic_scale_bodies_match_reference(kwargs, batch, groups, lowered):
     rng = np.random.default_rng(4)
     b = _mixed_batch(rng, *BATCHES[batch], dtype=np.float32)
     pool = R.quantize_dynamic(b["pool"] * 40, groups)  # values far past int8's default-scale range
     one = np.ones(1, np.float32)
     feeds = dict(query=b["q"], key=b["k"] * 40, value=b["v"] * 40, slot_mapping=b["slots"], kv_cache=pool,
                  query_start_loc=b["qsl"], context_lens=b["ctx"], block_tables=b["tables"], k_scale=one, v_scale=one)
-    out, ks, vs = ops_session("int8", dynamic=True, **kwargs).run(None, feeds)
+    out, ks, vs = ops_session("int8", dynamic=True, lowered=lowered, **kwargs).run(None, feeds)
     ref_pool = pool.copy()
     rks, rvs = R.kv_append(b["k"] * 40, b["v"] * 40, b["slots"], ref_pool, one, one)
     np.testing.assert_array_equal(ks, rks)

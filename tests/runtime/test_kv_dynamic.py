@@ -108,10 +108,12 @@ def test_export_with_dynamic_scales_and_refusals(checkpoint_factory, exported_fa
 
     with pytest.raises(ConfigError, match="nothing to calibrate"):
         calibrate(out, 4)
+    from trtkv.build.config import BuildConfig
     from trtkv.build.engine_builder import build_engine
 
-    with pytest.raises(ConfigError, match="dynamic per-token scales"):
-        build_engine(out, tmp_path / "engine")
+    with pytest.raises(ConfigError, match="dynamic per-token scales.*build with --attention lowered"):
+        build_engine(out, tmp_path / "engine", BuildConfig(flavor="rtx", attention="plugin"))
+    assert not (tmp_path / "engine").exists()
     model_dir = exported_factory("llama")
     with pytest.raises(ConfigError, match="dynamic KV scales are for int8"):
         Engine(model_dir, EngineConfig(kv_dtype="fp8", kv_scales="dynamic"))
@@ -119,7 +121,5 @@ def test_export_with_dynamic_scales_and_refusals(checkpoint_factory, exported_fa
         Engine(model_dir, EngineConfig(kv_dtype="int8"))
     from trtkv.runtime.backends import create_backend
 
-    with pytest.raises(ConfigError, match="runs on ONNX Runtime"):
-        create_backend(str(model_dir), BackendConfig(backend="tensorrt", kv_dtype="int8", kv_scales="dynamic"))
-    with pytest.raises(ConfigError, match="runs on ONNX Runtime"):
-        create_backend(str(out), BackendConfig(backend="tensorrt"))
+    with pytest.raises(ConfigError, match="KV scales are fixed at export"):
+        create_backend(str(model_dir), BackendConfig(backend="tensorrt", kv_scales="dynamic"))

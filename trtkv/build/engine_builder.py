@@ -88,7 +88,7 @@ def profile_shapes(manifest: Manifest, config: BuildConfig) -> dict[str, tuple[S
         # to the step's tokens); 0 when every sequence is mid-prefill.
         "logits_indices": ((0,), (s_opt,), (t_max,)),
     }
-    kv_tail = (2, block_size, manifest.num_kv_heads, manifest.head_dim)
+    kv_tail = (2, block_size, manifest.num_kv_heads, manifest.pool_head_dim)  # + exponent bytes (dynamic scales)
     pool_opt = min(max_pool, max(max_blocks_per_seq * s_opt, 1))
     for layer in range(manifest.num_layers):
         shapes[KV_CACHE_INPUT.format(layer=layer)] = ((1, *kv_tail), (pool_opt, *kv_tail), (max_pool, *kv_tail))
@@ -120,10 +120,6 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     config = config or BuildConfig()
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = Manifest.load(onnx_dir)
-    if manifest.dynamic_kv_scales:
-        raise ConfigError(f"{onnx_dir} stores int8 KV with dynamic per-token scales, which the TensorRT plugins do "
-                          "not read yet (ONNX Runtime does); export with calibrated scales for a TensorRT engine "
-                          "(--kv-dtype int8 --calibrate 64, or --kv-dtype fp8)")
     if manifest.weights != "none":
         raise ConfigError(f"{onnx_dir} has {manifest.weights} weights as ONNX Runtime MatMulNBits, which TensorRT "
                           "cannot build; export again without --weights for a TensorRT engine")
@@ -132,6 +128,10 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     trt = import_tensorrt(config.flavor)
     flavor = flavor_of(trt)
     attention = config.attention if config.attention != "auto" else ("lowered" if flavor == "rtx" else "plugin")
+    if manifest.dynamic_kv_scales and attention == "plugin":
+        raise ConfigError(f"{onnx_dir} stores int8 KV with dynamic per-token scales, which the TensorRT plugins do "
+                          "not read yet (the lowered route and ONNX Runtime do): build with --attention lowered, "
+                          "or export with calibrated scales (--kv-dtype int8 --calibrate 64, or --kv-dtype fp8)")
     logger = make_logger(trt, config.verbose)
     builder = require_cuda_device(trt, logger) if flavor == "trt" else trt.Builder(logger)
     plugin_path = None

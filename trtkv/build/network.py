@@ -68,11 +68,20 @@ def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> tup
     nodes = trtkv_node_names(model)
     if not nodes:
         raise ModelDirError(f"{path} holds no trtkv::PagedAttention / KVAppend node; export it with `trtkv export`")
+    _set_pool_width(model, manifest.pool_head_dim)
     if attention == "lowered":
         _lower(model, manifest)
     else:
         _add_attention_workspace(model)
     return model, nodes
+
+
+def _set_pool_width(model: onnx.ModelProto, width: int) -> None:
+    """The pools' and stored codes' last dimension: head_dim, or head_dim + the exponent bytes
+    of dynamic int8 scales (the manifest's `pool_head_dim`; the exported file declares head_dim)."""
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name.startswith((KV_CACHE_INPUT.split("{", 1)[0], "key_stored.", "value_stored.")):
+            value.type.tensor_type.shape.dim[-1].dim_value = width
 
 
 def _add_attention_workspace(model: onnx.ModelProto) -> None:
@@ -93,7 +102,8 @@ def _lower(model: onnx.ModelProto, manifest: Manifest) -> None:
     """Swap in the shape-static bodies and inline them (unique layer names per call site)."""
     num_scales = len(manifest.k_scales[0]) if manifest.k_scales else 1
     del model.functions[:]
-    model.functions.extend(lowered_op_functions(manifest.kv_dtype, num_scales=num_scales))
+    model.functions.extend(lowered_op_functions(manifest.kv_dtype, num_scales=num_scales,
+                                                dynamic=manifest.dynamic_kv_scales))
     pool_type = LOWERED_POOL_TYPES.get(manifest.kv_dtype)
     if pool_type is not None:
         for value in model.graph.input:

@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto
 
 from trtkv.ops.builder import GraphBuilder
-from trtkv.ops.onnx_functions import _MASKED, _dequantize, _function, kv_append_function
+from trtkv.ops.onnx_functions import _MASKED, _dequantize, _dequantize_dynamic, _function, kv_append_function
 from trtkv.ops.schema import KV_APPEND, PAGED_ATTENTION
 
 _I64 = TensorProto.INT64
@@ -42,19 +42,22 @@ _I64 = TensorProto.INT64
 LOWERED_POOL_TYPES = {"fp8": TensorProto.INT8}
 
 
-def lowered_paged_attention_function(kv_dtype: str, *, num_scales: int = 1) -> onnx.FunctionProto:
+def lowered_paged_attention_function(kv_dtype: str, *, num_scales: int = 1, dynamic: bool = False) -> onnx.FunctionProto:
     """Token-level body of `trtkv::PagedAttention` (see module docstring).
 
     ``num_scales``: entries of k_scale/v_scale (1 or Hkv); fixes the fp8 Q/DQ axis.
+    ``dynamic``: int8 rows of head_dim codes + one scale exponent per group (the pool's width
+    says how many), decoded with the same table as the reference.
     """
-    return _LoweredBody(kv_dtype, num_scales).build()
+    return _LoweredBody(kv_dtype, num_scales, dynamic).build()
 
 
-def lowered_kv_append_function(kv_dtype: str, *, num_scales: int = 1) -> onnx.FunctionProto:
+def lowered_kv_append_function(kv_dtype: str, *, num_scales: int = 1, dynamic: bool = False) -> onnx.FunctionProto:
     """`trtkv::KVAppend` for a lowered model: the stored codes only (the runtime writes the pool).
-    fp8 quantizes with QuantizeLinear (saturating, round-to-nearest-even), as TensorRT requires."""
+    fp8 quantizes with QuantizeLinear (saturating, round-to-nearest-even), as TensorRT requires;
+    int8 with dynamic scales finds each group's exponent with standard ops (no Q/DQ)."""
     if kv_dtype != "fp8":
-        return kv_append_function(kv_dtype)
+        return kv_append_function(kv_dtype, dynamic=dynamic)
     b = GraphBuilder("kval_", constants_as_nodes=True)
     key, value, _slots, _pool, k_scale, v_scale = KV_APPEND.input_names
     zero = b.const(np.zeros((num_scales,) if num_scales > 1 else (), ml_dtypes.float8_e4m3fn))
@@ -67,15 +70,18 @@ def lowered_kv_append_function(kv_dtype: str, *, num_scales: int = 1) -> onnx.Fu
     return _function(KV_APPEND.name, b, KV_APPEND.input_names, list(KV_APPEND.output_names), {})
 
 
-def lowered_op_functions(kv_dtype: str, *, num_scales: int = 1) -> list[onnx.FunctionProto]:
+def lowered_op_functions(kv_dtype: str, *, num_scales: int = 1, dynamic: bool = False) -> list[onnx.FunctionProto]:
     """The local functions of a model whose trtkv ops are lowered to standard layers."""
-    return [lowered_kv_append_function(kv_dtype, num_scales=num_scales),
-            lowered_paged_attention_function(kv_dtype, num_scales=num_scales)]
+    if dynamic and kv_dtype != "int8":
+        raise ValueError(f"dynamic KV scales are int8 only, not {kv_dtype}")
+    return [lowered_kv_append_function(kv_dtype, num_scales=num_scales, dynamic=dynamic),
+            lowered_paged_attention_function(kv_dtype, num_scales=num_scales, dynamic=dynamic)]
 
 
 class _LoweredBody:
-    def __init__(self, kv_dtype: str, num_scales: int) -> None:
-        self.kv_dtype, self.per_head = kv_dtype, num_scales > 1
+    def __init__(self, kv_dtype: str, num_scales: int, dynamic: bool = False) -> None:
+        self.kv_dtype, self.per_head, self.dynamic = kv_dtype, num_scales > 1, dynamic
+        self.head_dim = self.groups = ""  # set by build()
         self.b = GraphBuilder("pal_", constants_as_nodes=True)
 
     def dim(self, tensor: str, axis: int) -> str:
@@ -90,8 +96,10 @@ class _LoweredBody:
         return b.op("Range", b.scalar(0, np.int64), b.op("Squeeze", n, b.ints(0)), b.scalar(1, np.int64))
 
     def decode_pool(self, rows: str, scale: str) -> str:
-        """Gathered pool rows [T, Hkv, L, D] -> float32 (scale per KV head on axis 1)."""
+        """Gathered pool rows [T, Hkv, L, W] -> float32 [T, Hkv, L, D] (scale per KV head on axis 1)."""
         b = self.b
+        if self.dynamic:
+            return _dequantize_dynamic(b, rows, self.groups, self.head_dim)
         if self.kv_dtype == "fp8":  # int8-typed E4M3 bit patterns -> table index (byte value)
             table = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
             byte = b.op("Mod", b.op("Add", b.op("Cast", rows, to=TensorProto.INT32), b.scalar(256, np.int32)),
@@ -100,8 +108,10 @@ class _LoweredBody:
         return _dequantize(b, rows, scale, self.kv_dtype, trailing=2)
 
     def decode_new(self, x: str, scale: str) -> str:
-        """The step's stored K/V [T, Hkv, D] -> float32."""
+        """The step's stored K/V [T, Hkv, W] -> float32 [T, Hkv, D]."""
         b = self.b
+        if self.dynamic:
+            return _dequantize_dynamic(b, x, self.groups, self.head_dim)
         if self.kv_dtype != "fp8":
             return _dequantize(b, x, scale, self.kv_dtype)
         if self.per_head:
@@ -112,7 +122,8 @@ class _LoweredBody:
         b, unsq = self.b, self.unsq
         query, key, value, pool, qsl, ctx_lens, tables, k_scale, v_scale = PAGED_ATTENTION.input_names
         num_tokens, num_heads, head_dim = self.dim(query, 0), self.dim(query, 1), self.dim(query, 2)
-        num_kv_heads, block_size = self.dim(pool, 3), self.dim(pool, 2)
+        num_kv_heads, block_size, pool_width = self.dim(pool, 3), self.dim(pool, 2), self.dim(pool, 4)
+        self.head_dim, self.groups = head_dim, b.op("Sub", pool_width, head_dim)  # G: 0 without dynamic scales
         width = self.dim(tables, 1)
         group = b.op("Div", num_heads, num_kv_heads)
 
@@ -152,7 +163,7 @@ class _LoweredBody:
         def head_rows(slots: str) -> str:  # [T, MB] slot rows -> [T, Hkv, MB] (slot, head) rows
             return b.op("Add", b.op("Mul", unsq(slots, 1), num_kv_heads), heads)
 
-        pool_rows = b.op("Reshape", pool, b.op("Concat", b.ints(-1), head_dim, axis=0))  # [N*2*B*Hkv, D]
+        pool_rows = b.op("Reshape", pool, b.op("Concat", b.ints(-1), pool_width, axis=0))  # [N*2*B*Hkv, W]
         k_hist = self.decode_pool(b.op("Gather", pool_rows, head_rows(k_slot), axis=0), k_scale)  # [T,Hkv,MB,D]
         v_slot = b.op("Add", k_slot, block_size)
         v_hist = self.decode_pool(b.op("Gather", pool_rows, head_rows(v_slot), axis=0), v_scale)

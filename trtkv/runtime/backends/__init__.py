@@ -21,9 +21,9 @@ def create_backend(model_dir: str, config: BackendConfig, manifest: Manifest | N
 
         return OnnxRuntimeBackend(model_dir, manifest, config)
     if config.backend == "tensorrt":
-        if config.kv_scales == "dynamic" or (config.kv_scales == "auto" and manifest.dynamic_kv_scales):
-            raise ConfigError("--kv-scales dynamic runs on ONNX Runtime; TensorRT engines take static (calibrated) "
-                              "KV scales: drop --kv-scales dynamic or use --backend onnxruntime")
+        if config.kv_scales not in ("auto", manifest.kv_scale_mode):
+            raise ConfigError(f"a TensorRT engine's KV scales are fixed at export ({manifest.kv_scale_mode}); "
+                              f"re-export with --kv-scales {config.kv_scales} and rebuild, or drop --kv-scales")
         if config.kv_dtype not in ("auto", manifest.kv_dtype):
             raise ConfigError(
                 f"a TensorRT engine's KV dtype is fixed at export ({manifest.kv_dtype}); "

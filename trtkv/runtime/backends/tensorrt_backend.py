@@ -143,8 +143,9 @@ class TensorRTBackend(BaseBackend):
         m = manifest
         kv_dtype = _torch_kv_dtype(torch, info.get("kv_pool_input_dtype", m.kv_dtype))
         stored_dtype = _torch_kv_dtype(torch, m.kv_dtype)
-        bytes_per_block = 2 * self.block_size * m.num_kv_heads * m.head_dim * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
-        scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * m.head_dim * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
+        width = m.pool_head_dim  # head_dim, + the exponent bytes of dynamic int8 scales (lowered engines)
+        bytes_per_block = 2 * self.block_size * m.num_kv_heads * width * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
+        scratch_bytes = 2 * self.max_num_tokens * m.num_kv_heads * width * KV_DTYPE_SPECS[m.kv_dtype].itemsize * m.num_layers
         if config.num_blocks:
             self.num_blocks = config.num_blocks
             if self.num_blocks > max_pool:
@@ -156,11 +157,11 @@ class TensorRTBackend(BaseBackend):
                 engine_bytes=int(self._engine_device_memory()), scratch_bytes=scratch_bytes,
                 bytes_per_block=bytes_per_block, min_blocks=self.max_blocks_per_seq, max_blocks=max_pool,
             )
-        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, m.head_dim)
+        shape = (self.num_blocks, 2, self.block_size, m.num_kv_heads, width)
         self.pools = [torch.zeros(shape, dtype=kv_dtype, device=self.device) for _ in range(m.num_layers)]
         host_shape = (self.num_host_blocks, *shape[1:])
         self.host_pools = [torch.zeros(host_shape, dtype=kv_dtype).pin_memory() for _ in range(m.num_layers)] if self.num_host_blocks else []
-        scratch = (self.max_num_tokens, m.num_kv_heads, m.head_dim)
+        scratch = (self.max_num_tokens, m.num_kv_heads, width)
         self._stored = [
             (torch.empty(scratch, dtype=stored_dtype, device=self.device),
              torch.empty(scratch, dtype=stored_dtype, device=self.device))
@@ -244,7 +245,7 @@ class TensorRTBackend(BaseBackend):
         v_rows = k_rows + b
         m = self.manifest
         for pool, (ks, vs) in zip(self.pools, self._stored, strict=True):
-            rows = pool.view(-1, m.num_kv_heads, m.head_dim)
+            rows = pool.view(-1, m.num_kv_heads, m.pool_head_dim)
             rows.index_copy_(0, k_rows, ks[:num_tokens].view(pool.dtype))
             rows.index_copy_(0, v_rows, vs[:num_tokens].view(pool.dtype))
 

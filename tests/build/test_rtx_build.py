@@ -21,8 +21,8 @@ from trtkv.build import BuildConfig, build_engine
 from trtkv.build.network import check_trtkv_layers, report_layers, trtkv_node_names
 from trtkv.errors import ConfigError, ModelDirError
 from trtkv.manifest import Manifest
-from trtkv.ops.schema import dynamic_scale_groups
 from trtkv.ops.lowered import lowered_op_functions
+from trtkv.ops.schema import dynamic_scale_groups
 
 try:
     from trtkv.build.tensorrt_env import import_tensorrt

@@ -32,7 +32,13 @@ import onnx
 from onnx import TensorProto
 
 from trtkv.ops.builder import GraphBuilder
-from trtkv.ops.onnx_functions import _MASKED, _dequantize, _dequantize_dynamic, _function, kv_append_function
+from trtkv.ops.onnx_functions import (
+    _MASKED,
+    _dequantize,
+    _dequantize_dynamic,
+    _function,
+    kv_append_function,
+)
 from trtkv.ops.schema import KV_APPEND, PAGED_ATTENTION
 
 _I64 = TensorProto.INT64

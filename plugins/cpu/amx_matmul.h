@@ -175,27 +175,30 @@ constexpr int64_t kSmallRows = 4;  // up to this many rows of X: AVX512-BF16 dot
 template <int kRows>
 TRTKV_AMX_TARGET void small_panel(const uint16_t* a, int64_t kp, const uint16_t* b, int64_t ksteps, float* y,
                                   int64_t ldy, int64_t cols) {
-    __m512 acc[kRows][2];
-    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    // Two accumulators per 16 columns (even / odd K pairs): independent FMA chains.
+    __m512 acc[kRows][2][2];
+    for (int r = 0; r < kRows; ++r) acc[r][0][0] = acc[r][0][1] = acc[r][1][0] = acc[r][1][1] = _mm512_setzero_ps();
     for (int64_t s = 0; s < ksteps; ++s) {
         const uint16_t* bs = b + s * 2 * kTileElems;
-        for (int pair = 0; pair < 16; ++pair) {
-            const __m512i w0 = _mm512_loadu_si512(bs + pair * kStep);
-            const __m512i w1 = _mm512_loadu_si512(bs + kTileElems + pair * kStep);
-            for (int r = 0; r < kRows; ++r) {
-                int32_t xp;
-                std::memcpy(&xp, a + r * kp + s * kStep + 2 * pair, sizeof(xp));
-                const __m512i x = _mm512_set1_epi32(xp);
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)x, (__m512bh)w0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)x, (__m512bh)w1);
+        for (int pair = 0; pair < 16; pair += 2) {
+            for (int odd = 0; odd < 2; ++odd) {
+                const __m512i w0 = _mm512_loadu_si512(bs + (pair + odd) * kStep);
+                const __m512i w1 = _mm512_loadu_si512(bs + kTileElems + (pair + odd) * kStep);
+                for (int r = 0; r < kRows; ++r) {
+                    int32_t xp;
+                    std::memcpy(&xp, a + r * kp + s * kStep + 2 * (pair + odd), sizeof(xp));
+                    const __m512i x = _mm512_set1_epi32(xp);
+                    acc[r][0][odd] = _mm512_dpbf16_ps(acc[r][0][odd], (__m512bh)x, (__m512bh)w0);
+                    acc[r][1][odd] = _mm512_dpbf16_ps(acc[r][1][odd], (__m512bh)x, (__m512bh)w1);
+                }
             }
         }
     }
     const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
     const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : 0;
     for (int r = 0; r < kRows; ++r) {
-        _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+        _mm512_mask_storeu_ps(y + r * ldy, m0, _mm512_add_ps(acc[r][0][0], acc[r][0][1]));
+        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, _mm512_add_ps(acc[r][1][0], acc[r][1][1]));
     }
 }
 

@@ -21,6 +21,11 @@ go to a Dequantize layer): KVAppend quantizes with QuantizeLinear, PagedAttentio
 new tokens through DequantizeLinear, and the pool is bound as INT8 holding the E4M3 bit
 patterns, gathered as int8 and decoded through an exact 256-entry table.
 
+int8 with dynamic scales (``dynamic``): the pool rows are head_dim codes followed by one scale
+exponent per group (the pool's last dimension says how many); KVAppend finds the exponents with
+standard ops and both bodies decode through the reference's exponent table, so a lowered engine
+needs no calibrated scales either.
+
 Numerically checked against `trtkv.ops.reference` on ONNX Runtime (tests/ops/test_lowered.py).
 """
 

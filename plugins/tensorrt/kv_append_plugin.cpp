@@ -45,11 +45,16 @@ int32_t KVAppendPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int3
 int32_t KVAppendPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs,
     int32_t nbOutputs, nvinfer1::IExprBuilder& /*exprBuilder*/) noexcept {
-    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs || inputs[op::kKey].nbDims != 3) {
+    if (nbInputs != op::kNumInputs || nbOutputs != op::kNumOutputs || inputs[op::kKey].nbDims != 3
+        || inputs[op::kKvCache].nbDims != 5) {
         return 1;
     }
-    outputs[op::kKeyStored] = inputs[op::kKey];
-    outputs[op::kValueStored] = inputs[op::kValue];
+    // [T, Hkv, W]: W is the pool's row width, head_dim codes (+ one exponent per group with
+    // dynamic int8 scales).
+    for (int32_t o : {op::kKeyStored, op::kValueStored}) {
+        outputs[o] = inputs[o == op::kKeyStored ? op::kKey : op::kValue];
+        outputs[o].d[2] = inputs[op::kKvCache].d[4];
+    }
     return 0;
 }
 
@@ -79,8 +84,16 @@ int32_t KVAppendPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const*
     }
     // Dims are Dims64 since TensorRT 10: keep the extent 64-bit (-1 = dynamic at build time).
     int64_t const head_dim = in[op::kKey].desc.dims.d[2];
+    int64_t const width = in[op::kKvCache].desc.dims.d[4];
     if (head_dim > 0 && head_dim % 8 != 0) {
         log_error("trtkv::KVAppend: head_dim must be a multiple of 8");
+        return 1;
+    }
+    if (head_dim > 0 && width > 0 && width != head_dim
+        && !(in[op::kKvCache].desc.type == nvinfer1::DataType::kINT8 && width > head_dim
+             && head_dim % (width - head_dim) == 0)) {
+        log_error("trtkv::KVAppend: the pool's last dimension must be head_dim, or head_dim + G exponent bytes "
+                  "(int8 with dynamic scales, G dividing head_dim)");
         return 1;
     }
     return 0;
@@ -123,6 +136,7 @@ int32_t KVAppendPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     p.head_dim = static_cast<int32_t>(key.d[2]);
     p.num_blocks = pool.d[0];
     p.block_size = static_cast<int32_t>(pool.d[2]);
+    p.scale_groups = static_cast<int32_t>(pool.d[4] - key.d[2]);  // 0: static scales
     p.k_scale_numel = static_cast<int32_t>(volume(inputDesc[op::kKScale].dims));
     p.v_scale_numel = static_cast<int32_t>(volume(inputDesc[op::kVScale].dims));
     (void) outputDesc;

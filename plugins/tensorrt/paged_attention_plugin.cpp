@@ -35,8 +35,9 @@ bool flashinfer_dtype(nvinfer1::DataType type, flashinfer_attn::DType& out) noex
 }
 #endif
 
-//! Shapes of a launch from the tensor dims (T, H, D from query; Hkv from key; N, B from the pool;
-//! S from context_lens; M from block_tables).
+//! Shapes of a launch from the tensor dims (T, H, D from query; Hkv from key; N, B and the row
+//! width D + G from the pool (G: dynamic int8 scale groups, 0 otherwise); S from context_lens; M
+//! from block_tables).
 PagedAttentionParams shapes_from(nvinfer1::Dims const* dims) {
     PagedAttentionParams p;
     p.num_tokens = dims[op::kQuery].d[0];
@@ -45,6 +46,7 @@ PagedAttentionParams shapes_from(nvinfer1::Dims const* dims) {
     p.num_kv_heads = static_cast<int32_t>(dims[op::kKey].d[1]);
     p.num_blocks = dims[op::kKvCache].d[0];
     p.block_size = static_cast<int32_t>(dims[op::kKvCache].d[2]);
+    p.scale_groups = static_cast<int32_t>(dims[op::kKvCache].d[4] - dims[op::kQuery].d[2]);
     p.num_seqs = static_cast<int32_t>(dims[op::kContextLens].d[0]);
     p.max_blocks_per_seq = static_cast<int32_t>(dims[op::kBlockTables].d[1]);
     p.k_scale_numel = static_cast<int32_t>(volume(dims[op::kKScale]));
@@ -218,7 +220,8 @@ int32_t PagedAttentionPlugin::enqueue_flashinfer(nvinfer1::PluginTensorDesc cons
     fi::DType kv_dtype;
     bool const eligible = flashinfer_dtype(inputDesc[op::kQuery].type, query_dtype)
         && flashinfer_dtype(inputDesc[op::kKvCache].type, kv_dtype) && query_dtype != fi::DType::kFP8E4M3
-        && (kv_dtype == query_dtype || kv_dtype == fi::DType::kFP8E4M3) && (p.head_dim == 64 || p.head_dim == 128);
+        && (kv_dtype == query_dtype || kv_dtype == fi::DType::kFP8E4M3) && (p.head_dim == 64 || p.head_dim == 128)
+        && p.scale_groups == 0;
     if (!eligible) {
         return -1;  // trtkv's own kernels
     }

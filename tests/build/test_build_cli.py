@@ -150,7 +150,8 @@ def test_pool_sizing_says_how_to_fit() -> None:
 @pytest.mark.trt
 @pytest.mark.gpu
 @requires_trt
-def test_build_tiny_engine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kv", [{}, {"kv_dtype": "int8", "kv_scales": "dynamic"}])  # + the plugins' dynamic layout
+def test_build_tiny_engine(tmp_path: Path, kv: dict) -> None:
     pytest.importorskip("transformers")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -161,7 +162,7 @@ def test_build_tiny_engine(tmp_path: Path) -> None:
     hf = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
     hf.save_pretrained(tmp_path / "hf")
-    export(tmp_path / "hf", tmp_path / "onnx", ExportConfig(dtype="fp16", progress=False))
+    export(tmp_path / "hf", tmp_path / "onnx", ExportConfig(dtype="fp16", progress=False, **kv))
     try:
         out = build_engine(tmp_path / "onnx", tmp_path / "engine", BuildConfig(max_num_tokens=32, max_num_seqs=4))
     except BackendUnavailableError as exc:

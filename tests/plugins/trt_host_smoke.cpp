@@ -277,6 +277,50 @@ void test_kv_append(RecordingLogger& logger) {
     CHECK(p.num_blocks == 7 && p.block_size == 16);
     CHECK(p.k_scale_numel == 2 && p.v_scale_numel == 2);
     CHECK(p.compute_dtype == trtkv::DType::kFP16 && p.kv_dtype == trtkv::DType::kFP8E4M3);
+    CHECK(p.scale_groups == 0); // pool rows of head_dim: static scales
+
+    // Dynamic int8 scales: pool rows of D + G (64 codes + 2 exponents); the stored codes take
+    // the pool's width and the kernels get G.
+    nvinfer1::PluginTensorDesc dyn_in[op::kNumInputs] = {in[0], in[1], in[2],
+        desc(dims({7, 2, 16, 2, 66}), DataType::kINT8), in[4], in[5]};
+    nvinfer1::PluginTensorDesc dyn_out[op::kNumOutputs] = {
+        desc(dims({5, 2, 66}), DataType::kINT8), desc(dims({5, 2, 66}), DataType::kINT8)};
+    nvinfer1::DynamicPluginTensorDesc dyn_io[op::kNumInputs + op::kNumOutputs];
+    for (int32_t i = 0; i < op::kNumInputs; ++i) {
+        dyn_io[i] = dyn(dyn_in[i]);
+    }
+    for (int32_t i = 0; i < op::kNumOutputs; ++i) {
+        dyn_io[op::kNumInputs + i] = dyn(dyn_out[i]);
+    }
+    CHECK(build->configurePlugin(dyn_io, op::kNumInputs, dyn_io + op::kNumInputs, op::kNumOutputs) == 0);
+    CHECK(runtime->enqueue(dyn_in, dyn_out, inputs, outputs, nullptr, nullptr) == 0);
+    CHECK(gLastAppend.scale_groups == 2 && gLastAppend.head_dim == 64 && gLastAppend.kv_dtype == trtkv::DType::kINT8);
+    size_t const errors_dyn = logger.errors.size();
+    dyn_io[op::kKvCache].desc.dims = dims({7, 2, 16, 2, 67}); // G = 3 does not divide 64
+    CHECK(build->configurePlugin(dyn_io, op::kNumInputs, dyn_io + op::kNumInputs, op::kNumOutputs) != 0);
+    dyn_io[op::kKvCache].desc.dims = dims({7, 2, 16, 2, 66});
+    dyn_io[op::kKvCache].desc.type = DataType::kHALF; // exponent bytes only in an int8 pool
+    CHECK(build->configurePlugin(dyn_io, op::kNumInputs, dyn_io + op::kNumInputs, op::kNumOutputs) != 0);
+    CHECK(logger.errors.size() == errors_dyn + 2);
+    // getOutputShapes: [T, Hkv, the pool's last extent] (the expressions are only copied).
+    nvinfer1::IDimensionExpr const* tags[5 * op::kNumInputs];
+    alignas(8) static unsigned char tag_storage[5 * op::kNumInputs];
+    nvinfer1::DimsExprs exprs[op::kNumInputs];
+    for (int32_t i = 0; i < op::kNumInputs; ++i) {
+        exprs[i].nbDims = i == op::kKvCache ? 5 : (i == op::kKey || i == op::kValue ? 3 : 1);
+        for (int32_t j = 0; j < exprs[i].nbDims; ++j) {
+            tags[5 * i + j] = reinterpret_cast<nvinfer1::IDimensionExpr const*>(&tag_storage[5 * i + j]);
+            exprs[i].d[j] = tags[5 * i + j];
+        }
+    }
+    nvinfer1::DimsExprs shapes[op::kNumOutputs];
+    struct UnusedBuilder : nvinfer1::IExprBuilder {} builder; // KVAppend builds no expression
+    CHECK(build->getOutputShapes(exprs, op::kNumInputs, nullptr, 0, shapes, op::kNumOutputs, builder) == 0);
+    for (int32_t o = 0; o < op::kNumOutputs; ++o) {
+        int32_t const src = o == op::kKeyStored ? op::kKey : op::kValue;
+        CHECK(shapes[o].nbDims == 3 && shapes[o].d[0] == exprs[src].d[0] && shapes[o].d[1] == exprs[src].d[1]);
+        CHECK(shapes[o].d[2] == exprs[op::kKvCache].d[4]);
+    }
 
     nvinfer1::PluginFieldCollection const* fields = runtime->getFieldsToSerialize();
     CHECK(fields != nullptr && fields->nbFields == 0);
@@ -407,6 +451,15 @@ void test_paged_attention(RecordingLogger& logger) {
         CHECK(p.k_scale_numel == 1 && p.v_scale_numel == 2);
         CHECK(p.compute_dtype == trtkv::DType::kBF16 && p.kv_dtype == trtkv::DType::kINT8);
         CHECK(p.scale == 0.125f && p.sliding_window == 4096 && p.softcap == 30.0f);
+        CHECK(p.scale_groups == 0);
+        nvinfer1::PluginTensorDesc dyn_in[op::kNumInputs];
+        for (int32_t i = 0; i < op::kNumInputs; ++i) {
+            dyn_in[i] = in[i];
+        }
+        dyn_in[op::kKvCache].dims.d[4] = 132; // dynamic int8 scales: 128 codes + 4 exponents
+        dyn_in[op::kKey].dims.d[2] = dyn_in[op::kValue].dims.d[2] = 132;
+        CHECK(rt->enqueue(dyn_in, out, inputs, outputs, workspace, nullptr) == 0);
+        CHECK(gLastAttention.scale_groups == 4 && gLastAttention.head_dim == 128);
     }
     delete restored;
     delete plugin;

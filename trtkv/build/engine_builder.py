@@ -128,10 +128,6 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, config: BuildConfig 
     trt = import_tensorrt(config.flavor)
     flavor = flavor_of(trt)
     attention = config.attention if config.attention != "auto" else ("lowered" if flavor == "rtx" else "plugin")
-    if manifest.dynamic_kv_scales and attention == "plugin":
-        raise ConfigError(f"{onnx_dir} stores int8 KV with dynamic per-token scales, which the TensorRT plugins do "
-                          "not read yet (the lowered route and ONNX Runtime do): build with --attention lowered, "
-                          "or export with calibrated scales (--kv-dtype int8 --calibrate 64, or --kv-dtype fp8)")
     logger = make_logger(trt, config.verbose)
     builder = require_cuda_device(trt, logger) if flavor == "trt" else trt.Builder(logger)
     plugin_path = None

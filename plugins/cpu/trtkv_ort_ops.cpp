@@ -639,6 +639,17 @@ void attend_one(void* data, size_t i) {
     attend_item(*job, job->items[i]);
 }
 
+//! Runs f; an exception becomes an ONNX Runtime status (``prefix`` + its message, ``code``).
+template <typename F>
+OrtStatusPtr guarded(F&& f, const char* prefix = "", OrtErrorCode code = ORT_INVALID_ARGUMENT) {
+    try {
+        f();
+        return nullptr;
+    } catch (const std::exception& e) {
+        return Ort::Status((std::string(prefix) + e.what()).c_str(), code).release();
+    }
+}
+
 float attr_float(const OrtKernelInfo* info, const char* name, float fallback) {
     try {
         return Ort::ConstKernelInfo(info).GetAttribute<float>(name);
@@ -668,14 +679,7 @@ struct PagedAttentionKernel {
           window(attr_int(info, "sliding_window", 0)) {}
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-        try {
-            compute(context);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status((std::string("trtkv::PagedAttention (native): ") + e.what()).c_str(),
-                               ORT_INVALID_ARGUMENT)
-                .release();
-        }
+        return guarded([&] { compute(context); }, "trtkv::PagedAttention (native): ");
     }
 
     void compute(OrtKernelContext* context) {
@@ -806,16 +810,6 @@ void set_output(const OrtApi& api, OrtShapeInferContext* ctx, size_t index, cons
     Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, index, info));
 }
 
-template <typename F>
-OrtStatusPtr guarded(F&& f) {
-    try {
-        f();
-        return nullptr;
-    } catch (const std::exception& e) {
-        return Ort::Status(e.what(), ORT_INVALID_ARGUMENT).release();
-    }
-}
-
 // PagedAttention: output = the query's type and shape.
 OrtStatusPtr infer_paged_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
     return guarded([&] {
@@ -843,12 +837,7 @@ OrtStatusPtr infer_kv_append(const OrtCustomOp*, OrtShapeInferContext* ctx) {
 struct PagedAttentionOp : Ort::CustomOpBase<PagedAttentionOp, PagedAttentionKernel, true> {
     PagedAttentionOp() { InferOutputShapeFn = infer_paged_attention; }
     OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-        try {
-            *kernel = new PagedAttentionKernel(info);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status(e.what(), ORT_FAIL).release();
-        }
+        return guarded([&] { *kernel = new PagedAttentionKernel(info); }, "", ORT_FAIL);
     }
     const char* GetName() const { return "PagedAttention"; }
     size_t GetInputTypeCount() const { return 9; }
@@ -894,13 +883,7 @@ struct KVAppendKernel {
     explicit KVAppendKernel(const OrtKernelInfo* info) : write_pool(attr_int(info, "write_pool", 0) != 0) {}
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-        try {
-            compute(context);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status((std::string("trtkv::KVAppend (native): ") + e.what()).c_str(), ORT_INVALID_ARGUMENT)
-                .release();
-        }
+        return guarded([&] { compute(context); }, "trtkv::KVAppend (native): ");
     }
 
     void compute(OrtKernelContext* context) {
@@ -974,12 +957,7 @@ struct KVAppendKernel {
 struct KVAppendOp : Ort::CustomOpBase<KVAppendOp, KVAppendKernel, true> {
     KVAppendOp() { InferOutputShapeFn = infer_kv_append; }
     OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-        try {
-            *kernel = new KVAppendKernel(info);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status(e.what(), ORT_FAIL).release();
-        }
+        return guarded([&] { *kernel = new KVAppendKernel(info); }, "", ORT_FAIL);
     }
     const char* GetName() const { return "KVAppend"; }
     size_t GetInputTypeCount() const { return 6; }
@@ -1035,14 +1013,7 @@ struct MatMulBf16Kernel {
     }
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-        try {
-            compute(context);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status((std::string("trtkv.cpu::MatMulBf16 (native): ") + e.what()).c_str(),
-                               ORT_INVALID_ARGUMENT)
-                .release();
-        }
+        return guarded([&] { compute(context); }, "trtkv.cpu::MatMulBf16 (native): ");
     }
 
     void compute(OrtKernelContext* context) {
@@ -1094,12 +1065,7 @@ OrtStatusPtr infer_matmul_bf16(const OrtCustomOp*, OrtShapeInferContext* ctx) {
 struct MatMulBf16Op : Ort::CustomOpBase<MatMulBf16Op, MatMulBf16Kernel, true> {
     MatMulBf16Op() { InferOutputShapeFn = infer_matmul_bf16; }
     OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-        try {
-            *kernel = new MatMulBf16Kernel(info);
-            return nullptr;
-        } catch (const std::exception& e) {
-            return Ort::Status((std::string("trtkv.cpu::MatMulBf16: ") + e.what()).c_str(), ORT_FAIL).release();
-        }
+        return guarded([&] { *kernel = new MatMulBf16Kernel(info); }, "trtkv.cpu::MatMulBf16: ", ORT_FAIL);
     }
     const char* GetName() const { return "MatMulBf16"; }
     size_t GetInputTypeCount() const { return 2; }

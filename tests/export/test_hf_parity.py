@@ -136,27 +136,30 @@ def _round_linear_inputs_to_bf16(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases (the Gemm's C input)
 def test_bf16_matmul_on_amx_matches_hf_with_the_same_rounding(family, checkpoint_factory, exported_factory):
     """A bf16 export with its linear layers on AMX (--cpu-matmul auto) against HF computing in
-    float32 from the same bf16 weights with each Linear's input rounded to bf16: logits agree to
-    float32 accumulation order (up to a rare rounding flip); greedy tokens equal."""
+    float32 from the same bf16 weights with each Linear's input rounded to bf16, step by step
+    (generate with its KV cache): logits agree to float32 accumulation order (up to a rare
+    rounding flip); greedy tokens equal."""
     require_amx_bf16()
     ckpt, model_dir = checkpoint_factory(family), exported_factory(family, dtype="bf16", kv_dtype="fp32")
     prompts = _prompts(Manifest.load(model_dir).vocab_size)[:4]
     hf = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.bfloat16).float().eval()
     _round_linear_inputs_to_bf16(hf)
     outs, logits = _backend_greedy_with_logits(model_dir, prompts, 8, cpu_matmul="auto")
-    exact = 0
+    rows: list[float] = []  # max |logit - HF| of every (prompt, step) row
     for prompt, out, lg in zip(prompts, outs, logits, strict=True):
-        assert out == _hf_greedy(hf, prompt, 8), f"{family}: prompt of {len(prompt)} tokens"
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt + out[:-1]])).logits[0, len(prompt) - 1:].numpy()
-        worst = float(np.abs(np.stack(lg) - ref).max())
-        print(f"{family}, prompt of {len(prompt)} tokens: max |logit - HF| = {worst:.2e}")
-        # One activation whose float32 value differs in its last bits may round to the other
-        # bf16 neighbour (1 part in 256) and move the logits after it by ~1e-2; without such a
-        # flip the two computations agree to float32 accumulation order.
-        assert worst < 0.05
-        exact += worst < 1e-5
-    assert exact >= len(prompts) - 1, "more than one prompt off the same-rounding reference"
+        with torch.no_grad():  # step by step with HF's KV cache, as the engine computes them
+            gen = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        assert out == gen.sequences[0, len(prompt):].tolist(), f"{family}: prompt of {len(prompt)} tokens"
+        ref = torch.cat(gen.logits).numpy()
+        rows.extend(np.abs(np.stack(lg) - ref).max(-1).tolist())
+    print(f"{family}: max |logit - HF| per row, sorted: {[f'{r:.0e}' for r in sorted(rows)]}")
+    # An activation whose float32 value differs in its last bits (another accumulation order) may
+    # round to the other bf16 neighbour (1 part in 256) and move the logits after it by ~1e-2, in
+    # that row and, through the KV it wrote, later ones; most rows see no such flip and agree to
+    # float32 accumulation order.
+    assert max(rows) < 0.05
+    assert np.mean(np.asarray(rows) < 1e-5) >= 0.75, "most rows should match the same-rounding reference exactly"
     # and the float32 path of the same export really is another computation
     _, fp32_logits = _backend_greedy_with_logits(model_dir, prompts[:1], 1, cpu_matmul="fp32")
     assert float(np.abs(fp32_logits[0][0] - logits[0][0]).max()) > 1e-4

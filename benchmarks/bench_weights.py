@@ -2,7 +2,8 @@
 side by side, in one run.
 
 For each of fp32 / bf16 (the fp32 export with ``--cpu-matmul bf16``: weights rounded to bf16 at
-load, MatMuls on AMX) / int8 / int4 (rtn) / int4 (hqq) weights (group 32, ONNX Runtime
+load, MatMuls on AMX) / int8 / int4 (rtn; int8 LM head) / int4-head4 (the head at int4 too) /
+int4 (hqq) weights (group 32, ONNX Runtime
 MatMulNBits, int8 activations): model file size (bf16: the fp32 export's file);
 perplexity of held-out real text through the paged path (fp32 KV); greedy agreement of the
 first N tokens with the fp32 export on prompts cut from the text; single-stream decode speed
@@ -35,7 +36,7 @@ from trtkv.runtime.engine import load_tokenizer
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
-VARIANTS = ("none", "bf16", "int8", "int4", "int4-hqq")
+VARIANTS = ("none", "bf16", "int8", "int4", "int4-head4", "int4-hqq")
 #: Variants that run the fp32 export with another --cpu-matmul (bf16: weights rounded to bf16 at
 #: load, MatMuls on AMX).
 MATMUL_VARIANTS = {"bf16": "bf16"}
@@ -94,8 +95,10 @@ def main() -> None:
         level = args.accuracy_level if w != "none" else 0
         d = Path(args.out) / f"{Path(args.source).stem}-{w}{f'-acc{level}' if level else ''}"
         weights, _, algo = w.partition("-")
+        head = "int4" if algo == "head4" else "auto"  # int4-head4: the LM head at int4 too
+        algo = "" if algo == "head4" else algo
         if not (d / "manifest.json").is_file():  # a .gguf is dequantized first
-            export_model(args.source, d, ExportConfig(weights=weights, weight_algo=algo or "rtn",
+            export_model(args.source, d, ExportConfig(weights=weights, weight_algo=algo or "rtn", head_weights=head,
                                                       weight_accuracy_level=level, progress=False))
         dirs[w] = d
     text = Path(args.text).read_text() if args.text else english_text()

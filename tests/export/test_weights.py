@@ -147,3 +147,20 @@ def test_default_compute_is_int8_activations(checkpoint_factory, tmp_path):
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
     assert levels == {4}
+
+
+def test_head_weights_int4_quantizes_the_head_too(checkpoint_factory, tmp_path):
+    out = tmp_path / "h4"
+    export(checkpoint_factory("llama"), out, ExportConfig(weights="int4", head_weights="int4", progress=False))
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {n.input[1]: a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    head = next(k for k in bits if k.startswith(("model.embed_tokens.weight.T", "lm_head.weight.T")))
+    assert bits[head] == 4 and set(bits.values()) == {4}
+    prompt = [int(t) for t in np.random.default_rng(1).integers(3, 200, 12)]
+    assert np.isfinite(_logits(out, prompt)).all()
+    with pytest.raises(ConfigError, match="add --weights int8 or int4"):
+        ExportConfig(head_weights="int8")
+    with pytest.raises(ConfigError, match="harder than the layers"):
+        ExportConfig(weights="int8", head_weights="int4")
+    with pytest.raises(ConfigError, match="--head-weights must be auto, int8 or int4"):
+        ExportConfig(weights="int4", head_weights="fp16")

@@ -103,7 +103,7 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
         from trtkv.export.weights import quantize_linear_weights
 
         model = quantize_linear_weights(model, config.weights, config.weight_group_size,
-                                        config.weight_accuracy_level, config.weight_algo)
+                                        config.weight_accuracy_level, config.weight_algo, config.head_weights)
     _save_onnx(model, out_dir, config.external_data_min_mib)
     manifest = Manifest(
         architecture=spec.model_type, num_layers=spec.num_layers, hidden_size=spec.hidden_size,

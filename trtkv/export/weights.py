@@ -9,8 +9,9 @@ each output column, by symmetric round to nearest (``rtn``, the default) or HQQ 
 Half-Quadratic Quantization, fitted without calibration data). On SmolLM2-135M (RESULTS,
 "Weight-only quantization") int8 rtn costs +0.4% perplexity at 1.6x the decode speed; int4
 rtn +20%; int4 hqq +0.3%, but its fractional zero points send ONNX Runtime's kernel down a
-slow path (0.3x). With int4 the LM head is kept at int8, as llama.cpp keeps its output matrix
-at more bits (an int4 head alone adds 8% perplexity there). Embedding lookups, norms, rotary tables and the trtkv ops stay
+slow path (0.3x). With int4 the LM head is kept at int8 by default, as llama.cpp keeps its output
+matrix at more bits (an int4 head alone adds 8% perplexity there); ``head_weights="int4"``
+(``--head-weights int4``) quantizes it to int4 too, as ONNX Runtime GenAI's builder does. Embedding lookups, norms, rotary tables and the trtkv ops stay
 as they are. ONNX Runtime's CPU kernel computes with int8-quantized activations
 (``accuracy_level`` 4, the default: its fast path) or in fp32 from the dequantized weights
 (0: exact, but 5x slower than fp32 weights for int8 on the 2-core dev machine; RESULTS).
@@ -34,12 +35,14 @@ HEAD_WEIGHTS = ("model.embed_tokens.weight.T", "lm_head.weight.T")
 
 
 def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: int,
-                            accuracy_level: int = 4, algo: str = "rtn") -> onnx.ModelProto:
+                            accuracy_level: int = 4, algo: str = "rtn", head_weights: str = "auto") -> onnx.ModelProto:
     """``model`` with its MatMul weights as MatMulNBits (``weights``: int8 or int4).
 
     ``algo``: ``rtn`` (symmetric round to nearest) or ``hqq`` (Half-Quadratic Quantization:
     asymmetric, scale and fractional zero point fitted per group without calibration data;
     needs torch).
+    ``head_weights``: the LM head's bits: ``auto`` (int8 under int4, else as ``weights``),
+    ``int8`` or ``int4``.
 
     Raises:
         ConfigError: onnxruntime's quantizer is missing (it needs the ``onnx-ir`` package), or
@@ -85,7 +88,8 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        if bits == 4 and head:
+        head_bits = WEIGHT_BITS[head_weights] if head_weights != "auto" else 8
+        if bits == 4 and head and head_bits == 8:
             return run(run(model, 4, head, None, algo == "hqq"), 8, [], head)
         return run(model, bits, [], None, algo == "hqq")
     finally:

@@ -48,6 +48,25 @@ KEY_STORED_OUTPUT = "key_stored.{layer}"
 VALUE_STORED_OUTPUT = "value_stored.{layer}"
 
 
+def kv_graph_values(graph: Any) -> tuple[list[Any], list[Any]]:
+    """The per-layer KV values of an ONNX graph: (the kv_cache inputs, the key/value_stored
+    outputs), as ValueInfoProtos (no onnx import here)."""
+    stored = (KEY_STORED_OUTPUT.split("{", 1)[0], VALUE_STORED_OUTPUT.split("{", 1)[0])
+    pools = [v for v in graph.input if v.name.startswith(KV_CACHE_INPUT.split("{", 1)[0])]
+    return pools, [v for v in graph.output if v.name.startswith(stored)]
+
+
+def set_kv_width(graph: Any, width: int) -> None:
+    """The last dimension of the pools and the stored codes: head_dim, or head_dim + the
+    exponent bytes of dynamic int8 scales (`Manifest.pool_head_dim`; an exported file declares
+    head_dim)."""
+    pools, stored = kv_graph_values(graph)
+    for value in (*pools, *stored):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[-1].dim_value = width
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to know about an exported model.

@@ -34,7 +34,7 @@ import onnx
 import onnx.inliner
 
 from trtkv.errors import ModelDirError
-from trtkv.manifest import KV_CACHE_INPUT, Manifest
+from trtkv.manifest import Manifest, kv_graph_values, set_kv_width
 from trtkv.ops.lowered import LOWERED_POOL_TYPES, lowered_op_functions
 from trtkv.ops.schema import OP_DOMAIN, OPS, PLUGIN_NAMESPACE
 
@@ -68,20 +68,12 @@ def load_for_tensorrt(onnx_dir: Path, manifest: Manifest, attention: str) -> tup
     nodes = trtkv_node_names(model)
     if not nodes:
         raise ModelDirError(f"{path} holds no trtkv::PagedAttention / KVAppend node; export it with `trtkv export`")
-    _set_pool_width(model, manifest.pool_head_dim)
+    set_kv_width(model.graph, manifest.pool_head_dim)
     if attention == "lowered":
         _lower(model, manifest)
     else:
         _add_attention_workspace(model)
     return model, nodes
-
-
-def _set_pool_width(model: onnx.ModelProto, width: int) -> None:
-    """The pools' and stored codes' last dimension: head_dim, or head_dim + the exponent bytes
-    of dynamic int8 scales (the manifest's `pool_head_dim`; the exported file declares head_dim)."""
-    for value in (*model.graph.input, *model.graph.output):
-        if value.name.startswith((KV_CACHE_INPUT.split("{", 1)[0], "key_stored.", "value_stored.")):
-            value.type.tensor_type.shape.dim[-1].dim_value = width
 
 
 def _add_attention_workspace(model: onnx.ModelProto) -> None:
@@ -106,9 +98,8 @@ def _lower(model: onnx.ModelProto, manifest: Manifest) -> None:
                                                 dynamic=manifest.dynamic_kv_scales))
     pool_type = LOWERED_POOL_TYPES.get(manifest.kv_dtype)
     if pool_type is not None:
-        for value in model.graph.input:
-            if value.name.startswith(KV_CACHE_INPUT.split("{", 1)[0]):
-                value.type.tensor_type.elem_type = pool_type
+        for value in kv_graph_values(model.graph)[0]:
+            value.type.tensor_type.elem_type = pool_type
     inlined = onnx.inliner.inline_local_functions(model)
     model.CopyFrom(inlined)
     left = trtkv_node_names(model)

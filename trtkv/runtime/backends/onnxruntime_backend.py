@@ -30,6 +30,8 @@ from trtkv.manifest import (
     LOGITS_OUTPUT,
     VALUE_STORED_OUTPUT,
     Manifest,
+    kv_graph_values,
+    set_kv_width,
 )
 from trtkv.ops.onnx_functions import KV_ONNX_TYPES, op_functions
 from trtkv.ops.reference import KV_NUMPY_DTYPES
@@ -168,9 +170,10 @@ def _split(pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _drop_stored_outputs(model: onnx.ModelProto) -> None:
     """Removes the key_stored / value_stored graph outputs (no per-step buffers to bind)."""
+    stored = {v.name for v in kv_graph_values(model.graph)[1]}
     outputs = model.graph.output
     for i in reversed(range(len(outputs))):
-        if outputs[i].name.startswith(("key_stored.", "value_stored.")):
+        if outputs[i].name in stored:
             del outputs[i]
 
 
@@ -212,7 +215,7 @@ def _check_graph_matches(model: onnx.ModelProto, manifest: Manifest, path: Path)
     def dims(value: onnx.ValueInfoProto) -> list[int | str]:
         return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
-    pools = [v for v in model.graph.input if v.name.startswith("kv_cache.")]
+    pools = kv_graph_values(model.graph)[0]
     found: list[str] = []
     if len(pools) != manifest.num_layers:
         found.append(f"num_layers {manifest.num_layers} vs {len(pools)} kv_cache inputs")
@@ -237,17 +240,12 @@ def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
     """
     kv = manifest.kv_dtype
     pool_type = TensorProto.UINT8 if kv == "fp8" else KV_ONNX_TYPES[kv]
-    width = manifest.pool_head_dim  # head_dim, + the exponent bytes of dynamic scales
-    for value in model.graph.input:
-        if value.name.startswith("kv_cache."):
-            value.type.tensor_type.elem_type = pool_type
-            value.type.tensor_type.shape.dim[4].dim_value = width
-    for value in model.graph.output:
-        if value.name.startswith(("key_stored.", "value_stored.")):
-            value.type.tensor_type.elem_type = KV_ONNX_TYPES[kv]
-            dims = value.type.tensor_type.shape.dim
-            if len(dims) == 3:
-                dims[2].dim_value = width
+    pools, stored = kv_graph_values(model.graph)
+    for value in pools:
+        value.type.tensor_type.elem_type = pool_type
+    for value in stored:
+        value.type.tensor_type.elem_type = KV_ONNX_TYPES[kv]
+    set_kv_width(model.graph, manifest.pool_head_dim)
     del model.functions[:]
     model.functions.extend(op_functions(kv, fp8_pool_as_uint8=True, dynamic=manifest.dynamic_kv_scales))
     scales = {f"k_scale.{i}": s for i, s in enumerate(manifest.k_scales)}

@@ -34,7 +34,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 namespace amx {
 
@@ -43,7 +42,6 @@ constexpr int64_t kPanel = 32;               // output columns per panel (two 16
 constexpr int64_t kTileElems = 16 * kStep;   // bf16 in one A or B tile
 constexpr int64_t kBlockRows = 32;           // rows of X per block (two 16-row tiles)
 constexpr int64_t kChunkBlocks = 8;          // blocks per work item: 256 rows of X stay in L2
-constexpr int64_t kPrefetchSteps = 4;        // K steps a block prefetches its weight ahead
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -112,7 +110,7 @@ inline void store_part(const float* tile, float* y, int64_t ldy, int64_t rows, i
 
 //! One block: rows [0, 16 * (1 + kTwo)) of the bf16 X copy `a` (row stride kp) times one
 //! packed panel `b` (ksteps steps) into y (row stride ldy), valid rows / cols only.
-template <bool kTwo, bool kPrefetch>
+template <bool kTwo>
 TRTKV_AMX_TARGET void block(const uint16_t* a, int64_t kp, const uint16_t* b, int64_t ksteps, float* y, int64_t ldy,
                             int64_t rows, int64_t cols) {
     _tile_zero(0);
@@ -124,10 +122,6 @@ TRTKV_AMX_TARGET void block(const uint16_t* a, int64_t kp, const uint16_t* b, in
     const int64_t a_stride = kp * static_cast<int64_t>(sizeof(uint16_t));
     for (int64_t s = 0; s < ksteps; ++s) {
         const uint16_t* bs = b + s * 2 * kTileElems;
-        if (kPrefetch) {  // the weight streams from memory once per block row: ask for it early
-            const char* ahead = reinterpret_cast<const char*>(bs + kPrefetchSteps * 2 * kTileElems);
-            for (int line = 0; line < 32; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
-        }
         _tile_loadd(6, bs, 64);
         _tile_loadd(7, bs + kTileElems, 64);
         _tile_loadd(4, a + s * kStep, a_stride);
@@ -222,11 +216,9 @@ TRTKV_AMX_TARGET inline void run_item(const uint16_t* a, int64_t m, int64_t kp, 
         const int64_t row0 = blk * kBlockRows, rows = m - row0 < kBlockRows ? m - row0 : kBlockRows;
         float* out = y + row0 * n + col0;
         if (rows > 16) {
-            block<true, false>(a + row0 * kp, kp, b, ksteps, out, n, rows, cols);
-        } else if (blk == blk0) {
-            block<false, true>(a + row0 * kp, kp, b, ksteps, out, n, rows, cols);
+            block<true>(a + row0 * kp, kp, b, ksteps, out, n, rows, cols);
         } else {
-            block<false, false>(a + row0 * kp, kp, b, ksteps, out, n, rows, cols);
+            block<false>(a + row0 * kp, kp, b, ksteps, out, n, rows, cols);
         }
     }
     _tile_release();

@@ -134,7 +134,9 @@ class _LoweredBody:
         query, key, value, pool, qsl, ctx_lens, tables, k_scale, v_scale = PAGED_ATTENTION.input_names
         num_tokens, num_heads, head_dim = self.dim(query, 0), self.dim(query, 1), self.dim(query, 2)
         num_kv_heads, block_size, pool_width = self.dim(pool, 3), self.dim(pool, 2), self.dim(pool, 4)
-        self.head_dim, self.groups = head_dim, b.op("Sub", pool_width, head_dim)  # G: 0 without dynamic scales
+        self.head_dim = head_dim
+        if self.dynamic:  # G exponent bytes follow the codes of a row
+            self.groups = b.op("Sub", pool_width, head_dim)
         width = self.dim(tables, 1)
         group = b.op("Div", num_heads, num_kv_heads)
 

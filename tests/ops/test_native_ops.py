@@ -30,7 +30,7 @@ BATCHES = {
     "mixed": ([6, 0, 11, 2, 0], [1, 9, 3, 1, 1]),
     "decode_only": ([5, 13, 1], [1, 1, 1]),
     "prefill_only": ([0, 4, 9], [3, 2, 7]),
-    # past one query tile (16) and one key chunk (64), over many blocks
+    # past one query tile (32) and one key chunk (64), over many blocks
     "long": ([40, 0, 100], [37, 50, 1]),
 }
 SCALES = {"int8": np.array([0.03, 0.05], np.float32), "fp8": np.array([0.01, 0.02], np.float32)}

@@ -88,6 +88,28 @@ def file_prompts(tokenizer: Any, path: str | Path, max_tokens: int) -> list[list
     return prompts
 
 
+def calibration_prompts(tokenizer_dir: Path, num_texts: int, max_tokens: int,
+                        calibration_file: str | Path | None = None,
+                        texts: list[str] | None = None) -> tuple[list[list[int]], str]:
+    """The first ``num_texts`` calibration prompts of at most ``max_tokens`` tokens, encoded
+    with the tokenizer in ``tokenizer_dir``, and a name for their source: the user's file
+    (`file_prompts`), else ``texts``, else stdlib sources (`calibration_texts`).
+
+    Raises:
+        ModelDirError: no tokenizer in ``tokenizer_dir``.
+        ConfigError: a bad calibration file.
+    """
+    from trtkv.runtime.engine import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(tokenizer_dir))
+    if tokenizer is None:
+        raise ModelDirError(f"{tokenizer_dir} has no tokenizer; calibration encodes text with it")
+    if calibration_file is not None:
+        return file_prompts(tokenizer, calibration_file, max_tokens)[:num_texts], f"file {Path(calibration_file).name}"
+    prompts = [tokenizer.encode(t, truncation=True, max_length=max_tokens) for t in (texts or calibration_texts(num_texts))]
+    return [p for p in prompts if p], "texts" if texts else "python stdlib sources"
+
+
 def collect_kv_amax(model_dir: str | Path, prompts: list[list[int]], per_head: bool,
                     saturation_at: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
     """Per layer amax of K and V over ``prompts``: arrays [L, Hkv] (per head) or [L, 1], and
@@ -148,19 +170,8 @@ def calibrate(model_dir: str | Path, num_texts: int = 16, granularity: str = "pe
         raise ConfigError(f"--kv-scales must be one of {', '.join(SCALE_GRANULARITIES)}, got {granularity!r}")
     if num_texts < 1:
         raise ConfigError(f"--calibrate wants a number of texts >= 1, got {num_texts}")
-    from trtkv.runtime.engine import load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None:
-        raise ModelDirError(f"{model_dir} has no tokenizer; calibration encodes text with it")
     limit = min(max_tokens, manifest.max_position_embeddings)
-    if calibration_file is not None:
-        prompts = file_prompts(tokenizer, calibration_file, limit)[:num_texts]
-        source = f"file {Path(calibration_file).name}"
-    else:
-        prompts = [tokenizer.encode(t)[:limit] for t in (texts or calibration_texts(num_texts))]
-        prompts = [p for p in prompts if p]
-        source = "texts" if texts else "python stdlib sources"
+    prompts, source = calibration_prompts(model_dir, num_texts, limit, calibration_file, texts)
     # A quarter of the samples (at least one, when there are two or more) is held out to
     # measure what the scales cost: perplexity with them against a float32 pool.
     num_held = max(1, len(prompts) // 4) if len(prompts) >= 2 else 0

@@ -2,8 +2,9 @@
 side by side, in one run.
 
 For each of fp32 / bf16 (the fp32 export with ``--cpu-matmul bf16``: weights rounded to bf16 at
-load, MatMuls on AMX) / int8 / int4 (rtn; int8 LM head) / int4-head4 (the head at int4 too) /
-int4 (hqq) weights (group 32, ONNX Runtime
+load, MatMuls on AMX) / int8 / int4 (rtn; int8 LM head) / int8-gptq, int4-gptq (GPTQ on the
+default calibration: 64 Python stdlib sources of up to 512 tokens) / int4-head4 (the head at
+int4 too) / int4 (hqq) weights (group 32, ONNX Runtime
 MatMulNBits, int8 activations): model file size (bf16: the fp32 export's file);
 perplexity of held-out real text through the paged path (fp32 KV); greedy agreement of the
 first N tokens with the fp32 export on prompts cut from the text; single-stream decode speed
@@ -36,7 +37,7 @@ from trtkv.runtime.engine import load_tokenizer
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
-VARIANTS = ("none", "bf16", "int8", "int4", "int4-head4", "int4-hqq")
+VARIANTS = ("none", "bf16", "int8", "int8-gptq", "int4", "int4-gptq", "int4-head4", "int4-hqq")
 #: Variants that run the fp32 export with another --cpu-matmul (bf16: weights rounded to bf16 at
 #: load, MatMuls on AMX).
 MATMUL_VARIANTS = {"bf16": "bf16"}

@@ -120,6 +120,9 @@ class Manifest:
     """Weight-only quantization of the linear layers (none, int8, int4: MatMulNBits)."""
     weight_group_size: int = 0
     """Inputs per weight scale with ``weights`` quantized (0: none)."""
+    weight_calibration: dict[str, Any] = field(default_factory=dict)
+    """How ``--weight-algo gptq`` was calibrated (algorithm, source, samples, tokens, seconds);
+    empty for the calibration-free algorithms."""
 
     def _type_problem(self) -> str:
         """What is wrong with the field types or ranges ('' if nothing): a hand-edited manifest

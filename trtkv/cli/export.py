@@ -26,5 +26,8 @@ def export(
 
     manifest = export_model(model, output, config)
     weights = f", {manifest.weights} weights" if manifest.weights != "none" else ""
+    if manifest.weight_calibration:
+        c = manifest.weight_calibration
+        weights += f" ({c['algorithm']} on {c['num_samples']} prompts, {c['num_tokens']} tokens of {c['source']})"
     print(f"exported {manifest.architecture} ({manifest.num_layers} layers, {manifest.dtype}{weights}, "
           f"KV {manifest.kv_dtype}) to {output}", file=sys.stderr)

@@ -12,6 +12,12 @@ from trtkv.ops.schema import KV_DTYPES, QUANTIZED_KV_DTYPES, canonical_dtype
 
 #: Weight/compute dtypes an export can have (trtkv.export.llama_graph.COMPUTE_TYPES maps them).
 COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
+#: Calibration (KV scales, gptq weights) at export: texts used when --calibrate gives no number,
+#: and the tokens each is cut to.
+CALIBRATION_TEXTS = 64
+CALIBRATION_MAX_TOKENS = 512
+#: --weight-algo values: calibration-free (rtn, hqq) or calibrated (gptq).
+WEIGHT_ALGOS = ("rtn", "hqq", "gptq")
 
 
 @dataclass(frozen=True)
@@ -21,13 +27,16 @@ class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": "weight/compute dtype: fp32, fp16 or bf16"})
     kv_dtype: str = field(default="auto", metadata={"help": "KV pool dtype: auto (= dtype), fp32, fp16, bf16, fp8, int8"})
     block_size: int = field(default=16, metadata={"help": "default tokens per KV block recorded in the manifest"})
-    calibrate: int = field(default=0, metadata={"help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults)"})
+    calibrate: int = field(default=0, metadata={
+        "help": "fp8/int8 KV: calibrate scales on this many texts (0 = documented defaults); --weight-algo gptq: "
+                "fit on this many (0 = 64)"})
     kv_scales: str = field(default="per-head", metadata={
         "choices": ("per-head", "per-tensor", "dynamic"),
         "help": "fp8/int8 KV scales: calibrated per-head or per-tensor, or dynamic (int8: a scale per token, KV "
                 "head and 32 values computed on write, no calibration)"})
     calibration_file: str = field(default="", metadata={
-        "help": "fp8/int8 KV: calibrate on this text (plain, or .jsonl chats / texts; see trtkv calibrate)"})
+        "help": "fp8/int8 KV scales and --weight-algo gptq: calibrate on this text (plain, or .jsonl chats / texts; "
+                "see trtkv calibrate; default: Python stdlib sources)"})
     weights: str = field(default="none", metadata={
         "choices": ("none", "int8", "int4"),
         "help": "weight-only quantization of every linear layer (ONNX Runtime MatMulNBits, one scale per "
@@ -41,10 +50,11 @@ class ExportConfig:
         "choices": (0, 4), "help": "--weights compute: 4 = int8 activations (ONNX Runtime's fast path), "
                                    "0 = fp32 from the dequantized weights (exact, slow for int8)"})
     weight_algo: str = field(default="rtn", metadata={
-        "choices": ("rtn", "hqq"),
-        "help": "--weights rounding: rtn (symmetric round to nearest: ONNX Runtime's fast kernel) or hqq (scale "
-                "and fractional zero point fitted per group, no calibration data; more accurate int4, but ONNX "
-                "Runtime runs fractional zero points on a slow path; needs torch)"})
+        "choices": WEIGHT_ALGOS,
+        "help": "--weights rounding: rtn (symmetric round to nearest: ONNX Runtime's fast kernel), gptq (codes "
+                "fitted to calibration activations, integer zero points: the fast kernel; takes --calibrate / "
+                "--calibration-file) or hqq (scale and fractional zero point fitted per group, no calibration "
+                "data; ONNX Runtime runs fractional zero points on a slow path; needs torch)"})
     external_data_min_mib: float = field(default=256.0, metadata={"help": "store weights in model.onnx.data when they exceed this many MiB"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over layers"})
 
@@ -57,14 +67,15 @@ class ExportConfig:
             raise ConfigError(f"--kv-dtype {self.kv_dtype!r} is not supported; use auto or one of {', '.join(KV_DTYPES)}")
         if self.calibrate < 0:
             raise ConfigError(f"--calibrate must be >= 0, got {self.calibrate}")
-        if (self.calibrate or self.calibration_file) and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES:
-            raise ConfigError("--calibrate and --calibration-file apply to fp8/int8 KV pools; "
-                              "add --kv-dtype fp8 or int8")
+        if ((self.calibrate or self.calibration_file) and self.resolved_kv_dtype not in QUANTIZED_KV_DTYPES
+                and self.weight_algo != "gptq"):
+            raise ConfigError("--calibrate and --calibration-file apply to fp8/int8 KV pools and --weight-algo gptq; "
+                              "add --kv-dtype fp8 or int8, or --weights int8|int4 --weight-algo gptq")
         if self.kv_scales not in ("per-tensor", "per-head", "dynamic"):
             raise ConfigError(f"--kv-scales must be per-tensor, per-head or dynamic, got {self.kv_scales!r}")
         if self.kv_scales == "dynamic" and self.resolved_kv_dtype != "int8":
             raise ConfigError("--kv-scales dynamic is for int8 KV pools: add --kv-dtype int8")
-        if self.kv_scales == "dynamic" and (self.calibrate or self.calibration_file):
+        if self.kv_scales == "dynamic" and (self.calibrate or self.calibration_file) and self.weight_algo != "gptq":
             raise ConfigError("--kv-scales dynamic needs no calibration: drop --calibrate / --calibration-file")
         if self.weights not in ("none", "int8", "int4"):
             raise ConfigError(f"--weights must be none, int8 or int4, got {self.weights!r}")
@@ -81,8 +92,11 @@ class ExportConfig:
                               "layers; use --weights int4, or drop --head-weights")
         if self.weight_group_size < 16 or self.weight_group_size & (self.weight_group_size - 1):
             raise ConfigError(f"--weight-group-size must be a power of two >= 16, got {self.weight_group_size}")
-        if self.weight_algo not in ("rtn", "hqq"):
-            raise ConfigError(f"--weight-algo must be rtn or hqq, got {self.weight_algo!r}")
+        if self.weight_algo not in WEIGHT_ALGOS:
+            raise ConfigError(f"--weight-algo must be one of {', '.join(WEIGHT_ALGOS)}, got {self.weight_algo!r}")
+        if self.weight_algo != "rtn" and self.weights == "none":
+            raise ConfigError(f"--weight-algo {self.weight_algo} quantizes the weights of a --weights export; "
+                              "add --weights int8 or int4")
         if self.weight_accuracy_level not in (0, 4):
             raise ConfigError(f"--weight-accuracy-level must be 0 or 4, got {self.weight_accuracy_level}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -91,3 +105,9 @@ class ExportConfig:
     @property
     def resolved_kv_dtype(self) -> str:
         return self.dtype if self.kv_dtype == "auto" else self.kv_dtype
+
+    @property
+    def calibrates_kv(self) -> bool:
+        """Static fp8/int8 KV scales are calibrated at export (else the documented defaults)."""
+        return (bool(self.calibrate or self.calibration_file) and self.resolved_kv_dtype in QUANTIZED_KV_DTYPES
+                and self.kv_scales != "dynamic")

@@ -6,6 +6,8 @@ Runs on the base install: NumPy and ml_dtypes convert the weights; must not impo
 from __future__ import annotations
 
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from onnx import helper
 from trtkv.atomic_dir import check_output_dir, publish, staging_dir
 from trtkv.errors import CheckpointError
 from trtkv.export.checkpoint import ArchSpec, WeightReader, arch_spec_from_config, load_hf_config
-from trtkv.export.config import ExportConfig
+from trtkv.export.config import CALIBRATION_MAX_TOKENS, CALIBRATION_TEXTS, ExportConfig
 from trtkv.export.llama_graph import LlamaGraph
 from trtkv.export.rope import inv_freq_from_rope
 from trtkv.manifest import ONNX_FILE, Manifest
@@ -99,12 +101,6 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
     model = helper.make_model(graph, opset_imports=op_opset_imports(), functions=op_functions(kv_dtype),
                               producer_name="trtkv")
     model.ir_version = 10
-    if config.weights != "none":
-        from trtkv.export.weights import quantize_linear_weights
-
-        model = quantize_linear_weights(model, config.weights, config.weight_group_size,
-                                        config.weight_accuracy_level, config.weight_algo, config.head_weights)
-    _save_onnx(model, out_dir, config.external_data_min_mib)
     manifest = Manifest(
         architecture=spec.model_type, num_layers=spec.num_layers, hidden_size=spec.hidden_size,
         num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
@@ -118,14 +114,42 @@ def _export_into(hf_dir: Path, out_dir: Path, config: ExportConfig, spec: Any) -
         weights=config.weights, weight_group_size=config.weight_group_size if config.weights != "none" else 0,
         kv_scale_mode="dynamic" if config.kv_scales == "dynamic" else "static",
     )
+    if config.weights != "none":
+        model, manifest = _quantize_weights(model, manifest, hf_dir, config)
+    _save_onnx(model, out_dir, config.external_data_min_mib)
     manifest.save(out_dir)
     _copy_tokenizer(hf_dir, out_dir)
-    if config.calibrate or config.calibration_file:
+    if config.calibrates_kv:
         from trtkv.export.calibrate import calibrate
 
-        manifest = calibrate(out_dir, config.calibrate or 64, config.kv_scales,
+        manifest = calibrate(out_dir, config.calibrate or CALIBRATION_TEXTS, config.kv_scales,
                              calibration_file=config.calibration_file or None)
     return manifest
+
+
+def _quantize_weights(model: onnx.ModelProto, manifest: Manifest, hf_dir: Path,
+                      config: ExportConfig) -> tuple[onnx.ModelProto, Manifest]:
+    """``--weights``: the linear layers as MatMulNBits; gptq calibrates on the export's own
+    graph first (prompts as for KV scales: ``--calibration-file``, else stdlib sources)."""
+    from trtkv.export.weights import quantize_linear_weights
+
+    prompts: list[list[int]] = []
+    stats: dict[str, Any] = {}
+    if config.weight_algo == "gptq":
+        from trtkv.export.calibrate import calibration_prompts
+
+        prompts, source = calibration_prompts(hf_dir, config.calibrate or CALIBRATION_TEXTS,
+                                              min(CALIBRATION_MAX_TOKENS, manifest.max_position_embeddings),
+                                              config.calibration_file or None)
+        stats = {"algorithm": "gptq", "source": source, "num_samples": len(prompts),
+                 "num_tokens": sum(map(len, prompts))}
+    start = time.perf_counter()
+    model = quantize_linear_weights(model, config.weights, config.weight_group_size, config.weight_accuracy_level,
+                                    config.weight_algo, config.head_weights, manifest, prompts)
+    if stats:
+        stats["seconds"] = round(time.perf_counter() - start, 1)
+        manifest = replace(manifest, weight_calibration=stats)
+    return model, manifest
 
 
 def _check_tokenizer(hf_dir: Path) -> None:

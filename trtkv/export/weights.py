@@ -8,8 +8,9 @@ MatMulNBits``, one fp32 scale (and, with hqq, zero point) per ``group_size`` inp
 each output column, by symmetric round to nearest (``rtn``, the default) or HQQ (``hqq``,
 Half-Quadratic Quantization, fitted without calibration data). On SmolLM2-135M (RESULTS,
 "Weight-only quantization") int8 rtn costs +0.4% perplexity at 1.6x the decode speed; int4
-rtn +20%; int4 hqq +0.3%, but its fractional zero points send ONNX Runtime's kernel down a
-slow path (0.3x). With int4 the LM head is kept at int8 by default, as llama.cpp keeps its output
+rtn +20%; int4 gptq (``gptq``: `trtkv.export.gptq`, our own GPTQ fitted to calibration
+activations, asymmetric with integer zero points, which keep the fast kernel) +16%; int4 hqq
++0.3%, but its fractional zero points send ONNX Runtime's kernel down a slow path (0.3x). With int4 the LM head is kept at int8 by default, as llama.cpp keeps its output
 matrix at more bits (an int4 head alone adds 8% perplexity there); ``head_weights="int4"``
 (``--head-weights int4``) quantizes it to int4 too, as ONNX Runtime GenAI's builder does. Embedding lookups, norms, rotary tables and the trtkv ops stay
 as they are. ONNX Runtime's CPU kernel computes with int8-quantized activations
@@ -23,11 +24,13 @@ TensorRT engines do not take MatMulNBits: `trtkv build` refuses a weight-quantiz
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import onnx
 
 from trtkv.errors import ConfigError
+from trtkv.manifest import Manifest
 
 WEIGHT_BITS = {"int8": 8, "int4": 4}
 #: The LM head's transposed weight, as `LlamaGraph` names it (tied or not).
@@ -35,12 +38,15 @@ HEAD_WEIGHTS = ("model.embed_tokens.weight.T", "lm_head.weight.T")
 
 
 def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: int,
-                            accuracy_level: int = 4, algo: str = "rtn", head_weights: str = "auto") -> onnx.ModelProto:
+                            accuracy_level: int = 4, algo: str = "rtn", head_weights: str = "auto",
+                            manifest: Manifest | None = None,
+                            prompts: Sequence[Sequence[int]] = ()) -> onnx.ModelProto:
     """``model`` with its MatMul weights as MatMulNBits (``weights``: int8 or int4).
 
-    ``algo``: ``rtn`` (symmetric round to nearest) or ``hqq`` (Half-Quadratic Quantization:
+    ``algo``: ``rtn`` (symmetric round to nearest), ``hqq`` (Half-Quadratic Quantization:
     asymmetric, scale and fractional zero point fitted per group without calibration data;
-    needs torch).
+    needs torch) or ``gptq`` (`trtkv.export.gptq`: fitted to the activations of ``prompts``
+    through the graph ``manifest`` describes; integer zero points).
     ``head_weights``: the LM head's bits: ``auto`` (int8 under int4, else as ``weights``),
     ``int8`` or ``int4``.
 
@@ -48,6 +54,17 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
         ConfigError: onnxruntime's quantizer is missing (it needs the ``onnx-ir`` package), or
             hqq without torch.
     """
+    bits = WEIGHT_BITS[weights]
+    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in HEAD_WEIGHTS]
+    head_bits = WEIGHT_BITS[head_weights] if head_weights != "auto" else min(8, 2 * bits)
+    if algo == "gptq":
+        from trtkv.export.gptq import linear_matmuls, quantize_gptq
+
+        if manifest is None or not prompts:
+            raise ConfigError("--weight-algo gptq needs calibration prompts; the calibration text gave none "
+                              "(check --calibration-file)")
+        bits_of = {n.input[1]: head_bits if n.input[1] in HEAD_WEIGHTS else bits for n in linear_matmuls(model)}
+        return quantize_gptq(model, manifest, prompts, bits_of, group_size, accuracy_level)
     try:
         from onnxruntime.quantization import QuantFormat
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -57,14 +74,12 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
     except ImportError as exc:
         raise ConfigError(f"--weights needs onnxruntime's weight quantizer ({exc}); "
                           "pip install onnx-ir (a trtkv dependency)") from None
-    bits = WEIGHT_BITS[weights]
     if algo == "hqq":
         try:
             import torch  # noqa: F401  (onnxruntime's HQQ runs on torch)
         except ImportError:
             raise ConfigError("--weight-algo hqq needs torch: pip install torch==2.13.0 (the CPU wheel), "
                               "or use --weight-algo rtn") from None
-    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in HEAD_WEIGHTS]
 
     def run(m: onnx.ModelProto, bits: int, exclude: list[str], include: list[str] | None,
             hqq: bool = False) -> onnx.ModelProto:
@@ -88,7 +103,6 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        head_bits = WEIGHT_BITS[head_weights] if head_weights != "auto" else 8
         if bits == 4 and head and head_bits == 8:
             return run(run(model, 4, head, None, algo == "hqq"), 8, [], head)
         return run(model, bits, [], None, algo == "hqq")

@@ -197,7 +197,7 @@ def _load_model(model_dir: Path, manifest: Manifest, *, native_kv_write: bool = 
         rewrite_matmuls(model)  # before the float32 rewrite below: these weights stay bf16
     if manifest.dtype == "bf16":
         _bf16_to_fp32_compute(model)
-    _set_kv_format(model, manifest)
+    set_kv_format(model, manifest)
     if native_kv_write:
         for node in model.graph.node:
             if node.domain == OP_DOMAIN and node.op_type == KV_APPEND.name:
@@ -232,7 +232,7 @@ def _check_graph_matches(model: onnx.ModelProto, manifest: Manifest, path: Path)
         raise ModelDirError(f"manifest.json disagrees with {path.name} ({'; '.join(found)}); re-export the model")
 
 
-def _set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
+def set_kv_format(model: onnx.ModelProto, manifest: Manifest) -> None:
     """Give the graph this backend's KV pool: dtype, op bodies and the manifest's scales.
 
     The KV dtype of the pool can differ from the export's here (the op bodies are local

@@ -253,3 +253,31 @@ def test_extreme_parameters_never_leave_a_row_without_a_token() -> None:
     boosted = {t for t in (1, 2, 3, 4) if logits[1, t] > 0}  # a penalty near 0 makes them +inf
     assert results[1].token_ids[0] in (boosted or set(range(50)))
     assert 0 <= results[2].token_ids[0] < 50
+
+
+def test_plain_greedy_fast_path_picks_what_the_full_pipeline_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain greedy rows skip the float64 pipeline (argmax of the raw logits); on ties, +inf,
+    -inf rows and NaNs the tokens are the full pipeline's (logprobs=0 forces that path)."""
+    from trtkv.runtime.sampling import sampler as sampler_mod
+
+    logits = random_logits(7, vocab=64, seed=3)
+    logits[1, [5, 9, 40]] = logits[1].max() + 1  # a three-way tie: the lowest id
+    logits[2, [7, 30]] = np.inf  # two +inf: the first
+    logits[3] = -np.inf
+    full_rows = [row(SamplingParams(temperature=0, logprobs=0)) for _ in range(7)]
+    expected = [r.token_ids for r in Sampler().sample(logits, full_rows)]
+    assert expected[1] == [5] and expected[2] == [7]
+    calls: list[int] = []
+    real = sampler_mod._argmax_rows
+    monkeypatch.setattr(sampler_mod, "_argmax_rows", lambda x: calls.append(1) or real(x))
+    plain = [r.token_ids for r in Sampler().sample(logits, [row(SamplingParams(temperature=0)) for _ in range(7)])]
+    assert plain == expected and calls == [1]
+    logits[4, [0, 11]] = np.nan  # NaNs are dropped by the full pipeline: not the argmax
+    expected = [r.token_ids for r in Sampler().sample(logits, full_rows)]
+    plain = [r.token_ids for r in Sampler().sample(logits, [row(SamplingParams(temperature=0)) for _ in range(7)])]
+    assert plain == expected and expected[4] not in ([0], [11])
+    # min_tokens masking EOS, or a penalty, takes the full path
+    calls.clear()
+    masked = Sampler(eos_token_ids=[int(np.argmax(logits[0]))]).sample(
+        logits[:1], [row(SamplingParams(temperature=0, min_tokens=2))])
+    assert masked[0].token_ids != [int(np.argmax(logits[0]))] and calls == []

@@ -164,6 +164,10 @@ class Sampler:
         if logits.ndim != 2 or logits.shape[0] != num_logit_rows:
             raise ValueError(f"logits shape {logits.shape} does not match {len(rows)} rows "
                              f"({num_logit_rows} logits rows)")
+        if num_logit_rows == len(rows) and all(_plain_argmax(r) for r in rows):
+            best = _argmax_rows(logits)
+            if best is not None:
+                return [SampleResult([t] * r.num_samples) for t, r in zip(best, rows, strict=True)]
         plain = rows if num_logit_rows == len(rows) else [
             r.at_draft_position(j) if r.draft else r for r in rows for j in range(r.num_logit_rows)]
         work, filtered = self._prepare(logits, plain)
@@ -250,6 +254,25 @@ class Sampler:
         proc.apply_top_k(filtered, np.array([r.params.top_k for r in rows], dtype=np.int64))
         proc.apply_top_p(filtered, np.array([r.params.top_p for r in rows], dtype=np.float64))
         proc.apply_min_p(filtered, np.array([r.params.min_p for r in rows], dtype=np.float64))
+
+
+def _plain_argmax(row: SampleRow) -> bool:
+    """Whether ``row``'s token is the argmax of its raw logits: greedy, nothing that changes
+    the logits first (grammar, min_tokens masking, penalties), no logprobs, no draft."""
+    p = row.params
+    return (p.is_greedy and row.guide is None and not row.draft and p.logprobs is None
+            and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+            and (len(row.output_ids) >= p.min_tokens or (p.ignore_eos and not p.stop_token_ids)))
+
+
+def _argmax_rows(logits: npt.NDArray[np.floating]) -> list[int] | None:
+    """Each row's argmax taken on the logits as they are (float32: no float64 copy; the same
+    first maximum, since widening keeps order), or None when a row's maximum is NaN (the full
+    pipeline then removes NaNs first)."""
+    best = np.argmax(logits, axis=1)
+    if np.isnan(logits[np.arange(len(best)), best]).any():
+        return None
+    return best.tolist()  # type: ignore[no-any-return]
 
 
 def _make_finite(logits: proc.FloatArray) -> None:

@@ -2,9 +2,9 @@
 side by side, in one run.
 
 For each of fp32 / bf16 (the fp32 export with ``--cpu-matmul bf16``: weights rounded to bf16 at
-load, MatMuls on AMX) / int8 / int4 (rtn; int8 LM head) / int8-gptq, int4-gptq (GPTQ on the
-default calibration: 64 Python stdlib sources of up to 512 tokens) / int4-head4 (the head at
-int4 too) / int4 (hqq) weights (group 32, ONNX Runtime
+load, MatMuls on AMX) / int8 / int4 (rtn; LM head and v_proj at int8) / int8-gptq, int4-gptq (GPTQ on
+the default calibration: 64 Python stdlib sources of up to 512 tokens) / int4-v4, int4-gptq-v4
+(v_proj at int4 too) / int4-head4 (the head at int4 too) / int4 (hqq) weights (group 32, ONNX Runtime
 MatMulNBits, int8 activations): model file size (bf16: the fp32 export's file);
 perplexity of held-out real text through the paged path (fp32 KV); greedy agreement of the
 first N tokens with the fp32 export on prompts cut from the text; single-stream decode speed
@@ -37,7 +37,8 @@ from trtkv.runtime.engine import load_tokenizer
 from trtkv.runtime.llm import LLM
 from trtkv.runtime.sampling import SamplingParams
 
-VARIANTS = ("none", "bf16", "int8", "int8-gptq", "int4", "int4-gptq", "int4-head4", "int4-hqq")
+VARIANTS = ("none", "bf16", "int8", "int8-gptq", "int4", "int4-gptq", "int4-v4", "int4-gptq-v4", "int4-head4",
+            "int4-hqq")
 #: Variants that run the fp32 export with another --cpu-matmul (bf16: weights rounded to bf16 at
 #: load, MatMuls on AMX).
 MATMUL_VARIANTS = {"bf16": "bf16"}
@@ -95,11 +96,11 @@ def main() -> None:
             continue
         level = args.accuracy_level if w != "none" else 0
         d = Path(args.out) / f"{Path(args.source).stem}-{w}{f'-acc{level}' if level else ''}"
-        weights, _, algo = w.partition("-")
-        head = "int4" if algo == "head4" else "auto"  # int4-head4: the LM head at int4 too
-        algo = "" if algo == "head4" else algo
+        weights, *tags = w.split("-")  # -head4 / -v4: the LM head / v_proj at int4 too
+        algo = next((t for t in tags if t in ("gptq", "hqq")), "rtn")
+        head, v = ("int4" if t in tags else "auto" for t in ("head4", "v4"))
         if not (d / "manifest.json").is_file():  # a .gguf is dequantized first
-            export_model(args.source, d, ExportConfig(weights=weights, weight_algo=algo or "rtn", head_weights=head,
+            export_model(args.source, d, ExportConfig(weights=weights, weight_algo=algo, head_weights=head, v_weights=v,
                                                       weight_accuracy_level=level, progress=False))
         dirs[w] = d
     text = Path(args.text).read_text() if args.text else english_text()

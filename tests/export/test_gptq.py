@@ -95,7 +95,7 @@ def test_gptq_export_refusals():
 def test_gptq_export_of_the_trained_model_beats_rtn(tmp_path):
     """The built-in tiny-stdlib model (trained; its tokenizer encodes the calibration text):
     int4 gptq on 8 stdlib sources has lower held-out perplexity than int4 rtn, every linear
-    layer is a 4-bit MatMulNBits with integer zero points (the head 8-bit), and the manifest
+    layer is a MatMulNBits with integer zero points (4-bit; v_proj and the head 8-bit), and the manifest
     says how it was calibrated."""
     from trtkv.eval_kv import _perplexity, chunk_logprobs
     from trtkv.export.exporter import export
@@ -121,7 +121,9 @@ def test_gptq_export_of_the_trained_model_beats_rtn(tmp_path):
     inits = {i.name: i for i in graph.initializer}
     for n in nodes:
         assert len(n.input) == 4 and inits[n.input[3]].data_type == TensorProto.UINT8  # integer zero points
-    assert sorted(a.i for n in nodes for a in n.attribute if a.name == "bits") == [4] * 7 * m.num_layers + [8]
+    bits = {n.input[1]: a.i for n in nodes for a in n.attribute if a.name == "bits"}
+    assert sorted(bits.values()) == [4] * 6 * m.num_layers + [8] * (m.num_layers + 1)  # v_proj, head: 8
+    assert all(b == 8 for k, b in bits.items() if ".v_proj." in k)
     ids = load_tokenizer(dirs["none"]).encode(heldout_text(30000))
     windows = [ids[i * 256:(i + 1) * 256] for i in range(6)]
 

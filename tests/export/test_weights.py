@@ -62,6 +62,8 @@ def test_linear_layers_become_matmulnbits_with_close_logits(family, weights, exp
     bits = {n.input[1]: a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     head = next(k for k in bits if k.startswith(("model.embed_tokens.weight.T", "lm_head.weight.T")))
     assert bits.pop(head) == 8  # the LM head stays at int8
+    v_proj = [k for k in bits if ".self_attn.v_proj.weight.T" in k]
+    assert len(v_proj) == m.num_layers and {bits.pop(k) for k in v_proj} == {8}  # and so does v_proj
     assert set(bits.values()) == {8 if weights == "int8" else 4}
     prompt = [int(t) for t in np.random.default_rng(0).integers(3, m.vocab_size, 40)]
     q, f = _logits(q_dir, prompt), _logits(f_dir, prompt)
@@ -149,18 +151,26 @@ def test_default_compute_is_int8_activations(checkpoint_factory, tmp_path):
     assert levels == {4}
 
 
-def test_head_weights_int4_quantizes_the_head_too(checkpoint_factory, tmp_path):
+@pytest.mark.parametrize(("head", "v", "eight"), [("int4", "int4", set()), ("int4", "auto", {"v_proj"}),
+                                                 ("auto", "int4", {"head"})])
+def test_head_and_v_weights_int4_quantize_those_too(head, v, eight, checkpoint_factory, tmp_path):
     out = tmp_path / "h4"
-    export(checkpoint_factory("llama"), out, ExportConfig(weights="int4", head_weights="int4", progress=False))
+    export(checkpoint_factory("llama"), out, ExportConfig(weights="int4", head_weights=head, v_weights=v, progress=False))
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     bits = {n.input[1]: a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-    head = next(k for k in bits if k.startswith(("model.embed_tokens.weight.T", "lm_head.weight.T")))
-    assert bits[head] == 4 and set(bits.values()) == {4}
+    kind = {k: "head" if k.startswith(("model.embed_tokens.weight.T", "lm_head.weight.T"))
+            else "v_proj" if ".v_proj." in k else "other" for k in bits}
+    assert {kind[k] for k, b in bits.items() if b == 8} == eight and set(bits.values()) <= {4, 8}
     prompt = [int(t) for t in np.random.default_rng(1).integers(3, 200, 12)]
     assert np.isfinite(_logits(out, prompt)).all()
-    with pytest.raises(ConfigError, match="add --weights int8 or int4"):
-        ExportConfig(head_weights="int8")
-    with pytest.raises(ConfigError, match="harder than the layers"):
-        ExportConfig(weights="int8", head_weights="int4")
-    with pytest.raises(ConfigError, match="--head-weights must be auto, int8 or int4"):
-        ExportConfig(weights="int4", head_weights="fp16")
+
+
+@pytest.mark.parametrize("flag", ["head_weights", "v_weights"])
+def test_head_and_v_weights_refuse_what_does_not_apply(flag):
+    name = "--" + flag.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{name} int8 quantizes .* add --weights int8 or int4"):
+        ExportConfig(**{flag: "int8"})
+    with pytest.raises(ConfigError, match="harder than the other layers"):
+        ExportConfig(weights="int8", **{flag: "int4"})
+    with pytest.raises(ConfigError, match=f"{name} must be auto, int8 or int4"):
+        ExportConfig(weights="int4", **{flag: "fp16"})

@@ -145,7 +145,8 @@ def _quantize_weights(model: onnx.ModelProto, manifest: Manifest, hf_dir: Path,
                  "num_tokens": sum(map(len, prompts))}
     start = time.perf_counter()
     model = quantize_linear_weights(model, config.weights, config.weight_group_size, config.weight_accuracy_level,
-                                    config.weight_algo, config.head_weights, manifest, prompts)
+                                    config.weight_algo, config.head_weights, config.v_weights,
+                                    manifest, prompts)
     if stats:
         stats["seconds"] = round(time.perf_counter() - start, 1)
         manifest = replace(manifest, weight_calibration=stats)

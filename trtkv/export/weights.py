@@ -35,11 +35,13 @@ from trtkv.manifest import Manifest
 WEIGHT_BITS = {"int8": 8, "int4": 4}
 #: The LM head's transposed weight, as `LlamaGraph` names it (tied or not).
 HEAD_WEIGHTS = ("model.embed_tokens.weight.T", "lm_head.weight.T")
+#: How `LlamaGraph` names each layer's transposed attention value projection (ends with).
+V_WEIGHT_SUFFIX = ".self_attn.v_proj.weight.T"
 
 
 def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: int,
                             accuracy_level: int = 4, algo: str = "rtn", head_weights: str = "auto",
-                            manifest: Manifest | None = None,
+                            v_weights: str = "auto", manifest: Manifest | None = None,
                             prompts: Sequence[Sequence[int]] = ()) -> onnx.ModelProto:
     """``model`` with its MatMul weights as MatMulNBits (``weights``: int8 or int4).
 
@@ -47,24 +49,32 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
     asymmetric, scale and fractional zero point fitted per group without calibration data;
     needs torch) or ``gptq`` (`trtkv.export.gptq`: fitted to the activations of ``prompts``
     through the graph ``manifest`` describes; integer zero points).
-    ``head_weights``: the LM head's bits: ``auto`` (int8 under int4, else as ``weights``),
-    ``int8`` or ``int4``.
+    ``head_weights``, ``v_weights``: the bits of the LM head and of the attention value
+    projections: ``auto`` (int8 under int4, else as ``weights``), ``int8`` or ``int4``.
 
     Raises:
         ConfigError: onnxruntime's quantizer is missing (it needs the ``onnx-ir`` package), or
             hqq without torch.
     """
     bits = WEIGHT_BITS[weights]
-    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in HEAD_WEIGHTS]
     head_bits = WEIGHT_BITS[head_weights] if head_weights != "auto" else min(8, 2 * bits)
+    v_bits = WEIGHT_BITS[v_weights] if v_weights != "auto" else min(8, 2 * bits)
+
+    def bits_of(weight: str) -> int:
+        if weight in HEAD_WEIGHTS:
+            return head_bits
+        return v_bits if weight.endswith(V_WEIGHT_SUFFIX) else bits
+
     if algo == "gptq":
         from trtkv.export.gptq import linear_matmuls, quantize_gptq
 
         if manifest is None or not prompts:
             raise ConfigError("--weight-algo gptq needs calibration prompts; the calibration text gave none "
                               "(check --calibration-file)")
-        bits_of = {n.input[1]: head_bits if n.input[1] in HEAD_WEIGHTS else bits for n in linear_matmuls(model)}
-        return quantize_gptq(model, manifest, prompts, bits_of, group_size, accuracy_level)
+        return quantize_gptq(model, manifest, prompts, {n.input[1]: bits_of(n.input[1]) for n in linear_matmuls(model)},
+                             group_size, accuracy_level)
+    # MatMul nodes kept at int8 under int4 (the head, v_proj by default)
+    eight = [n.name for n in model.graph.node if n.op_type == "MatMul" and bits_of(n.input[1]) == 8]
     try:
         from onnxruntime.quantization import QuantFormat
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -103,8 +113,8 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        if bits == 4 and head and head_bits == 8:
-            return run(run(model, 4, head, None, algo == "hqq"), 8, [], head)
+        if bits == 4 and eight:
+            return run(run(model, 4, eight, None, algo == "hqq"), 8, [], eight)
         return run(model, bits, [], None, algo == "hqq")
     finally:
         quiet.setLevel(level)

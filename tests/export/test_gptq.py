@@ -92,6 +92,21 @@ def test_gptq_export_refusals():
     ExportConfig(weights="int4", weight_algo="gptq", kv_dtype="int8", kv_scales="dynamic", calibrate=8)
 
 
+def test_gptq_refuses_hessians_past_the_machines_memory(tmp_path, monkeypatch):
+    """A model whose Hessians would not fit is refused before calibration, in one line,
+    leaving no output directory behind."""
+    from trtkv.export import gptq as gptq_mod
+    from trtkv.export.exporter import export
+    from trtkv.models import DEFAULT_MODEL_DIR
+
+    monkeypatch.setattr(gptq_mod, "_host_memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(gptq_mod, "collect_hessians", lambda *a, **k: pytest.fail("calibrated anyway"))
+    out = tmp_path / "q"
+    with pytest.raises(ConfigError, match=r"gptq needs about .* GiB .* this machine has 0.0 GiB; use --weight-algo rtn"):
+        export(DEFAULT_MODEL_DIR, out, ExportConfig(weights="int4", weight_algo="gptq", calibrate=2, progress=False))
+    assert not out.exists() and not any(tmp_path.iterdir())
+
+
 def test_gptq_export_of_the_trained_model_beats_rtn(tmp_path):
     """The built-in tiny-stdlib model (trained; its tokenizer encodes the calibration text):
     int4 gptq on 8 stdlib sources has lower held-out perplexity than int4 rtn, every linear

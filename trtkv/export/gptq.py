@@ -21,6 +21,7 @@ Must not import torch.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trtkv.errors import ConfigError
 from trtkv.manifest import KV_CACHE_INPUT, Manifest
 
 #: GPTQ's damping: this share of the mean Hessian diagonal is added to it (the paper's 1%).
@@ -201,13 +203,41 @@ def collect_hessians(model: onnx.ModelProto, manifest: Manifest, prompts: Sequen
     return hessians
 
 
+def _host_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> None:
+    """The Hessians (float64 K x K per distinct MatMul input, all held until fitting) and the
+    calibration copy of the graph's weights must fit in this machine's memory.
+
+    Raises:
+        ConfigError: they do not; says how much they need.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    widths = {n.input[0]: inits[n.input[1]].dims[0] for n in nodes}
+    need = sum(8 * k * k for k in widths.values()) + sum(4 * int(np.prod(i.dims)) for i in model.graph.initializer)
+    total = _host_memory_bytes()
+    if total is not None and need > total:
+        raise ConfigError(f"--weight-algo gptq needs about {need / 2**30:.1f} GiB for its Hessians and the "
+                          f"calibration graph but this machine has {total / 2**30:.1f} GiB; use --weight-algo rtn")
+
+
 def quantize_gptq(model: onnx.ModelProto, manifest: Manifest, prompts: Sequence[Sequence[int]],
                   bits_of: dict[str, int], group_size: int, accuracy_level: int,
                   num_threads: int = 0) -> onnx.ModelProto:
     """``model``, changed in place: the MatMuls of `linear_matmuls` whose weight is in
     ``bits_of`` (weight name -> 4 or 8) as MatMulNBits fitted by `gptq` on ``prompts``; a
-    weight no other node reads is removed."""
+    weight no other node reads is removed.
+
+    Raises:
+        ConfigError: the Hessians would not fit in memory (`check_memory`).
+    """
     nodes = linear_matmuls(model, bits_of)
+    check_memory(model, nodes)
     hessians = collect_hessians(model, manifest, prompts, (n.input[0] for n in nodes), num_threads)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}

@@ -99,7 +99,7 @@ def test_gptq_refuses_hessians_past_the_machines_memory(tmp_path, monkeypatch):
     from trtkv.export.exporter import export
     from trtkv.models import DEFAULT_MODEL_DIR
 
-    monkeypatch.setattr(gptq_mod, "_host_memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(gptq_mod, "host_memory_bytes", lambda: 2**20)
     monkeypatch.setattr(gptq_mod, "collect_hessians", lambda *a, **k: pytest.fail("calibrated anyway"))
     out = tmp_path / "q"
     with pytest.raises(ConfigError, match=r"gptq needs about .* GiB .* this machine has 0.0 GiB; use --weight-algo rtn"):

@@ -21,7 +21,6 @@ Must not import torch.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -31,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtkv.errors import ConfigError
 from trtkv.manifest import KV_CACHE_INPUT, Manifest
+from trtkv.runtime.backends.base import host_memory_bytes
 
 #: GPTQ's damping: this share of the mean Hessian diagonal is added to it (the paper's 1%).
 DAMP = 0.01
@@ -203,13 +203,6 @@ def collect_hessians(model: onnx.ModelProto, manifest: Manifest, prompts: Sequen
     return hessians
 
 
-def _host_memory_bytes() -> int | None:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> None:
     """The Hessians (float64 K x K per distinct MatMul input, all held until fitting) and the
     calibration copy of the graph's weights must fit in this machine's memory.
@@ -220,7 +213,7 @@ def check_memory(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> Non
     inits = {i.name: i for i in model.graph.initializer}
     widths = {n.input[0]: inits[n.input[1]].dims[0] for n in nodes}
     need = sum(8 * k * k for k in widths.values()) + sum(4 * int(np.prod(i.dims)) for i in model.graph.initializer)
-    total = _host_memory_bytes()
+    total = host_memory_bytes()
     if total is not None and need > total:
         raise ConfigError(f"--weight-algo gptq needs about {need / 2**30:.1f} GiB for its Hessians and the "
                           f"calibration graph but this machine has {total / 2**30:.1f} GiB; use --weight-algo rtn")

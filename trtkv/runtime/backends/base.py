@@ -86,15 +86,20 @@ class BackendConfig:
         Raises:
             ConfigError: it does not; says how much there is.
         """
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-        if pool_bytes > total:
+        total = host_memory_bytes()
+        if total is not None and pool_bytes > total:
             raise ConfigError(
                 f"the KV pool needs {pool_bytes / 2**30:.1f} GiB but this machine has {total / 2**30:.1f} GiB of "
                 "memory; lower --kv-cache-gib / --num-blocks / --num-host-blocks"
             )
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class BaseBackend(ABC):

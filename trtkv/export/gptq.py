@@ -21,7 +21,7 @@ Must not import torch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -152,11 +152,9 @@ def matmul_nbits(node: onnx.NodeProto, weight_name: str, q: Codes, bits: int, ac
     return new, inits
 
 
-def linear_matmuls(model: onnx.ModelProto, weight_names: Iterable[str] | None = None) -> list[onnx.NodeProto]:
-    """The MatMul nodes whose second input is a 2-D float32 initializer (of ``weight_names``)."""
+def linear_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The MatMul nodes whose second input is a 2-D float32 initializer."""
     weights = {i.name for i in model.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
-    if weight_names is not None:
-        weights &= set(weight_names)
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
@@ -220,16 +218,16 @@ def check_memory(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> Non
 
 
 def quantize_gptq(model: onnx.ModelProto, manifest: Manifest, prompts: Sequence[Sequence[int]],
-                  bits_of: dict[str, int], group_size: int, accuracy_level: int,
+                  bits_of: Callable[[str], int], group_size: int, accuracy_level: int,
                   num_threads: int = 0) -> onnx.ModelProto:
-    """``model``, changed in place: the MatMuls of `linear_matmuls` whose weight is in
-    ``bits_of`` (weight name -> 4 or 8) as MatMulNBits fitted by `gptq` on ``prompts``; a
-    weight no other node reads is removed.
+    """``model``, changed in place: the MatMuls of `linear_matmuls` as MatMulNBits of
+    ``bits_of(weight name)`` bits (4 or 8) fitted by `gptq` on ``prompts``; a weight no other
+    node reads is removed.
 
     Raises:
         ConfigError: the Hessians would not fit in memory (`check_memory`).
     """
-    nodes = linear_matmuls(model, bits_of)
+    nodes = linear_matmuls(model)
     check_memory(model, nodes)
     hessians = collect_hessians(model, manifest, prompts, (n.input[0] for n in nodes), num_threads)
     graph = model.graph
@@ -237,7 +235,7 @@ def quantize_gptq(model: onnx.ModelProto, manifest: Manifest, prompts: Sequence[
     new_inits: list[onnx.TensorProto] = []
     seen: set[str] = set()
     for node in nodes:
-        weight, bits = node.input[1], bits_of[node.input[1]]
+        weight, bits = node.input[1], bits_of(node.input[1])
         q = gptq(numpy_helper.to_array(inits[weight]), hessians[node.input[0]], bits, group_size)
         name = weight if weight not in seen else f"{weight}_{len(seen)}"  # a weight read by two MatMuls
         seen.add(weight)

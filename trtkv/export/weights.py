@@ -70,13 +70,12 @@ def quantize_linear_weights(model: onnx.ModelProto, weights: str, group_size: in
         return v_bits if weight.endswith(V_WEIGHT_SUFFIX) else bits
 
     if algo == "gptq":
-        from trtkv.export.gptq import linear_matmuls, quantize_gptq
+        from trtkv.export.gptq import quantize_gptq
 
         if manifest is None or not prompts:
             raise ConfigError("--weight-algo gptq needs calibration prompts; the calibration text gave none "
                               "(check --calibration-file)")
-        return quantize_gptq(model, manifest, prompts, {n.input[1]: bits_of(n.input[1]) for n in linear_matmuls(model)},
-                             group_size, accuracy_level)
+        return quantize_gptq(model, manifest, prompts, bits_of, group_size, accuracy_level)
     # MatMul nodes kept at int8 under int4 (the head, v_proj by default)
     eight = [n.name for n in model.graph.node if n.op_type == "MatMul" and bits_of(n.input[1]) == 8]
     try:
